@@ -118,18 +118,29 @@ class _Inert:
     """A model with no behaviour, used only to read the machine's structure."""
 
 
-def fire(spec: MachineSpec, state: str, trigger: str, ctx: Any, *args: Any) -> str:
-    """Fire ``trigger`` from ``state`` on the compiled table; return the new state.
-
-    Conditions and effects are looked up on ``ctx`` and called with ``args``."""
+def select(spec: MachineSpec, state: str, trigger: str, ctx: Any, *args: Any) -> Branch:
+    """The branch ``trigger`` takes from ``state``: the first whose conditions hold."""
     for branch in spec.table.get((state, trigger), ()):
         if all(getattr(ctx, c)(*args) for c in branch.conditions) and not any(
             getattr(ctx, c)(*args) for c in branch.unless
         ):
-            for effect in branch.effects:
-                getattr(ctx, effect)(*args)
-            return branch.dest
+            return branch
     raise InvalidTransition(spec.name, state, trigger)
 
 
-__all__ = ["Branch", "MachineError", "MachineSpec", "Tx", "fire"]
+def run_effects(branch: Branch, ctx: Any, *args: Any) -> None:
+    for effect in branch.effects:
+        getattr(ctx, effect)(*args)
+
+
+def fire(spec: MachineSpec, ctx: Any, trigger: str, *args: Any, attr: str = "state") -> None:
+    """Fire ``trigger`` on the compiled table for the state held in ``ctx.<attr>``.
+
+    As in ``transitions``, the state changes before the effects (``after`` callbacks)
+    run, so an effect sees the machine in its destination state."""
+    branch = select(spec, getattr(ctx, attr), trigger, ctx, *args)
+    setattr(ctx, attr, branch.dest)
+    run_effects(branch, ctx, *args)
+
+
+__all__ = ["Branch", "MachineError", "MachineSpec", "Tx", "fire", "run_effects", "select"]

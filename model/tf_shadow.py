@@ -132,7 +132,7 @@ class TfShadow:
     # -- plumbing ---------------------------------------------------------------
     def _fire(self, trigger: str, *args) -> list[TfAction]:
         self._out = []
-        self.state = fire(TF_SHADOW, self.state, trigger, self, *args)
+        fire(TF_SHADOW, self, trigger, *args)
         return self._out
 
     @property

@@ -1,0 +1,452 @@
+"""The coordinator: the whole debug protocol of one VM, as pure state.
+
+Events come in from two sides and each returns the actions to carry out, in order:
+
+- from gdb (through the session): :meth:`attach`, :meth:`query_halt`, :meth:`resume`,
+  :meth:`interrupt`, :meth:`insert_breakpoint`, :meth:`remove_breakpoint`,
+  :meth:`detach`;
+- from the vCPUs (through the runtime's vCPU threads): :meth:`vcpu_started`,
+  :meth:`vcpu_exit_debug`, :meth:`vcpu_step_trap`, :meth:`vcpu_breakpoint`,
+  :meth:`guest_ended`.
+
+No I/O, no threads, no clocks. The runtime holds one lock around every call and carries
+out the returned actions before releasing it, so what the model records (capabilities
+on, vCPUs asked to suspend) is what the VMM has. The state is a hashable
+:meth:`snapshot` that :meth:`restore` brings back, for the model checker.
+
+What the coordinator holds
+--------------------------
+- ``states``: each vCPU's lifecycle state (``model.vcpu``).
+- ``caps``: the step capabilities each vCPU has on, and ``bpt``: where BPT_EXIT is on.
+- ``want_stopped``: the vCPUs the debugger wants stopped (bhyve's ``vcpus_suspended``;
+  the VMM's debug cpuset). Whether one is *parked* is its state.
+- ``owner``: the vCPU whose event the current stop reports, if any.
+- ``reply_owed``: gdb is waiting for a stop reply; ``why``: the reason when no vCPU
+  owns the stop (``"sigint"`` after Ctrl-C, ``"halt"`` for ``?`` after attach).
+- ``pending_hits``: the breakpoint GPA each parked ``at_breakpoint`` vCPU hit.
+- ``breakpoints``: the breakpoint set, keyed by guest-physical address.
+- ``step``: the StepConfig probed once at start-up.
+
+Semantics (DESIGN.md §5), as this code keeps them
+-------------------------------------------------
+1. One stop reply per resume (a ``c``/``s``/``vCont``, or a ``?`` after attach), sent
+   only when every vCPU in ``want_stopped`` is parked. A stop always wants every
+   started vCPU (all-stop).
+2. One owner per stop: the first event claims it. A breakpoint hit by another vCPU
+   meanwhile stays pending, its vCPU parked, and is reported on a later resume that
+   includes that vCPU; if its breakpoint was removed by then, the event is dropped and
+   the vCPU re-executes the original instruction (RIP still points at it).
+3. A vCPU with an unreported event is parked and is never released (only ``suspended``
+   vCPUs are released; an event leaves through ``consume``).
+4. Step mechanisms are turned on when a vCPU is released for its one instruction and
+   off when its trap arrives, when it is suspended instead, or when it hits a
+   breakpoint; a parked vCPU never has them on.
+5. The guest never sees the debugger's TF: the hypervisor side is ``model.tf_shadow``.
+6. Breakpoints are keyed by GPA; insert and remove are idempotent; BPT_EXIT is on for
+   every started vCPU exactly while the set is non-empty (vCPUs that start later
+   included); an int3 that is not ours is re-injected into the guest.
+7. No deadlock: a stop completes once the vCPUs it suspended exit DEBUG, which the VMM
+   guarantees happens promptly; ``proofs/`` checks this under fair scheduling.
+8. A vCPU that starts while others are held is held too.
+
+vCont: one vCPU steps while others continue
+-------------------------------------------
+gdb's ``stepi`` sends ``vCont;s:1;c``, so a step really races the other vCPUs. The rule
+is the same as for every resume: the first event claims the stop and every other vCPU
+is suspended. For the events that lose the race:
+
+- another vCPU's *breakpoint* hit stays pending (point 2). gdb knows breakpoints: when
+  it is reported later, at an address where gdb has a breakpoint inserted, gdb shows
+  "hit Breakpoint" as it should.
+- the stepping vCPU's *step* is superseded. If the suspend request reaches it before it
+  ran its instruction, the step is cancelled (the instruction did not run). If its trap
+  arrives after another vCPU claimed the stop, the instruction ran and the vCPU parks
+  with no event. Why not keep the step pending like a breakpoint: when gdb reports
+  another thread's stop it finishes the ``stepi`` command and forgets the step; a step
+  report on a later resume would reach a gdb that no longer expects it, and gdb would
+  print "received signal SIGTRAP". The user sees where the vCPU is in ``info threads``.
+- a Ctrl-C that loses to an event is answered by that event's stop reply (``T05``),
+  which is what gdb needs: one reply. A Ctrl-C while already stopped gets no reply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from model import vcpu as lifecycle
+from model.actions import (
+    SIGINT,
+    SIGTRAP,
+    Action,
+    Cap,
+    ClearSuspend,
+    PatchBreakpoint,
+    ReinjectBreakpoint,
+    RequestSuspend,
+    RestoreBreakpoint,
+    SendExit,
+    SendStop,
+    SetCap,
+    Stop,
+)
+from model.errors import BadVcpu, NotStopped, ProtocolError, StepUnavailable
+from model.machine import run_effects, select
+from model.step_mode import StepConfig
+
+CONTINUE = "c"
+STEP = "s"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    states: tuple[str, ...]
+    caps: tuple[frozenset[Cap], ...]
+    bpt: frozenset[int]
+    want_stopped: frozenset[int]
+    owner: int | None
+    reply_owed: bool
+    why: str | None
+    pending_hits: tuple[int | None, ...]
+    breakpoints: frozenset[int]
+    attached: bool
+    ended: bool
+
+
+class Coordinator:
+    def __init__(self, vcpus: int, step: StepConfig, wait_for_debugger: bool = False):
+        self.n = vcpus
+        self.step = step
+        self.states = ["absent"] * vcpus
+        self.caps: list[frozenset[Cap]] = [frozenset()] * vcpus
+        self.bpt: set[int] = set()
+        # bhyve's "-G w": vCPU 0 is wanted stopped before its first instruction, and so
+        # every vCPU after it (property 8) until gdb resumes them.
+        self.want_stopped: set[int] = {0} if wait_for_debugger else set()
+        self.owner: int | None = None
+        self.reply_owed = False
+        self.why: str | None = None
+        self.pending_hits: list[int | None] = [None] * vcpus
+        self.breakpoints: set[int] = set()
+        self.attached = False
+        self.ended = False
+        self._out: list[Action] = []
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def active(self) -> set[int]:
+        return {i for i, s in enumerate(self.states) if s != "absent"}
+
+    def parked(self, i: int) -> bool:
+        return self.states[i] in lifecycle.PARKED
+
+    @property
+    def all_parked(self) -> bool:
+        return all(self.parked(i) for i in self.active)
+
+    @property
+    def is_stopped(self) -> bool:
+        """gdb may inspect and change the guest: every started vCPU is parked and the
+        stop has been reported (or never needed to be)."""
+        return self.attached and not self.reply_owed and self.all_parked and not self.ended
+
+    def has_event(self, i: int) -> bool:
+        return self.states[i] in lifecycle.EVENT_STATES
+
+    # ------------------------------------------------------------- gdb side events
+    def attach(self) -> list[Action]:
+        """A debugger connected: stop everything, silently (gdb asks with ``?``)."""
+        self._begin()
+        if self.attached:
+            raise ProtocolError("a debugger is already attached")
+        self.attached = True
+        self.reply_owed = False
+        self._stop_all()
+        return self._out
+
+    def query_halt(self) -> list[Action]:
+        """``?``: report the current stop, or owe the report until the stop completes."""
+        self._begin()
+        self._need_attached()
+        if not self.reply_owed:
+            self.reply_owed = True
+            self.why = self.why or "halt"
+            self._finish_stop_if_complete()
+        return self._out
+
+    def resume(self, plan: dict[int, str]) -> list[Action]:
+        """``c``, ``s`` or ``vCont``: ``plan`` maps vCPU index to ``"c"`` or ``"s"``;
+        vCPUs not in it stay stopped."""
+        self._begin()
+        self._need_stopped()
+        self._check_plan(plan)
+        self._consume_reported_stop()
+        self._drop_stale_hits()
+        self.reply_owed = True
+        self.why = None
+        pending = sorted(i for i in plan if self.states[i] == "at_breakpoint")
+        if pending:
+            # Point 2: the oldest unreported event is this resume's stop; nobody runs.
+            self.owner = pending[0]
+            self._finish_stop_if_complete()
+            return self._out
+        for i, how in sorted(plan.items()):
+            self.want_stopped.discard(i)
+            self._fire(i, "release_step" if how == STEP else "release_continue")
+            self._out.append(ClearSuspend(i))
+        return self._out
+
+    def interrupt(self) -> list[Action]:
+        """Ctrl-C. Answered by SIGINT once everything is parked, unless an event claims
+        the stop first. While already stopped there is nothing to answer."""
+        self._begin()
+        if not self.attached or self.ended or not self.reply_owed:
+            return self._out
+        if self.owner is None:
+            self.why = "sigint"
+        self._stop_all()
+        self._finish_stop_if_complete()
+        return self._out
+
+    def insert_breakpoint(self, gpa: int) -> list[Action]:
+        self._begin()
+        self._need_attached()
+        if gpa not in self.breakpoints:
+            self.breakpoints.add(gpa)
+            self._out.append(PatchBreakpoint(gpa))
+            self._sync_bpt_exits()
+        return self._out
+
+    def remove_breakpoint(self, gpa: int) -> list[Action]:
+        self._begin()
+        self._need_attached()
+        if gpa in self.breakpoints:
+            self.breakpoints.discard(gpa)
+            self._out.append(RestoreBreakpoint(gpa))
+            self._sync_bpt_exits()
+        return self._out
+
+    def detach(self) -> list[Action]:
+        """``D`` or a dropped connection: breakpoints out, every vCPU back to the guest,
+        no reply owed. A step in flight is abandoned (its trap is absorbed later)."""
+        self._begin()
+        if not self.attached:
+            return self._out
+        for gpa in sorted(self.breakpoints):
+            self._out.append(RestoreBreakpoint(gpa))
+        self.breakpoints.clear()
+        self._sync_bpt_exits()
+        self.attached = False
+        self.reply_owed = False
+        self.why = None
+        self.owner = None
+        self.want_stopped.clear()
+        for i in sorted(self.active):
+            if self.has_event(i):
+                self._consume(i)
+            if self.states[i] == "armed":
+                self._fire(i, "abandon")
+            elif self.states[i] == "suspended":
+                self._fire(i, "release_continue")
+            self._out.append(ClearSuspend(i))
+        return self._out
+
+    # ------------------------------------------------------------ vCPU side events
+    def vcpu_started(self, i: int) -> list[Action]:
+        self._begin()
+        self._need_index(i)
+        self._fire(i, "start")
+        if self.breakpoints:
+            self._set_bpt(i, True)
+        return self._out
+
+    def vcpu_exit_debug(self, i: int) -> list[Action]:
+        """VM_EXITCODE_DEBUG: the vCPU honoured a suspend request."""
+        return self._vcpu_event(i, "exit_debug")
+
+    def vcpu_step_trap(self, i: int, mtrap: bool) -> list[Action]:
+        """VM_EXITCODE_MTRAP (``mtrap``) or VM_EXITCODE_DB with ``trace_trap``."""
+        return self._vcpu_event(i, "mtrap_exit" if mtrap else "db_trap")
+
+    def vcpu_breakpoint(self, i: int, gpa: int, int3_present: bool) -> list[Action]:
+        """VM_EXITCODE_BPT at guest-physical ``gpa``; ``int3_present`` says whether the
+        byte there is still 0xCC (read under the lock by the runtime)."""
+        if gpa in self.breakpoints:
+            return self._vcpu_event(i, "breakpoint", gpa)
+        return self._vcpu_event(i, "foreign_int3" if int3_present else "stale_int3", gpa)
+
+    def guest_ended(self, kind: str, code: int) -> list[Action]:
+        """Power-off (``"W"``, exit code) or triple fault (``"X"``, signal)."""
+        self._begin()
+        if not self.ended:
+            self.ended = True
+            if self.attached:
+                self._out.append(SendExit(kind, code))
+        return self._out
+
+    # ------------------------------------------- conditions and effects (by name)
+    def holding(self, i: int, *_) -> bool:
+        return bool(self.want_stopped)
+
+    def wants_stop(self, i: int, *_) -> bool:
+        return i in self.want_stopped
+
+    def stop_unclaimed(self, i: int, *_) -> bool:
+        return self.owner is None
+
+    def hold(self, i: int, *_) -> None:
+        self.want_stopped.add(i)
+
+    def arm(self, i: int, *_) -> None:
+        caps = self.step.caps_for_step()
+        for cap in caps:
+            self._out.append(SetCap(i, cap, True, best_effort=cap is Cap.MASK_HWINTR))
+        self.caps[i] = frozenset(caps)
+
+    def disarm(self, i: int, *_) -> None:
+        for cap in sorted(self.caps[i], key=lambda c: c.value):
+            self._out.append(SetCap(i, cap, False, best_effort=cap is Cap.MASK_HWINTR))
+        self.caps[i] = frozenset()
+
+    def claim(self, i: int, *_) -> None:
+        self.owner = i
+        self._stop_all()
+
+    def claim_if_free(self, i: int, *_) -> None:
+        if self.owner is None and self.attached:
+            self.claim(i)
+        else:
+            self.want_stopped.add(i)
+
+    def record_hit(self, i: int, gpa: int) -> None:
+        self.pending_hits[i] = gpa
+
+    def reinject(self, i: int, *_) -> None:
+        self._out.append(ReinjectBreakpoint(i))
+
+    # ------------------------------------------------------------------ helpers
+    def _begin(self) -> None:
+        self._out = []
+
+    def _fire(self, i: int, trigger: str, *args) -> None:
+        # The state changes before the effects run (as transitions' ``after``), so an
+        # effect such as ``claim`` sees this vCPU already parked.
+        branch = select(lifecycle.VCPU, self.states[i], trigger, self, i, *args)
+        self.states[i] = branch.dest
+        run_effects(branch, self, i, *args)
+
+    def _vcpu_event(self, i: int, trigger: str, *args) -> list[Action]:
+        self._begin()
+        self._need_index(i)
+        if self.ended:
+            return self._out
+        self._fire(i, trigger, *args)
+        self._finish_stop_if_complete()
+        return self._out
+
+    def _stop_all(self) -> None:
+        """All-stop: want every started vCPU stopped; ask those in the guest to leave."""
+        for i in sorted(self.active):
+            if i not in self.want_stopped:
+                self.want_stopped.add(i)
+                if not self.parked(i):
+                    self._out.append(RequestSuspend(i))
+
+    def _finish_stop_if_complete(self) -> None:
+        if not (self.reply_owed and self.attached) or not self.want_stopped >= self.active:
+            return
+        if not self.all_parked:
+            return
+        if self.owner is None and self.why is None:
+            return  # a resume whose vCPUs are all parked again cannot happen; nothing owed
+        self._out.append(SendStop(self.current_stop()))
+        self.reply_owed = False
+        self.why = None
+
+    def current_stop(self) -> Stop:
+        """The stop gdb is (or is about to be) told about."""
+        if self.owner is not None:
+            reason = "swbreak" if self.states[self.owner] == "at_breakpoint" else None
+            return Stop(SIGTRAP, self.owner, reason)
+        signal = SIGINT if self.why == "sigint" else SIGTRAP
+        return Stop(signal, min(self.active, default=0))
+
+    def _consume_reported_stop(self) -> None:
+        if self.owner is not None:
+            if self.has_event(self.owner):
+                self._consume(self.owner)
+            self.owner = None
+
+    def _drop_stale_hits(self) -> None:
+        for i, gpa in enumerate(self.pending_hits):
+            if gpa is not None and gpa not in self.breakpoints:
+                self._consume(i)
+
+    def _consume(self, i: int) -> None:
+        self._fire(i, "consume")
+        self.pending_hits[i] = None
+
+    def _sync_bpt_exits(self) -> None:
+        want = bool(self.breakpoints)
+        for i in sorted(self.active):
+            if (i in self.bpt) != want:
+                self._set_bpt(i, want)
+
+    def _set_bpt(self, i: int, on: bool) -> None:
+        self._out.append(SetCap(i, Cap.BPT_EXIT, on))
+        (self.bpt.add if on else self.bpt.discard)(i)
+
+    def _need_index(self, i: int) -> None:
+        if not 0 <= i < self.n:
+            raise BadVcpu(f"no vCPU {i}")
+
+    def _need_attached(self) -> None:
+        if not self.attached:
+            raise ProtocolError("no debugger attached")
+
+    def _need_stopped(self) -> None:
+        if not self.is_stopped:
+            raise NotStopped("the guest is running; wait for the stop reply")
+
+    def _check_plan(self, plan: dict[int, str]) -> None:
+        if not plan:
+            raise ProtocolError("a resume must release at least one vCPU")
+        for i, how in plan.items():
+            self._need_index(i)
+            if self.states[i] == "absent":
+                raise BadVcpu(f"vCPU {i} has not started")
+            if how not in (CONTINUE, STEP):
+                raise ProtocolError(f"unknown resume action {how!r}")
+            if how == STEP and not self.step.can_step:
+                raise StepUnavailable("this VM has no single-step mechanism")
+
+    # ---------------------------------------------------------------- snapshots
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            states=tuple(self.states),
+            caps=tuple(self.caps),
+            bpt=frozenset(self.bpt),
+            want_stopped=frozenset(self.want_stopped),
+            owner=self.owner,
+            reply_owed=self.reply_owed,
+            why=self.why,
+            pending_hits=tuple(self.pending_hits),
+            breakpoints=frozenset(self.breakpoints),
+            attached=self.attached,
+            ended=self.ended,
+        )
+
+    @classmethod
+    def restore(cls, snap: Snapshot, step: StepConfig) -> Coordinator:
+        c = cls(len(snap.states), step)
+        c.states = list(snap.states)
+        c.caps = list(snap.caps)
+        c.bpt = set(snap.bpt)
+        c.want_stopped = set(snap.want_stopped)
+        c.owner = snap.owner
+        c.reply_owed = snap.reply_owed
+        c.why = snap.why
+        c.pending_hits = list(snap.pending_hits)
+        c.breakpoints = set(snap.breakpoints)
+        c.attached = snap.attached
+        c.ended = snap.ended
+        return c
