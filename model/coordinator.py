@@ -20,6 +20,9 @@ What the coordinator holds
 - ``caps``: the step capabilities each vCPU has on, and ``bpt``: where BPT_EXIT is on.
 - ``want_stopped``: the vCPUs the debugger wants stopped (bhyve's ``vcpus_suspended``;
   the VMM's debug cpuset). Whether one is *parked* is its state.
+- ``release_new``: whether a vCPU that starts now may run. gdb's ``vCont;s:1`` leaves
+  every other thread stopped, including ones that do not exist yet; ``vCont;s:1;c``
+  lets them all run. Without a debugger, new vCPUs run (unless ``--wait``).
 - ``owner``: the vCPU whose event the current stop reports, if any.
 - ``reply_owed``: gdb is waiting for a stop reply; ``why``: the reason when no vCPU
   owns the stop (``"sigint"`` after Ctrl-C, ``"halt"`` for ``?`` after attach).
@@ -103,6 +106,7 @@ class Snapshot:
     caps: tuple[frozenset[Cap], ...]
     bpt: frozenset[int]
     want_stopped: frozenset[int]
+    release_new: bool
     owner: int | None
     reply_owed: bool
     why: str | None
@@ -122,6 +126,7 @@ class Coordinator:
         # bhyve's "-G w": vCPU 0 is wanted stopped before its first instruction, and so
         # every vCPU after it (property 8) until gdb resumes them.
         self.want_stopped: set[int] = {0} if wait_for_debugger else set()
+        self.release_new = not wait_for_debugger
         self.owner: int | None = None
         self.reply_owed = False
         self.why: str | None = None
@@ -160,6 +165,7 @@ class Coordinator:
             raise ProtocolError("a debugger is already attached")
         self.attached = True
         self.reply_owed = False
+        self.release_new = False
         self._stop_all()
         return self._out
 
@@ -173,12 +179,17 @@ class Coordinator:
             self._finish_stop_if_complete()
         return self._out
 
-    def resume(self, plan: dict[int, str]) -> list[Action]:
+    def resume(self, plan: dict[int, str], others: str | None = None) -> list[Action]:
         """``c``, ``s`` or ``vCont``: ``plan`` maps vCPU index to ``"c"`` or ``"s"``;
-        vCPUs not in it stay stopped."""
+        ``others`` is the action for every vCPU not in it, including those that start
+        later: ``"c"`` (gdb's ``vCont;s:1;c``) or None, stay stopped (``vCont;s:1``)."""
         self._begin()
         self._need_stopped()
+        if others not in (None, CONTINUE):
+            raise ProtocolError("only 'continue' can apply to every other vCPU")
+        plan = {**{i: others for i in self.active if others}, **plan}
         self._check_plan(plan)
+        self.release_new = others == CONTINUE
         self._consume_reported_stop()
         self._drop_stale_hits()
         self.reply_owed = True
@@ -240,6 +251,7 @@ class Coordinator:
         self.why = None
         self.owner = None
         self.want_stopped.clear()
+        self.release_new = True
         for i in sorted(self.active):
             if self.has_event(i):
                 self._consume(i)
@@ -285,7 +297,7 @@ class Coordinator:
 
     # ------------------------------------------- conditions and effects (by name)
     def holding(self, i: int, *_) -> bool:
-        return bool(self.want_stopped)
+        return bool(self.want_stopped) or not self.release_new
 
     def wants_stop(self, i: int, *_) -> bool:
         return i in self.want_stopped
@@ -426,6 +438,7 @@ class Coordinator:
             caps=tuple(self.caps),
             bpt=frozenset(self.bpt),
             want_stopped=frozenset(self.want_stopped),
+            release_new=self.release_new,
             owner=self.owner,
             reply_owed=self.reply_owed,
             why=self.why,
@@ -442,6 +455,7 @@ class Coordinator:
         c.caps = list(snap.caps)
         c.bpt = set(snap.bpt)
         c.want_stopped = set(snap.want_stopped)
+        c.release_new = snap.release_new
         c.owner = snap.owner
         c.reply_owed = snap.reply_owed
         c.why = snap.why

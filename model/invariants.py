@@ -1,0 +1,67 @@
+"""State invariants of DESIGN.md §5 that hold in *every* coordinator state.
+
+Shared by the unit tests, the hypothesis stateful tests and the model checker. Each
+check returns a list of violations (empty when the state is fine) so a caller can print
+all of them. Properties about *sequences* (one stop reply per resume, no stale event)
+need the environment's view and live with the drivers.
+"""
+
+from __future__ import annotations
+
+from model import vcpu as lifecycle
+from model.coordinator import Coordinator
+
+
+def violations(c: Coordinator) -> list[str]:
+    return [
+        *owner_holds_an_event(c),
+        *step_caps_only_while_stepping(c),
+        *bpt_exits_track_breakpoints(c),
+        *pending_hits_are_parked(c),
+        *detached_means_free(c),
+    ]
+
+
+def owner_holds_an_event(c: Coordinator) -> list[str]:
+    """2: at most one owner, and it is a vCPU with an event (reported or about to be)."""
+    if c.owner is None:
+        return []
+    if not c.has_event(c.owner):
+        return [f"owner vCPU {c.owner} is {c.states[c.owner]}, not at an event"]
+    return []
+
+
+def step_caps_only_while_stepping(c: Coordinator) -> list[str]:
+    """4: step mechanisms are on only for a vCPU released for its one instruction."""
+    return [
+        f"vCPU {i} is {s} with {sorted(cap.value for cap in c.caps[i])} on"
+        for i, s in enumerate(c.states)
+        if c.caps[i] and s not in lifecycle.STEP_ARMED
+    ]
+
+
+def bpt_exits_track_breakpoints(c: Coordinator) -> list[str]:
+    """6: BPT exits are on for every started vCPU exactly while a breakpoint exists."""
+    want = c.active if c.breakpoints else set()
+    return [] if c.bpt == want else [f"BPT_EXIT on {sorted(c.bpt)}, expected {sorted(want)}"]
+
+
+def pending_hits_are_parked(c: Coordinator) -> list[str]:
+    """3: a vCPU with an unreported breakpoint event is parked at it."""
+    bad = []
+    for i, gpa in enumerate(c.pending_hits):
+        if (gpa is not None) != (c.states[i] == "at_breakpoint"):
+            bad.append(f"vCPU {i} is {c.states[i]} with pending hit {gpa}")
+    return bad
+
+
+def detached_means_free(c: Coordinator) -> list[str]:
+    """Without a debugger nothing is held, owed or patched."""
+    if c.attached:
+        return []
+    bad = []
+    if c.breakpoints or c.reply_owed or c.owner is not None:
+        bad.append("detached but breakpoints/reply/owner remain")
+    if any(c.has_event(i) for i in range(c.n)):
+        bad.append("detached with an event parked")
+    return bad
