@@ -1,0 +1,90 @@
+"""Hex and binary-escape helpers shared by the framing and packet layers.
+
+Everything here is strict: gdb always sends well-formed hex, so anything else is a
+client bug or line noise and must surface as an error (``ValueError``), never be guessed
+around. The packet parser turns those errors into ``Malformed`` commands.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+
+ESCAPE = 0x7D  # '}'
+#: Bytes that must not appear raw inside a packet body: '$' starts a packet, '#' ends
+#: it, '}' is the escape byte and '*' introduces run-length encoding.
+ESCAPED_BYTES = frozenset(b"$#}*")
+
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+_NEEDS_ESCAPE = re.compile(rb"[$#}*]")
+_MAX_HEX_DIGITS = 40  # far above any 64-bit number, far below int()'s quadratic zone
+
+
+def hex_encode(data: bytes) -> bytes:
+    """Lowercase hex, two digits per byte (what gdb prints and expects)."""
+    return binascii.hexlify(data)
+
+
+def hex_decode(text: bytes) -> bytes:
+    """Strict inverse of ``hex_encode`` (either case accepted); raises ValueError."""
+    if len(text) % 2:
+        raise ValueError("odd number of hex digits")
+    if not _HEX_DIGITS.issuperset(text):
+        raise ValueError("not a hex string")
+    return binascii.unhexlify(text)
+
+
+def parse_hex_int(text: bytes, *, limit: int = 1 << 64) -> int:
+    """A non-negative hex number below ``limit``; raises ValueError otherwise.
+
+    Unlike ``int(x, 16)`` this refuses signs, whitespace, ``0x`` prefixes and
+    underscores, none of which the protocol allows.
+    """
+    if not text:
+        raise ValueError("empty number")
+    if not _HEX_DIGITS.issuperset(text):
+        raise ValueError(f"not a hex number: {bytes(text[:32])!r}")
+    digits = text.lstrip(b"0") or b"0"
+    if len(digits) > _MAX_HEX_DIGITS:
+        raise ValueError("number too large")
+    value = int(digits, 16)
+    if value >= limit:
+        raise ValueError(f"number {value:#x} out of range (limit {limit:#x})")
+    return value
+
+
+def _escape_match(m: re.Match[bytes]) -> bytes:
+    return bytes((ESCAPE, m.group()[0] ^ 0x20))
+
+
+def binary_escape(data: bytes) -> bytes:
+    """Escape ``$ # } *`` as ``}`` followed by the byte XOR 0x20.
+
+    ``stub.rsp.framing.encode_packet`` applies this to every outgoing payload, so reply
+    builders hand it raw binary; call this directly only to build frames by hand.
+    """
+    return _NEEDS_ESCAPE.sub(_escape_match, data)
+
+
+def binary_unescape(data: bytes) -> bytes:
+    """Inverse of ``binary_escape``; raises ValueError on a dangling escape byte."""
+    if ESCAPE not in data:
+        return bytes(data)
+    out = bytearray()
+    i, n = 0, len(data)
+    while i < n:
+        j = data.find(b"}", i)
+        if j < 0:
+            out += data[i:]
+            break
+        out += data[i:j]
+        if j + 1 >= n:
+            raise ValueError("dangling escape byte")
+        out.append(data[j + 1] ^ 0x20)
+        i = j + 2
+    return bytes(out)
+
+
+def checksum(data: bytes) -> int:
+    """The RSP checksum: the sum of the body bytes modulo 256."""
+    return sum(data) & 0xFF
