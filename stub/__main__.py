@@ -1,0 +1,5 @@
+import sys
+
+from stub.cli import main
+
+sys.exit(main())

@@ -1,0 +1,144 @@
+"""``python -m stub --vm NAME``: boot a VM and serve gdb on it."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import signal
+import sys
+import threading
+
+from stub.config import PERSONALITIES, VmConfig, VmConfigError, resolve
+
+log = logging.getLogger("stub")
+
+DEFAULT_LISTEN = "127.0.0.1:1234"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m stub",
+        description="Boot a VM on the emulated x86-64 VMM and serve the GDB remote protocol.")
+    p.add_argument("--vm", required=True,
+                   help="a built-in VM (demo, demo-intel, ...), a .toml file or a kernel ELF")
+    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="ADDR:PORT",
+                   help=f"where gdb connects (default {DEFAULT_LISTEN})")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow a non-loopback --listen address (gdb gets full control of "
+                        "the VM: anyone who can connect owns it)")
+    p.add_argument("--wait", action="store_true",
+                   help="hold every vCPU before its first instruction until gdb resumes it")
+    p.add_argument("--cpu", choices=PERSONALITIES, help="override the CPU personality")
+    p.add_argument("--vcpus", type=int, help="override the number of vCPUs")
+    p.add_argument("--memory-mb", type=int, help="override guest RAM in MiB")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every packet")
+    return p.parse_args(argv)
+
+
+def parse_listen(text: str, allow_remote: bool) -> tuple[str, int]:
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise VmConfigError(f"--listen {text}: expected ADDR:PORT")
+    host = host.strip("[]") or "127.0.0.1"
+    if not _is_loopback(host):
+        if not allow_remote:
+            raise VmConfigError(f"--listen {text}: not a loopback address; gdb controls the "
+                                f"whole VM, so add --allow-remote if you mean it")
+        log.warning("listening on %s: anyone who can reach it controls this VM", text)
+    return host, int(port_text)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_config(args: argparse.Namespace) -> VmConfig:
+    cfg = resolve(args.vm)
+    return cfg.with_overrides(cpu=args.cpu, vcpus=args.vcpus, memory_mb=args.memory_mb)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="stub: %(message)s", stream=sys.stderr)
+    if args.verbose:
+        logging.getLogger("stub.packets").setLevel(logging.DEBUG)
+    else:
+        logging.getLogger("stub.packets").setLevel(logging.INFO)
+    try:
+        cfg = load_config(args)
+        host, port = parse_listen(args.listen, args.allow_remote)
+    except VmConfigError as err:
+        print(f"stub: error: {err}", file=sys.stderr)
+        return 2
+    return run(cfg, host, port, args.wait)
+
+
+def run(cfg: VmConfig, host: str, port: int, wait: bool) -> int:
+    # Imported here so that configuration errors answer fast.
+    from stub.runtime import Runtime
+    from stub.server import ListenError, Server, open_listener
+    from stub.vmm.api import VmmError
+    from stub.vmm.emulated import create_vm
+
+    try:
+        listener = open_listener(host, port)
+    except ListenError as err:
+        print(f"stub: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        vm = create_vm(cfg.kernel, vcpus=cfg.vcpus, memory=cfg.memory, personality=cfg.cpu,
+                       timer_hz=cfg.timer_hz, console=_console)
+    except (VmmError, OSError, ValueError) as err:
+        listener.close()
+        print(f"stub: error: {cfg.source or cfg.name}: cannot boot: {err}", file=sys.stderr)
+        return 2
+    runtime = Runtime(vm, wait_for_debugger=wait)
+    server = Server(runtime, listener)
+    _announce(cfg, runtime, server, wait)
+    _stop_on_sigint(runtime)
+    runtime.start()
+    try:
+        server.serve()
+    finally:
+        runtime.shutdown()
+        runtime.join()
+    log.info("%s", runtime.ended_how or "stopped")
+    return 0
+
+
+def _console(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+def _announce(cfg: VmConfig, runtime, server, wait: bool) -> None:
+    step = runtime.step
+    mech = {"mtrap": "monitor trap flag", "rflags_tf": "hidden RFLAGS.TF",
+            "none": "none"}[step.mode.value]
+    mask = ", interrupts masked while stepping" if step.mask_hwintr else ""
+    host, port = server.address
+    log.info("booted %s: %d vCPU(s), %d MiB, cpu %s (single-step: %s%s)",
+             cfg.name, cfg.vcpus, cfg.memory_mb, cfg.cpu, mech, mask)
+    log.info("kernel %s", cfg.kernel)
+    if wait:
+        log.info("--wait: every vCPU is held until gdb resumes it")
+    log.info("connect with: gdb %s -ex 'target remote %s:%d'", cfg.kernel, host, port)
+
+
+def _stop_on_sigint(runtime) -> None:
+    """Ctrl-C in the terminal ends the stub cleanly (gdb's Ctrl-C arrives in-band)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        log.info("interrupted: shutting down")
+        runtime.shutdown("interrupted")
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)

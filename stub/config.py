@@ -1,0 +1,123 @@
+"""VM definitions: the built-in catalog, a user directory, or a path.
+
+A VM definition is a small TOML file::
+
+    kernel = "../guests/demo/demo.elf"   # relative to the TOML file
+    vcpus = 4
+    memory_mb = 64
+    cpu = "amd"                          # intel | amd | amd-nomask | none
+    backend = "emulated"
+    timer_hz = 100
+
+``--vm NAME`` resolves, in order: ``stub/vms/NAME.toml`` (shipped), then
+``$VMSTUB_VMS/NAME.toml`` or ``~/.config/vmstub/vms/NAME.toml``, then NAME as a path to
+a TOML file, then NAME as a path to a kernel ELF (with the defaults below). Command-line
+flags override what the file says. Every problem is a :class:`VmConfigError` whose
+message is one line naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+CATALOG = Path(__file__).resolve().parent / "vms"
+PERSONALITIES = ("intel", "amd", "amd-nomask", "none")
+BACKENDS = ("emulated",)
+MAX_VCPUS = 16
+KEYS = {"name", "kernel", "vcpus", "memory_mb", "cpu", "backend", "timer_hz", "description"}
+
+
+class VmConfigError(Exception):
+    """A VM name or file that cannot be used; the message is one line."""
+
+
+@dataclass(frozen=True)
+class VmConfig:
+    name: str
+    kernel: Path
+    vcpus: int = 1
+    memory_mb: int = 64
+    cpu: str = "amd"
+    backend: str = "emulated"
+    timer_hz: float = 100.0
+    description: str = ""
+    source: str = ""  # where the definition came from, for messages
+
+    @property
+    def memory(self) -> int:
+        return self.memory_mb << 20
+
+    def with_overrides(self, **flags) -> VmConfig:
+        """Apply command-line flags (None means "not given") and validate again."""
+        given = {k: v for k, v in flags.items() if v is not None}
+        return validate(replace(self, **given))
+
+
+def user_dir() -> Path:
+    env = os.environ.get("VMSTUB_VMS")
+    return Path(env) if env else Path.home() / ".config" / "vmstub" / "vms"
+
+
+def resolve(name: str) -> VmConfig:
+    for directory in (CATALOG, user_dir()):
+        candidate = directory / f"{name}.toml"
+        if candidate.is_file():
+            return load_toml(candidate)
+    path = Path(name)
+    if path.suffix == ".toml":
+        if not path.is_file():
+            raise VmConfigError(f"{name}: no such VM file")
+        return load_toml(path)
+    if path.is_file():
+        if path.read_bytes()[:4] != b"\x7fELF":
+            raise VmConfigError(f"{name}: neither a VM definition (.toml) nor an ELF kernel")
+        return validate(VmConfig(name=path.stem, kernel=path.resolve(), source=str(path)))
+    known = ", ".join(sorted(catalog_names()))
+    raise VmConfigError(f"{name}: no such VM (built-in: {known}; or give a .toml or ELF path)")
+
+
+def catalog_names() -> list[str]:
+    return [p.stem for p in CATALOG.glob("*.toml")]
+
+
+def load_toml(path: Path) -> VmConfig:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise VmConfigError(f"{path}: cannot read: {err}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise VmConfigError(f"{path}: not valid TOML: {err}") from None
+    unknown = set(data) - KEYS
+    if unknown:
+        raise VmConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
+    if "kernel" not in data:
+        raise VmConfigError(f"{path}: missing 'kernel'")
+    fields = {k: v for k, v in data.items() if k not in ("kernel",)}
+    fields.setdefault("name", path.stem)
+    kernel = (path.parent / str(data["kernel"])).resolve()
+    for key, kind in (("vcpus", int), ("memory_mb", int), ("timer_hz", (int, float)),
+                      ("cpu", str), ("backend", str), ("name", str), ("description", str)):
+        if key in fields and (not isinstance(fields[key], kind) or isinstance(fields[key], bool)):
+            raise VmConfigError(f"{path}: '{key}' has the wrong type ({fields[key]!r})")
+    return validate(VmConfig(kernel=kernel, source=str(path), **fields))
+
+
+def validate(cfg: VmConfig) -> VmConfig:
+    where = cfg.source or cfg.name
+    if not 1 <= cfg.vcpus <= MAX_VCPUS:
+        raise VmConfigError(f"{where}: vcpus must be 1..{MAX_VCPUS}, not {cfg.vcpus}")
+    if not 4 <= cfg.memory_mb <= 4096:
+        raise VmConfigError(f"{where}: memory_mb must be 4..4096, not {cfg.memory_mb}")
+    if cfg.cpu not in PERSONALITIES:
+        raise VmConfigError(f"{where}: cpu must be one of {', '.join(PERSONALITIES)}, "
+                            f"not {cfg.cpu!r}")
+    if cfg.backend not in BACKENDS:
+        raise VmConfigError(f"{where}: backend must be one of {', '.join(BACKENDS)}")
+    if not 0 < cfg.timer_hz <= 10000:
+        raise VmConfigError(f"{where}: timer_hz must be in (0, 10000], not {cfg.timer_hz}")
+    if not cfg.kernel.is_file():
+        raise VmConfigError(f"{where}: kernel {cfg.kernel} does not exist")
+    return cfg

@@ -1,0 +1,366 @@
+"""The runtime: vCPU threads, one lock, and the model's actions carried out on the VMM.
+
+This is bhyve's ``gdb.c`` around its one mutex, with every decision moved into
+``model.Coordinator``: a vCPU thread runs the guest, and on every exit takes the lock,
+feeds the exit to the coordinator and carries out the actions it returns before
+releasing the lock. gdb's requests (through the session) do the same. Threads parked by
+the protocol wait on one condition variable, woken after every event.
+
+Stop replies and exits leave through :attr:`outbox` (the server thread formats and
+writes them), so no vCPU thread ever blocks on the socket while holding the lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from model.actions import (
+    Action,
+    ClearSuspend,
+    PatchBreakpoint,
+    ReinjectBreakpoint,
+    RequestSuspend,
+    RestoreBreakpoint,
+    SendExit,
+    SendStop,
+    SetCap,
+    Stop,
+)
+from model.coordinator import Coordinator
+from model.errors import NotStopped, ProtocolError
+from model.step_mode import StepConfig, probe_step_config
+from stub.vmm.api import (
+    Cap,
+    CapabilityUnsupported,
+    ExitKind,
+    MemoryFault,
+    TranslationFault,
+    Vcpu,
+    Vm,
+    VmExit,
+    VmmError,
+)
+
+log = logging.getLogger("stub.runtime")
+
+INT3 = b"\xcc"
+PAGE = 4096
+SIGSEGV = 11
+EXPEDITED = ("rbp", "rsp", "rip")
+
+
+@dataclass(frozen=True)
+class StopEvent:
+    stop: Stop
+    registers: dict[str, int]  # expedited registers of the stopped vCPU
+
+
+@dataclass(frozen=True)
+class ExitEvent:
+    kind: str  # "W" or "X"
+    code: int
+
+
+class MemoryAccessError(Exception):
+    """Nothing at all could be read or written at the address."""
+
+
+def probe_step(vcpu0: Vcpu) -> StepConfig:
+    """StepMode, probed once on the boot vCPU (see model.step_mode)."""
+
+    def has(cap) -> bool:
+        try:
+            vcpu0.get_capability(Cap(cap.value))
+            return True
+        except CapabilityUnsupported:
+            return False
+
+    def can_set(cap) -> bool:
+        try:
+            vcpu0.set_capability(Cap(cap.value), True)
+            vcpu0.set_capability(Cap(cap.value), False)
+            return True
+        except CapabilityUnsupported:
+            return False
+
+    return probe_step_config(has, can_set)
+
+
+class Runtime:
+    def __init__(self, vm: Vm, wait_for_debugger: bool = False):
+        self.vm = vm
+        self.step = probe_step(vm.vcpus[0])
+        self.coord = Coordinator(len(vm.vcpus), self.step, wait_for_debugger)
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.outbox: queue.Queue[StopEvent | ExitEvent] = queue.Queue()
+        self.on_output: Callable[[], None] = lambda: None  # wakes the server loop
+        self.saved: dict[int, bytes] = {}  # breakpoint GPA -> original byte
+        self.finished = threading.Event()  # the guest ended or the VM was killed
+        self.ended_how: str = ""
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        for vcpu in self.vm.vcpus:
+            t = threading.Thread(target=self._vcpu_main, args=(vcpu,),
+                                 name=f"vcpu{vcpu.index}", daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def shutdown(self, why: str = "shut down") -> None:
+        with self.lock:
+            if self._stopping:
+                return
+            self._stopping = True
+            self.ended_how = self.ended_how or why
+            self.changed.notify_all()
+        self.vm.shutdown()
+        self.finished.set()
+        self.on_output()
+
+    def join(self, timeout: float = 5.0) -> None:
+        for t in self._threads:
+            t.join(timeout)
+
+    # ------------------------------------------------------------- vCPU threads
+    def _vcpu_main(self, vcpu: Vcpu) -> None:
+        i = vcpu.index
+        try:
+            if not vcpu.wait_started() or self._stopping:
+                return
+            with self.lock:
+                self._apply(self.coord.vcpu_started(i))
+            while True:
+                with self.lock:
+                    while self.coord.parked(i) and not self._stopping:
+                        self.changed.wait()
+                    if self._stopping:
+                        return
+                exit_ = vcpu.run()
+                if exit_.kind is ExitKind.SHUTDOWN:
+                    return
+                with self.lock:
+                    try:
+                        self._on_exit(vcpu, exit_)
+                    except ProtocolError as err:
+                        # The model refused the exit (a trap nobody armed, say): it
+                        # changed nothing, so the vCPU just goes on.
+                        log.error("vCPU %d: %s ignored: %s", i, exit_.kind.value, err)
+        except Exception:  # a bug must not leave gdb waiting forever
+            log.exception("vCPU %d thread failed", i)
+            self._guest_ended("X", SIGSEGV, f"vCPU {i} failed inside the stub")
+
+    def _on_exit(self, vcpu: Vcpu, exit_: VmExit) -> None:
+        i = vcpu.index
+        match exit_.kind:
+            case ExitKind.DEBUG:
+                self._apply(self.coord.vcpu_exit_debug(i))
+            case ExitKind.MTRAP:
+                self._apply(self.coord.vcpu_step_trap(i, mtrap=True))
+            case ExitKind.DB if exit_.trace_trap:
+                self._apply(self.coord.vcpu_step_trap(i, mtrap=False))
+            case ExitKind.BPT:
+                self._on_breakpoint(vcpu, exit_)
+            case ExitKind.POWEROFF:
+                self._guest_ended_locked("W", exit_.code & 0xFF,
+                                         f"guest powered off (code {exit_.code})")
+            case ExitKind.TRIPLE_FAULT:
+                self._guest_ended_locked("X", SIGSEGV, f"guest triple fault: {exit_.detail}")
+            case _:
+                log.warning("vCPU %d: unexpected exit %s ignored", i, exit_)
+
+    def _on_breakpoint(self, vcpu: Vcpu, exit_: VmExit) -> None:
+        try:
+            gpa = vcpu.translate(exit_.rip)
+            present = self.vm.read_phys(gpa, 1) == INT3
+        except VmmError:
+            gpa, present = -1, True  # it executed, so it is there; hand it to the guest
+        self._apply(self.coord.vcpu_breakpoint(vcpu.index, gpa, present))
+
+    def _guest_ended(self, kind: str, code: int, why: str) -> None:
+        with self.lock:
+            self._guest_ended_locked(kind, code, why)
+        self.shutdown(why)
+
+    def _guest_ended_locked(self, kind: str, code: int, why: str) -> None:
+        log.info("%s", why)
+        self.ended_how = self.ended_how or why
+        self._apply(self.coord.guest_ended(kind, code))
+        self._stopping = True
+        self.changed.notify_all()
+        # vm.shutdown() only sets flags and stops emulation: safe under the lock.
+        self.vm.shutdown()
+        self.finished.set()
+        self.on_output()
+
+    # ---------------------------------------------------------------- actions
+    def _apply(self, actions: Iterable[Action]) -> None:
+        """Carry out the model's actions in order. Called with the lock held."""
+        for action in actions:
+            match action:
+                case SetCap(vcpu=i, cap=cap, on=on, best_effort=best_effort):
+                    self._set_cap(i, cap, on, best_effort)
+                case RequestSuspend(vcpu=i):
+                    self.vm.vcpus[i].request_suspend()
+                case ClearSuspend(vcpu=i):
+                    self.vm.vcpus[i].clear_suspend()
+                case PatchBreakpoint(gpa=gpa):
+                    self.saved[gpa] = self.vm.read_phys(gpa, 1)
+                    self.vm.write_phys(gpa, INT3)
+                case RestoreBreakpoint(gpa=gpa):
+                    self.vm.write_phys(gpa, self.saved.pop(gpa))
+                case ReinjectBreakpoint(vcpu=i):
+                    self._reinject(i)
+                case SendStop(stop=stop):
+                    self.outbox.put(StopEvent(stop, self._expedited(stop.vcpu)))
+                    self.on_output()
+                case SendExit(kind=kind, code=code):
+                    self.outbox.put(ExitEvent(kind, code))
+                    self.on_output()
+        self.changed.notify_all()
+
+    def _set_cap(self, i: int, cap, on: bool, best_effort: bool) -> None:
+        try:
+            self.vm.vcpus[i].set_capability(Cap(cap.value), on)
+        except CapabilityUnsupported:
+            if not best_effort:
+                raise
+            log.debug("vCPU %d: %s unavailable, ignored", i, cap.value)
+
+    def _reinject(self, i: int) -> None:
+        try:
+            self.vm.vcpus[i].inject_exception(3, inst_length=1)
+        except VmmError as err:
+            self._guest_ended_locked("X", SIGSEGV, f"guest int3 could not be delivered: {err}")
+
+    def _expedited(self, i: int) -> dict[str, int]:
+        vcpu = self.vm.vcpus[i]
+        return {name: vcpu.get_register(name) for name in EXPEDITED}
+
+    # ------------------------------------------------------ requests from gdb
+    def attach(self) -> None:
+        with self.lock:
+            self._apply(self.coord.attach())
+
+    def detach(self) -> None:
+        with self.lock:
+            self._apply(self.coord.detach())
+
+    def query_halt(self) -> None:
+        with self.lock:
+            self._apply(self.coord.query_halt())
+
+    def resume(self, plan: dict[int, str], others: str | None) -> None:
+        with self.lock:
+            self._apply(self.coord.resume(plan, others))
+
+    def interrupt(self) -> None:
+        with self.lock:
+            self._apply(self.coord.interrupt())
+
+    def insert_breakpoint(self, vcpu: int, gva: int) -> None:
+        with self.lock:
+            self._need_stopped()
+            gpa = self._breakpoint_gpa(vcpu, gva)
+            self._apply(self.coord.insert_breakpoint(gpa))
+
+    def remove_breakpoint(self, vcpu: int, gva: int) -> None:
+        with self.lock:
+            self._need_stopped()
+            gpa = self._breakpoint_gpa(vcpu, gva)
+            self._apply(self.coord.remove_breakpoint(gpa))
+
+    def _breakpoint_gpa(self, vcpu: int, gva: int) -> int:
+        gpa = self.vm.vcpus[vcpu].translate(gva)
+        self.vm.read_phys(gpa, 1)  # must be guest RAM: raises MemoryFault otherwise
+        return gpa
+
+    # ---------------------------------------------------------- inspection
+    def active_vcpus(self) -> list[int]:
+        with self.lock:
+            return sorted(self.coord.active)
+
+    def describe_vcpu(self, i: int) -> str:
+        with self.lock:
+            return self.coord.states[i]
+
+    def read_registers(self, i: int, names: Iterable[str]) -> dict[str, int]:
+        with self.lock:
+            self._need_stopped()
+            vcpu = self.vm.vcpus[i]
+            return {name: vcpu.get_register(name) for name in names}
+
+    def write_registers(self, i: int, values: dict[str, int]) -> None:
+        with self.lock:
+            self._need_stopped()
+            vcpu = self.vm.vcpus[i]
+            for name, value in values.items():
+                vcpu.set_register(name, value)
+
+    def read_memory(self, i: int, gva: int, size: int) -> bytes:
+        """Read through vCPU i's page tables. A fault part-way gives a short read;
+        a fault on the first byte raises. Breakpoint bytes read as the original."""
+        with self.lock:
+            self._need_stopped()
+            out = bytearray()
+            for gpa, chunk in self._pages(i, gva, size):
+                if gpa is None:
+                    break
+                try:
+                    data = bytearray(self.vm.read_phys(gpa, chunk))
+                except MemoryFault:
+                    break
+                for bp, orig in self.saved.items():
+                    if gpa <= bp < gpa + chunk:
+                        data[bp - gpa] = orig[0]
+                out += data
+            if size and not out:
+                raise MemoryAccessError(f"cannot read memory at {gva:#x}")
+            return bytes(out)
+
+    def write_memory(self, i: int, gva: int, data: bytes) -> None:
+        """Write through vCPU i's page tables; a byte under a breakpoint updates the
+        saved original, so the breakpoint stays and removing it keeps the new byte."""
+        with self.lock:
+            self._need_stopped()
+            plan = list(self._pages(i, gva, len(data)))
+            if any(gpa is None for gpa, _ in plan):
+                raise MemoryAccessError(f"cannot write memory at {gva:#x}: not mapped")
+            offset = 0
+            for gpa, chunk in plan:
+                piece = bytearray(data[offset:offset + chunk])
+                for bp in self.saved:
+                    if gpa <= bp < gpa + chunk:
+                        self.saved[bp] = bytes([piece[bp - gpa]])
+                        piece[bp - gpa] = INT3[0]
+                try:
+                    self.vm.write_phys(gpa, bytes(piece))
+                except MemoryFault as err:
+                    raise MemoryAccessError(str(err)) from None
+                offset += chunk
+
+    def _pages(self, i: int, gva: int, size: int):
+        """(gpa, length) per page of [gva, gva+size); gpa None where translation fails."""
+        vcpu = self.vm.vcpus[i]
+        end = gva + size
+        while gva < end:
+            chunk = min(end, (gva & ~(PAGE - 1)) + PAGE) - gva
+            try:
+                yield vcpu.translate(gva), chunk
+            except TranslationFault:
+                yield None, chunk
+                return
+            gva += chunk
+
+    def _need_stopped(self) -> None:
+        if not self.coord.is_stopped:
+            raise NotStopped("the guest is running")
+
+
+__all__ = ["ExitEvent", "MemoryAccessError", "ProtocolError", "Runtime", "StopEvent"]

@@ -1,0 +1,218 @@
+"""The server: the only place with sockets. One thread, one select loop.
+
+It accepts one gdb at a time (a second connection is refused and closed), feeds the
+client's bytes through the RSP framing into the session, and writes the replies. Stop
+replies produced by vCPU threads arrive through the runtime's outbox; the runtime wakes
+this loop through a self-pipe, so no other thread ever writes to the socket.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import queue
+import select
+import socket
+
+from stub.rsp import packets as P
+from stub.rsp.framing import BadPacket, Interrupt, Packet, RspConnection
+from stub.runtime import Runtime
+from stub.session import Session
+
+log = logging.getLogger("stub.server")
+packet_log = logging.getLogger("stub.packets")
+
+RECV_SIZE = 65536
+
+
+class ListenError(Exception):
+    """The listening socket could not be set up (port in use, bad address)."""
+
+
+def open_listener(host: str, port: int) -> socket.socket:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise ListenError(f"cannot resolve {host!r}: {err.strerror}") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as err:
+        sock.close()
+        if err.errno == errno.EADDRINUSE:
+            raise ListenError(f"{host}:{port} is already in use") from None
+        raise ListenError(f"cannot listen on {host}:{port}: {err.strerror}") from None
+    sock.listen(4)
+    return sock
+
+
+class Client:
+    """One connected gdb: its socket, its framing state and its session."""
+
+    def __init__(self, sock: socket.socket, peer, runtime: Runtime):
+        self.sock = sock
+        self.peer = peer
+        self.rsp = RspConnection()
+        self.session = Session(runtime)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self.sock.sendall(data)
+
+    def send(self, payload: bytes, no_ack: bool = False) -> None:
+        packet_log.debug("<- %r", payload[:200])
+        self.write(self.rsp.send(payload, then_no_ack=no_ack))
+
+
+class Server:
+    def __init__(self, runtime: Runtime, listener: socket.socket):
+        self.rt = runtime
+        self.listener = listener
+        self.client: Client | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        runtime.on_output = self.wake
+        self._closed = False
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.listener.getsockname()[:2]
+
+    def wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"!")
+        except (BlockingIOError, OSError):
+            pass  # already awake (pipe full) or shutting down
+
+    def serve(self) -> None:
+        """Run until the guest ends or gdb kills the VM."""
+        try:
+            while not self.rt.finished.is_set() or not self.rt.outbox.empty():
+                self._poll()
+        finally:
+            self._flush_outbox()
+            self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.client is not None:
+            self.client.sock.close()
+            self.client = None
+        self.listener.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    # ----------------------------------------------------------------- the loop
+    def _poll(self) -> None:
+        watched = [self.listener, self._wake_r]
+        if self.client is not None:
+            watched.append(self.client.sock)
+        readable, _, _ = select.select(watched, [], [])
+        if self._wake_r in readable:
+            self._drain_wake()
+            self._flush_outbox()
+        if self.listener in readable:
+            self._accept()
+        if self.client is not None and self.client.sock in readable:
+            self._receive()
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _accept(self) -> None:
+        sock, peer = self.listener.accept()
+        if self.client is not None:
+            log.warning("refused a second debugger from %s: %s is connected", peer[0],
+                        self.client.peer[0])
+            sock.close()
+            return
+        log.info("debugger connected from %s:%s", peer[0], peer[1])
+        self.client = Client(sock, peer, self.rt)
+        self.rt.attach()
+
+    def _receive(self) -> None:
+        client = self.client
+        try:
+            data = client.sock.recv(RECV_SIZE)
+        except (ConnectionError, OSError):
+            data = b""
+        if not data:
+            log.info("debugger disconnected; the guest runs on")
+            self._drop_client()
+            return
+        events, immediate = client.rsp.receive(data)
+        try:
+            client.write(immediate)
+            for event in events:
+                if self.client is not client:
+                    break  # detached or killed by an earlier packet in this read
+                self._on_event(client, event)
+        except (ConnectionError, OSError):
+            self._drop_client()
+        self._flush_outbox()
+
+    def _on_event(self, client: Client, event) -> None:
+        match event:
+            case Interrupt():
+                packet_log.debug("-> ^C")
+                self.rt.interrupt()
+            case BadPacket(reason=reason) as bad:
+                log.warning("bad packet from gdb: %s", reason)
+                if bad.needs_reply:  # oversize or undecodable: an error, not a resend
+                    client.send(P.error_reply(0x07))  # E2BIG / unusable
+            case Packet(payload=payload):
+                packet_log.debug("-> %r", payload[:200])
+                self._on_packet(client, payload)
+
+    def _on_packet(self, client: Client, payload: bytes) -> None:
+        outcome = client.session.handle(P.parse(payload))
+        if outcome.reply is not None:
+            client.send(outcome.reply, no_ack=outcome.no_ack)
+        if outcome.detach:
+            self._drop_client(reason="detached")
+        elif outcome.kill:
+            self._drop_client(reason="killed")
+            self.rt.shutdown("killed by the debugger")
+
+    def _drop_client(self, reason: str = "disconnected") -> None:
+        """A detach, a kill or a dropped connection: the guest resumes (the model
+        restores breakpoints and releases every vCPU) and we listen again."""
+        client, self.client = self.client, None
+        if client is None:
+            return
+        if reason == "detached":
+            log.info("debugger detached; the guest runs on")
+        client.sock.close()
+        self.rt.detach()
+        self._discard_outbox()
+
+    def _flush_outbox(self) -> None:
+        while True:
+            try:
+                event = self.rt.outbox.get_nowait()
+            except queue.Empty:
+                return
+            if self.client is None:
+                continue  # nobody to tell: the stop belonged to a gone session
+            try:
+                self.client.send(self.client.session.format_event(event))
+            except (ConnectionError, OSError):
+                self._drop_client()
+
+    def _discard_outbox(self) -> None:
+        while True:
+            try:
+                self.rt.outbox.get_nowait()
+            except queue.Empty:
+                return

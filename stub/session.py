@@ -1,0 +1,279 @@
+"""The session: one gdb client's packets turned into requests on the runtime.
+
+It owns what is gdb's view rather than the VM's: negotiated features, the selected
+threads (``Hg``/``Hc``), how gdb's thread ids map to vCPUs (vCPU i is thread i+1), and
+the formatting of replies. It makes no protocol decision: every resume, stop, Ctrl-C
+and breakpoint goes to the runtime, which hands it to ``model.Coordinator``.
+
+``handle(command)`` returns an :class:`Outcome`: the reply to send now (``None`` for a
+resume, whose stop reply comes later through the runtime's outbox) and what the server
+must do after writing it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from model.actions import Stop
+from model.errors import NotStopped, ProtocolError, StepUnavailable
+from stub.rsp import packets as P
+from stub.rsp.framing import DEFAULT_MAX_PACKET
+from stub.rsp.hexutil import hex_encode
+from stub.rsp.registers import (
+    by_number,
+    decode_g,
+    decode_register,
+    encode_g,
+    encode_register,
+    expedited_registers,
+    feature_document,
+    vmm_names,
+)
+from stub.runtime import ExitEvent, MemoryAccessError, Runtime, StopEvent
+from stub.vmm.api import VmmError
+
+log = logging.getLogger("stub.session")
+
+EINVAL = 0x16
+EFAULT = 0x0E
+EPERM = 0x01
+EBUSY = 0x10
+EOPNOTSUPP = 0x2D
+MAX_MEMORY_REPLY = (DEFAULT_MAX_PACKET - 16) // 2  # hex doubles the bytes
+MAX_BINARY_REPLY = (DEFAULT_MAX_PACKET - 16) // 2  # escaping may double them too
+ALL_REGISTER_NAMES = vmm_names()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    reply: bytes | None
+    no_ack: bool = False  # switch to no-ack mode right after this reply
+    detach: bool = False  # resume the guest and wait for the next client
+    kill: bool = False  # end the VM and the stub
+
+
+class Session:
+    def __init__(self, runtime: Runtime):
+        self.rt = runtime
+        self.swbreak = False
+        self.g_vcpu = 0  # thread for register and memory access (Hg)
+        self.c_vcpu: int | None = None  # thread for legacy s/c (Hc); None: all
+
+    # -------------------------------------------------------------------- entry
+    def handle(self, cmd: P.Command) -> Outcome:
+        handler = getattr(self, "_" + type(cmd).__name__, None)
+        if handler is None:
+            return Outcome(P.EMPTY)  # not supported: gdb's agreed answer
+        try:
+            reply = handler(cmd)
+        except NotStopped as err:
+            log.warning("%s refused: %s", type(cmd).__name__, err)
+            return Outcome(P.error_reply(EBUSY))
+        except StepUnavailable as err:
+            log.warning("%s", err)
+            return Outcome(b"E.%s" % str(err).encode())
+        except (ProtocolError, ValueError, KeyError) as err:
+            log.warning("%s refused: %s", type(cmd).__name__, err)
+            return Outcome(P.error_reply(EINVAL))
+        except (MemoryAccessError, VmmError) as err:
+            log.info("%s: %s", type(cmd).__name__, err)
+            return Outcome(P.error_reply(EFAULT))
+        return reply if isinstance(reply, Outcome) else Outcome(reply)
+
+    def format_event(self, event: StopEvent | ExitEvent) -> bytes:
+        if isinstance(event, ExitEvent):
+            return P.exit_reply(event.code) if event.kind == "W" else P.terminated_reply(
+                event.code)
+        return self.format_stop(event.stop, event.registers)
+
+    def format_stop(self, stop: Stop, registers: dict[str, int]) -> bytes:
+        # Like bhyve: every asynchronous stop selects the vCPU it is about.
+        self.g_vcpu = stop.vcpu
+        self.c_vcpu = None
+        reason = stop.reason if (stop.reason != "swbreak" or self.swbreak) else None
+        return P.stop_reply(stop.signal, stop.vcpu + 1, reason, expedited_registers(registers))
+
+    # -------------------------------------------------------------- negotiation
+    def _QuerySupported(self, cmd: P.QuerySupported) -> bytes:
+        self.swbreak = cmd.features.get("swbreak") is True
+        return P.supported_reply({
+            "PacketSize": DEFAULT_MAX_PACKET,
+            "QStartNoAckMode": True,
+            "swbreak": True,
+            "qXfer:features:read": True,
+            "vContSupported": True,
+        })
+
+    def _StartNoAck(self, cmd) -> Outcome:
+        return Outcome(P.OK, no_ack=True)
+
+    def _VMustReplyEmpty(self, cmd) -> bytes:
+        return P.EMPTY
+
+    def _QueryXferFeatures(self, cmd: P.QueryXferFeatures) -> bytes:
+        document = feature_document(cmd.annex)  # a fixed set of names: no paths
+        if document is None:
+            return P.error_reply(EINVAL)
+        return P.xfer_chunk(document, cmd.offset, min(cmd.length, DEFAULT_MAX_PACKET - 16))
+
+    def _QueryAttached(self, cmd) -> bytes:
+        return b"1"  # we attached to a running VM: detach must not kill it
+
+    # ------------------------------------------------------------------ threads
+    def _threads(self) -> list[int]:
+        return self.rt.active_vcpus()
+
+    def _vcpu_of(self, thread: P.ThreadId, allow_all: bool = False) -> int | None:
+        """vCPU index for a thread id; None for "all" where allowed."""
+        if thread.is_all:
+            if allow_all:
+                return None
+            return self._threads()[0]
+        if thread.is_any:
+            return self.g_vcpu if self.g_vcpu in self._threads() else self._threads()[0]
+        vcpu = thread.tid - 1
+        if vcpu not in self._threads():
+            raise ProtocolError(f"no thread {thread.tid}")
+        return vcpu
+
+    def _SetThread(self, cmd: P.SetThread) -> bytes:
+        vcpu = self._vcpu_of(cmd.thread, allow_all=cmd.op == "c")
+        if cmd.op == "g":
+            self.g_vcpu = vcpu
+        else:
+            self.c_vcpu = vcpu
+        return P.OK
+
+    def _ThreadAlive(self, cmd: P.ThreadAlive) -> bytes:
+        self._vcpu_of(cmd.thread)
+        return P.OK
+
+    def _QueryCurrentThread(self, cmd) -> bytes:
+        return P.current_thread_reply(self.g_vcpu + 1)
+
+    def _QueryThreadInfoFirst(self, cmd) -> bytes:
+        return P.thread_list_reply(v + 1 for v in self._threads())
+
+    def _QueryThreadInfoNext(self, cmd) -> bytes:
+        return P.THREAD_LIST_END
+
+    def _QueryThreadExtraInfo(self, cmd: P.QueryThreadExtraInfo) -> bytes:
+        vcpu = self._vcpu_of(cmd.thread)
+        return hex_encode(f"vCPU {vcpu} {self.rt.describe_vcpu(vcpu)}".encode())
+
+    # -------------------------------------------------------------- run control
+    def _QueryHalt(self, cmd) -> None:
+        self.rt.query_halt()  # the stop reply comes through the outbox
+
+    def _VContQuery(self, cmd) -> bytes:
+        kinds = ["c", "C", "s", "S"] if self.rt.step.can_step else ["c", "C"]
+        return P.vcont_supported_reply(kinds)
+
+    def _Continue(self, cmd: P.Continue) -> None:
+        self._resume_at(cmd.addr)
+        self.rt.resume({}, "c")
+
+    def _Step(self, cmd: P.Step) -> None:
+        self._resume_at(cmd.addr)
+        vcpu = self.c_vcpu if self.c_vcpu is not None else self.g_vcpu
+        self.rt.resume({vcpu: "s"}, None)
+
+    def _resume_at(self, addr: int | None) -> None:
+        if addr is not None:
+            self.rt.write_registers(self.g_vcpu, {"rip": addr})
+
+    def _VCont(self, cmd: P.VCont) -> None:
+        plan: dict[int, str] = {}
+        others: str | None = None
+        for action in cmd.actions:  # the leftmost action that names a thread wins
+            kind = {"c": "c", "C": "c", "s": "s", "S": "s"}.get(action.kind)
+            if kind is None:
+                raise ProtocolError(f"vCont action {action.kind!r} is not supported")
+            if action.thread is None or action.thread.is_all:
+                if others is None and kind == "c":
+                    others = "c"
+                elif kind == "s":
+                    for v in self._threads():
+                        plan.setdefault(v, "s")
+                continue
+            plan.setdefault(self._vcpu_of(action.thread), kind)
+        self.rt.resume(plan, others)
+
+    def _VCtrlC(self, cmd) -> bytes:
+        self.rt.interrupt()
+        return P.OK
+
+    def _Detach(self, cmd) -> Outcome:
+        return Outcome(P.OK, detach=True)
+
+    def _Kill(self, cmd) -> Outcome:
+        return Outcome(None, kill=True)
+
+    def _VKill(self, cmd) -> Outcome:
+        return Outcome(P.OK, kill=True)
+
+    # ---------------------------------------------------------------- registers
+    def _ReadRegisters(self, cmd) -> bytes:
+        values = self.rt.read_registers(self.g_vcpu, ALL_REGISTER_NAMES)
+        return hex_encode(encode_g(values))
+
+    def _WriteRegisters(self, cmd: P.WriteRegisters) -> bytes:
+        self.rt.write_registers(self.g_vcpu, decode_g(cmd.data))
+        return P.OK
+
+    def _ReadRegister(self, cmd: P.ReadRegister) -> bytes:
+        reg = by_number(cmd.regnum)
+        value = self.rt.read_registers(self.g_vcpu, [reg.vmm])[reg.vmm]
+        return hex_encode(encode_register(reg.name, value))
+
+    def _WriteRegister(self, cmd: P.WriteRegister) -> bytes:
+        reg = by_number(cmd.regnum)
+        self.rt.write_registers(self.g_vcpu, {reg.vmm: decode_register(reg.name, cmd.data)})
+        return P.OK
+
+    # ------------------------------------------------------------------- memory
+    def _ReadMemory(self, cmd: P.ReadMemory) -> bytes:
+        return P.memory_reply(self._read(cmd.addr, min(cmd.length, MAX_MEMORY_REPLY)))
+
+    def _ReadMemoryBinary(self, cmd: P.ReadMemoryBinary) -> bytes:
+        return P.binary_memory_reply(self._read(cmd.addr, min(cmd.length, MAX_BINARY_REPLY)))
+
+    def _read(self, addr: int, length: int) -> bytes:
+        return self.rt.read_memory(self.g_vcpu, addr, length) if length else b""
+
+    def _WriteMemory(self, cmd: P.WriteMemory) -> bytes:
+        self.rt.write_memory(self.g_vcpu, cmd.addr, cmd.data)
+        return P.OK
+
+    def _WriteMemoryBinary(self, cmd: P.WriteMemoryBinary) -> bytes:
+        if cmd.data:
+            self.rt.write_memory(self.g_vcpu, cmd.addr, cmd.data)
+        return P.OK
+
+    # -------------------------------------------------------------- breakpoints
+    def _InsertBreakpoint(self, cmd: P.InsertBreakpoint) -> bytes:
+        if cmd.type != 0:
+            return P.EMPTY  # hardware breakpoints and watchpoints: not yet
+        if cmd.kind != 1 or cmd.conditions:
+            return P.error_reply(EINVAL) if cmd.kind != 1 else P.EMPTY
+        self.rt.insert_breakpoint(self.g_vcpu, cmd.addr)
+        return P.OK
+
+    def _RemoveBreakpoint(self, cmd: P.RemoveBreakpoint) -> bytes:
+        if cmd.type != 0:
+            return P.EMPTY
+        if cmd.kind != 1:
+            return P.error_reply(EINVAL)
+        self.rt.remove_breakpoint(self.g_vcpu, cmd.addr)
+        return P.OK
+
+    # ------------------------------------------------------------- bad packets
+    def _Malformed(self, cmd: P.Malformed) -> bytes:
+        log.warning("malformed packet %r: %s", cmd.payload[:40], cmd.reason)
+        return P.error_reply(EINVAL)
+
+    def _Unknown(self, cmd: P.Unknown) -> bytes:
+        log.debug("unsupported packet %r", cmd.payload[:40])
+        return P.EMPTY
+
