@@ -118,10 +118,12 @@ class Server:
         if self._wake_r in readable:
             self._drain_wake()
             self._flush_outbox()
-        if self.listener in readable:
-            self._accept()
+        # The current client first: a gdb that closed just before a new one connected
+        # must be gone before the newcomer is judged a second client.
         if self.client is not None and self.client.sock in readable:
             self._receive()
+        if self.listener in readable:
+            self._accept()
 
     def _drain_wake(self) -> None:
         try:
@@ -132,6 +134,8 @@ class Server:
 
     def _accept(self) -> None:
         sock, peer = self.listener.accept()
+        if self.client is not None and self._client_closed():
+            self._drop_client()
         if self.client is not None:
             log.warning("refused a second debugger from %s: %s is connected", peer[0],
                         self.client.peer[0])
@@ -140,6 +144,14 @@ class Server:
         log.info("debugger connected from %s:%s", peer[0], peer[1])
         self.client = Client(sock, peer, self.rt)
         self.rt.attach()
+
+    def _client_closed(self) -> bool:
+        try:
+            return self.client.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
 
     def _receive(self) -> None:
         client = self.client

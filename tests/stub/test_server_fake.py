@@ -1,0 +1,106 @@
+"""The server, session and runtime with real threads and sockets over the fake VMM."""
+
+import threading
+
+import pytest
+
+from stub.rsp.hexutil import hex_decode
+from stub.runtime import Runtime
+from stub.server import ListenError, Server, open_listener
+from tests.e2e.stubproc import RawClient
+from tests.fakevmm import FakeVm
+
+
+@pytest.fixture
+def served():
+    def start(vcpus=2, personality="amd", wait=False):
+        vm = FakeVm(vcpus, personality)
+        rt = Runtime(vm, wait_for_debugger=wait)
+        srv = Server(rt, open_listener("127.0.0.1", 0))
+        rt.start()
+        t = threading.Thread(target=srv.serve, daemon=True)
+        t.start()
+        started.append((rt, t))
+        return vm, rt, srv
+
+    started = []
+    yield start
+    for rt, t in started:
+        rt.shutdown()
+        t.join(10)
+        assert not t.is_alive(), "server loop did not end"
+
+
+def connect(srv):
+    c = RawClient(srv.address[1], timeout=10)
+    c.no_ack()
+    assert c.ask(b"?").startswith(b"T05thread:01;")
+    return c
+
+
+def test_step_amd_and_intel_report_and_disarm(served):
+    for personality in ("amd", "intel"):
+        vm, rt, srv = served(1, personality)
+        c = connect(srv)
+        assert c.ask(b"vCont;s:1").startswith(b"T05thread:01;")
+        assert vm.vcpus[0].regs["rip"] == 0x1001
+        assert not any(on for cap, on in vm.vcpus[0].caps.items())
+        c.close()
+
+
+def test_step_without_mechanism_is_a_clear_error(served):
+    vm, rt, srv = served(1, "none")
+    c = connect(srv)
+    assert c.ask(b"vCont?") == b"vCont;c;C"
+    reply = c.ask(b"s")
+    assert reply.startswith(b"E.") and b"single-step" in reply
+
+
+def test_breakpoint_bytes_are_hidden_from_reads_and_restored_on_drop(served):
+    vm, rt, srv = served(1)
+    vm.ram[0x2000] = 0x90
+    c = connect(srv)
+    assert c.ask(b"Z0,2000,1") == b"OK"
+    assert vm.ram[0x2000] == 0xCC
+    assert hex_decode(c.ask(b"m2000,1")) == b"\x90"
+    assert c.ask(b"M2000,1:91") == b"OK"  # write under a breakpoint updates the original
+    assert vm.ram[0x2000] == 0xCC
+    c.send(b"vCont;c")
+    c.close()  # a dropped connection behaves like detach
+    again = connect(srv)
+    assert vm.ram[0x2000] == 0x91
+    again.close()
+
+
+def test_ctrl_c_then_continue_then_kill_ends_the_server(served):
+    vm, rt, srv = served(2)
+    c = connect(srv)
+    c.send(b"vCont;c")
+    c.send_raw(b"\x03")
+    assert c.recv_packet().startswith(b"T02thread:01;")
+    c.send(b"k")
+    assert rt.finished.wait(10)
+
+
+def test_wait_mode_holds_vcpu0_until_continue(served):
+    vm, rt, srv = served(1, wait=True)
+    c = connect(srv)
+    assert c.ask(b"p10") == b"0010000000000000"
+    c.close()
+
+
+def test_port_in_use_is_a_clear_error():
+    first = open_listener("127.0.0.1", 0)
+    try:
+        with pytest.raises(ListenError, match="already in use"):
+            open_listener("127.0.0.1", first.getsockname()[1])
+    finally:
+        first.close()
+
+
+def test_expedited_registers_and_thread_selection_follow_the_stop(served):
+    vm, rt, srv = served(1)
+    c = connect(srv)
+    reply = c.ask(b"vCont;s:1")
+    assert b"10:0110000000000000;" in reply  # rip 0x1001 expedited
+    assert c.ask(b"qC") == b"QC01"
