@@ -10,7 +10,14 @@ from __future__ import annotations
 import threading
 
 from stub.vmm.api import (
-    Cap, CapabilityUnsupported, ExitKind, MemoryFault, TranslationFault, Vcpu, Vm, VmExit,
+    Cap,
+    CapabilityUnsupported,
+    ExitKind,
+    MemoryFault,
+    TranslationFault,
+    Vcpu,
+    Vm,
+    VmExit,
 )
 
 CAPS = {

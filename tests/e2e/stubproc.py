@@ -127,4 +127,4 @@ def run_gdb(port: int, commands: list[str], elf: Path = DEMO_ELF,
             "-ex", "set width 0", str(elf), "-ex", f"target remote 127.0.0.1:{port}"]
     for c in commands:
         args += ["-ex", c]
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)

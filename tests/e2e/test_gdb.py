@@ -44,10 +44,10 @@ def test_break_continue_threads_and_registers(stub_factory, vm):
     assert r.returncode == 0, out
     no_stray_sigtrap(out)
     assert re.search(r"Thread \d+ hit Breakpoint 1, .*cpu_loop", out), out
-    threads = re.findall(r"^\*?\s+\d+\s+Thread (\d+)", out, re.M)
+    threads = re.findall(r"^\*?\s+\d+\s+Thread (\d+)", out, re.MULTILINE)
     assert len(set(threads)) == 4, out
     for reg in ("fs_base", "cr3", "efer", "cr0"):
-        assert re.search(rf"^{reg}\s", out, re.M), (reg, out)
+        assert re.search(rf"^{reg}\s", out, re.MULTILINE), (reg, out)
     assert "0x1122334455667788" in out
     assert "0xfeedfacecafebeef" in out
     assert re.search(r"<cpu_loop\+\d+>:", out), out

@@ -79,7 +79,7 @@ def test_listen_is_loopback_unless_allowed():
 ])
 def test_cli_errors_exit_non_zero_with_one_line(args, message):
     r = subprocess.run([sys.executable, "-m", "stub", *args], cwd=ROOT,
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], r.stderr

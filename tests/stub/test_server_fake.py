@@ -40,7 +40,7 @@ def connect(srv):
 
 def test_step_amd_and_intel_report_and_disarm(served):
     for personality in ("amd", "intel"):
-        vm, rt, srv = served(1, personality)
+        vm, _rt, srv = served(1, personality)
         c = connect(srv)
         assert c.ask(b"vCont;s:1").startswith(b"T05thread:01;")
         assert vm.vcpus[0].regs["rip"] == 0x1001
@@ -49,7 +49,7 @@ def test_step_amd_and_intel_report_and_disarm(served):
 
 
 def test_step_without_mechanism_is_a_clear_error(served):
-    vm, rt, srv = served(1, "none")
+    _vm, _rt, srv = served(1, "none")
     c = connect(srv)
     assert c.ask(b"vCont?") == b"vCont;c;C"
     reply = c.ask(b"s")
@@ -57,7 +57,7 @@ def test_step_without_mechanism_is_a_clear_error(served):
 
 
 def test_breakpoint_bytes_are_hidden_from_reads_and_restored_on_drop(served):
-    vm, rt, srv = served(1)
+    vm, _rt, srv = served(1)
     vm.ram[0x2000] = 0x90
     c = connect(srv)
     assert c.ask(b"Z0,2000,1") == b"OK"
@@ -73,7 +73,7 @@ def test_breakpoint_bytes_are_hidden_from_reads_and_restored_on_drop(served):
 
 
 def test_ctrl_c_then_continue_then_kill_ends_the_server(served):
-    vm, rt, srv = served(2)
+    _vm, rt, srv = served(2)
     c = connect(srv)
     c.send(b"vCont;c")
     c.send_raw(b"\x03")
@@ -83,7 +83,7 @@ def test_ctrl_c_then_continue_then_kill_ends_the_server(served):
 
 
 def test_wait_mode_holds_vcpu0_until_continue(served):
-    vm, rt, srv = served(1, wait=True)
+    _vm, _rt, srv = served(1, wait=True)
     c = connect(srv)
     assert c.ask(b"p10") == b"0010000000000000"
     c.close()
@@ -99,7 +99,7 @@ def test_port_in_use_is_a_clear_error():
 
 
 def test_expedited_registers_and_thread_selection_follow_the_stop(served):
-    vm, rt, srv = served(1)
+    _vm, _rt, srv = served(1)
     c = connect(srv)
     reply = c.ask(b"vCont;s:1")
     assert b"10:0110000000000000;" in reply  # rip 0x1001 expedited
