@@ -68,11 +68,18 @@ def test_stepi_through_flags_probe_leaks_no_trap_flag(stub_factory, vm, tmp_path
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     no_stray_sigtrap(out)
-    m = re.search(r"RESULT steps=(\d+) pushf_images=(\d+) bad=(\d+) tf_leaks=(\d+)", out)
+    m = re.search(r"RESULT steps=(\d+) pushf_images=(\d+) bad=(\d+) tf_leaks=(\d+) "
+                  r"timer_entries=(\d+)", out)
     assert m, out
-    steps, images, bad, leaks = map(int, m.groups())
-    assert steps == 150 and images >= 10, out
-    assert bad == 0 and leaks == 0, out
+    steps, images, bad, leaks, timer_entries = map(int, m.groups())
+    assert steps == 150 and bad == 0 and leaks == 0, out
+    if vm == "demo-amd-nomask":
+        # Without MASK_HWINTR a pending timer tick is taken on the step: stepi lands on
+        # timer_isr's first instruction (the frame is fixed, so nothing leaks). With a
+        # wall-clock timer faster than the stepping, it does so again and again.
+        assert timer_entries >= 1, out
+    else:
+        assert timer_entries == 0 and images >= 10, out
 
 
 def test_step_is_refused_clearly_without_a_mechanism(stub_factory):

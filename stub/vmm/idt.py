@@ -1,0 +1,126 @@
+"""Event delivery through the guest IDT, as the CPU does it in 64-bit mode.
+
+Unicorn reports exceptions but never delivers them (and has no interrupt controller),
+so the VMM builds the frame itself: read the 16-byte gate, pick the stack (IST or the
+current one, aligned to 16), push SS, RSP, RFLAGS, CS, RIP and, for the exceptions that
+have one, the error code; then clear TF/NT/RF (and IF for an interrupt gate) and jump.
+Only CPL 0 is supported (no privilege change: a CPL 3 guest would need a stack switch
+and a CS descriptor load that Unicorn's register API cannot do in 64-bit mode).
+Anything that would make real hardware escalate (gate out of the IDT limit, not
+present, wrong type, unmapped stack) is a DeliveryError; the VMM ends the VM with a
+triple fault, as the boot protocol says.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Protocol
+
+from stub.vmm.api import VmmError
+
+TF = 1 << 8
+IF = 1 << 9
+NT = 1 << 14
+RF = 1 << 16
+VM = 1 << 17
+
+# Exceptions whose frame carries an error code (when raised by the CPU, not by INT n).
+ERROR_CODE_VECTORS = frozenset({8, 10, 11, 12, 13, 14, 17, 21, 29, 30})
+TIMER_VECTOR = 0x20
+
+_GATE_INTERRUPT = 0xE
+_GATE_TRAP = 0xF
+
+
+class DeliveryError(VmmError):
+    """The event cannot be delivered: the hardware would double/triple fault."""
+
+
+class VirtMem(Protocol):
+    def read(self, gva: int, size: int) -> bytes: ...
+    def write(self, gva: int, data: bytes) -> None: ...
+
+
+@dataclass(frozen=True)
+class CpuState:
+    rip: int
+    rsp: int
+    rflags: int
+    cs: int
+    ss: int
+    idt_base: int
+    idt_limit: int
+    tss_base: int  # 0 when no TSS is loaded
+
+
+@dataclass(frozen=True)
+class Gate:
+    offset: int
+    selector: int
+    ist: int
+    trap: bool
+
+
+@dataclass(frozen=True)
+class Entered:
+    """Where the handler starts, and where the frame's RFLAGS image lies."""
+
+    rip: int
+    rsp: int
+    rflags: int
+    cs: int
+    rflags_slot: int
+
+
+def read_gate(mem: VirtMem, cpu: CpuState, vector: int) -> Gate:
+    if vector * 16 + 15 > cpu.idt_limit:
+        raise DeliveryError(f"vector {vector:#x} is beyond the IDT limit {cpu.idt_limit:#x}")
+    raw = _read(mem, cpu.idt_base + vector * 16, 16, f"IDT entry {vector:#x}")
+    lo, selector, ist, attr, mid, hi, _ = struct.unpack("<HHBBHII", raw)
+    if not attr & 0x80:
+        raise DeliveryError(f"IDT entry {vector:#x} is not present")
+    kind = attr & 0xF
+    if kind not in (_GATE_INTERRUPT, _GATE_TRAP):
+        raise DeliveryError(f"IDT entry {vector:#x} has type {kind:#x}, not a 64-bit gate")
+    return Gate(lo | mid << 16 | hi << 32, selector, ist & 7, kind == _GATE_TRAP)
+
+
+def deliver(mem: VirtMem, cpu: CpuState, vector: int, error_code: int | None) -> Entered:
+    if cpu.cs & 3:
+        raise DeliveryError(f"vector {vector:#x} arrived at CPL {cpu.cs & 3}: only CPL 0 "
+                            "is supported")
+    gate = read_gate(mem, cpu, vector)
+    rsp = _ist_stack(mem, cpu, gate.ist) if gate.ist else cpu.rsp
+    rsp &= ~0xF
+    slots = [cpu.ss, cpu.rsp, cpu.rflags, cpu.cs, cpu.rip]
+    if error_code is not None:
+        slots.append(error_code)
+    rsp -= 8 * len(slots)
+    frame = struct.pack(f"<{len(slots)}Q", *reversed(slots))
+    _write(mem, rsp, frame, f"the {'IST' if gate.ist else 'kernel'} stack")
+    flags = cpu.rflags & ~(TF | NT | RF | VM)
+    if not gate.trap:
+        flags &= ~IF
+    slot = rsp + 8 * (len(slots) - 3)
+    return Entered(gate.offset, rsp, flags, gate.selector, slot)
+
+
+def _ist_stack(mem: VirtMem, cpu: CpuState, ist: int) -> int:
+    if not cpu.tss_base:
+        raise DeliveryError(f"gate uses IST{ist} but no TSS is loaded")
+    return struct.unpack("<Q", _read(mem, cpu.tss_base + 0x24 + 8 * (ist - 1), 8, "TSS"))[0]
+
+
+def _read(mem: VirtMem, gva: int, size: int, what: str) -> bytes:
+    try:
+        return mem.read(gva, size)
+    except VmmError as err:
+        raise DeliveryError(f"cannot read {what}: {err}") from None
+
+
+def _write(mem: VirtMem, gva: int, data: bytes, what: str) -> None:
+    try:
+        mem.write(gva, data)
+    except VmmError as err:
+        raise DeliveryError(f"cannot push the frame on {what}: {err}") from None

@@ -1,0 +1,44 @@
+"""The little instruction decoding the VMM needs, from raw bytes (no disassembler on
+the hot path): what SVM's PUSHF/POPF intercepts would catch, hlt, and whether the last
+instruction opened an interrupt shadow."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+PUSHF, POPF, HLT = 0x9C, 0x9D, 0xF4
+STI = 0xFB
+MOV_SREG = 0x8E
+_LEGACY_PREFIXES = frozenset({0x66, 0x67, 0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65})
+_NAMES = {PUSHF: "pushf", POPF: "popf", HLT: "hlt"}
+MAX_INSN = 15
+
+
+def classify(code: bytes) -> tuple[str | None, int]:
+    """(``"pushf"``/``"popf"``/``"hlt"``/None, operand size in bytes).
+
+    In 64-bit mode pushf/popf default to 8 bytes; a 0x66 prefix makes them 2 (pushfw);
+    REX.W changes nothing."""
+    size, i = 8, 0
+    while i < len(code) and code[i] in _LEGACY_PREFIXES:
+        if code[i] == 0x66:
+            size = 2
+        i += 1
+    if i < len(code) and 0x40 <= code[i] <= 0x4F:
+        i += 1
+    if i >= len(code):
+        return None, size
+    return _NAMES.get(code[i]), size
+
+
+def after_shadow_opener(byte_at: Callable[[int], int | None], rip: int) -> bool:
+    """Might the instruction just before ``rip`` be ``sti`` or ``mov ss, r16``?
+
+    Both block interrupts until the next instruction has run. Decoding backwards is
+    ambiguous, so this says yes whenever the bytes fit; a false yes only delays an
+    interrupt by one instruction."""
+    last = byte_at(rip - 1)
+    if last == STI:
+        return True
+    # mov ss, r16 is 8E /2 with a register operand: ModRM 0xD0-0xD7.
+    return last is not None and (last & 0xF8) == 0xD0 and byte_at(rip - 2) == MOV_SREG

@@ -1,0 +1,95 @@
+"""The two step mechanisms of the emulated vCPU (part of EmulatedVcpu).
+
+- ``MTRAP_EXIT`` (VT-x monitor trap flag): one instruction under a one-shot code hook,
+  then MTRAP. TF is never touched.
+- ``RFLAGS_TF`` (SVM): the real trap flag. Unicorn raises #DB (vector 1, DR6.BS) after
+  the instruction; stopping in the interrupt hook keeps it from the guest. The TF
+  bookkeeping (shadow, PUSHF/POPF intercepts, flags-image fix-ups) is the lead's
+  ``model.tf_shadow`` machine; this code feeds it what the CPU did and carries out
+  the actions it returns.
+
+Either way, an event delivered instead of the instruction (the pending timer tick, or
+an exception the instruction raised) is the step: it ends at the handler's first
+instruction, as MTF does after event delivery.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from model.tf_shadow import FixFlagsImage, SetTrapFlag, TfAction
+from stub.vmm import insn
+from stub.vmm.api import ExitKind, VmExit, VmmError
+from stub.vmm.cpu import DR6_BS, TF
+
+if TYPE_CHECKING:
+    from stub.vmm.vcpu import EmulatedVcpu
+
+log = logging.getLogger(__name__)
+
+
+class StepMixin:
+    # ------------------------------------------------------------------ VT-x
+    def _step_mtf(self: EmulatedVcpu) -> VmExit | None:
+        if self._tick_window() == "open":
+            return self._deliver_tick() or self._mtrap()
+        exit_, ran = self._run_one()
+        if not ran:
+            return None
+        return exit_ or self._mtrap()
+
+    def _mtrap(self: EmulatedVcpu) -> VmExit:
+        return VmExit(ExitKind.MTRAP, rip=self.cpu.rip)
+
+    # ------------------------------------------------------------------ SVM
+    def _step_tf(self: EmulatedVcpu) -> VmExit | None:
+        if self._tick_window() == "open":
+            return self._deliver_tick() or self._db_exit(False)
+        rip = self.cpu.rip
+        kind, _size = insn.classify(self._fetch(rip))
+        if self._tf.state == "on":  # not again after an entry abandoned for a request
+            if kind == "pushf":
+                self._apply(self._tf.intercept_pushf())
+            elif kind == "popf":
+                self._apply(self._tf.intercept_popf())
+        if not self.cpu.rflags & TF:
+            self.cpu.set_tf(True)  # a popf cleared it last step and no disable came
+        ran, error, _ = self._slice("tf")
+        if not ran:
+            return None
+        if self._event == ("exception", 1) and self.cpu.dr6 & DR6_BS:
+            return self._claim_trace_trap(kind == "pushf")
+        exit_ = self._after_guest(error)
+        if exit_ is not None:
+            return exit_
+        if self._event is None and error is None:
+            # The instruction ran but no trap came: hlt (Unicorn stops before the trap).
+            if kind == "hlt" and self.cpu.rip != rip:
+                self._halted = True
+            self._apply(self._tf.trace_trap(bool(self.cpu.rflags & TF)))
+        return self._db_exit(False)
+
+    def _claim_trace_trap(self: EmulatedVcpu, pushf: bool) -> VmExit:
+        """The #DB is the debugger's (BS set, capability on): svm_vmexit's IDT_DB."""
+        self.cpu.dr6 = self.cpu.dr6 & ~DR6_BS  # the guest must not see a stale BS
+        self._apply(self._tf.trace_trap(bool(self.cpu.rflags & TF)))
+        return self._db_exit(pushf)
+
+    def _db_exit(self: EmulatedVcpu, pushf: bool) -> VmExit:
+        return VmExit(ExitKind.DB, rip=self.cpu.rip, trace_trap=True, pushf_intercept=pushf,
+                      tf_shadow_val=self._tf.shadow)
+
+    def _apply(self: EmulatedVcpu, actions: Iterable[TfAction]) -> None:
+        """Carry out what the TF shadow machine asks for."""
+        for action in actions:
+            if isinstance(action, SetTrapFlag):
+                self.cpu.set_tf(action.value)
+            elif isinstance(action, FixFlagsImage):
+                where = self.cpu.rsp if action.where == "stack" else self._frame_slot
+                try:
+                    self.cpu.flip_tf_image(where, action.tf)
+                except VmmError as err:  # the image was just written: cannot happen
+                    log.error("vCPU %d: cannot fix the %s flags image: %s",
+                              self.index, action.where, err)
