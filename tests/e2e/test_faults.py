@@ -1,0 +1,166 @@
+"""Faults: the stub never crashes, hangs, or leaves the guest broken (issue 8)."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from stub.rsp.hexutil import hex_decode
+from tests.guests.test_demo_kernel import parse_elf
+
+from .conftest import need_gdb
+from .stubproc import DEMO_ELF, GDB, RawClient, run_gdb
+
+SYMBOLS = parse_elf(DEMO_ELF.read_bytes()).symbols
+
+
+def sym(name: str) -> int:
+    return SYMBOLS[name].value
+
+
+def attach(port) -> RawClient:
+    c = RawClient(port)
+    c.ask(b"qSupported:swbreak+")
+    c.no_ack()
+    assert c.ask(b"?").startswith(b"T05")
+    return c
+
+
+def read_bytes(c, addr, n) -> bytes:
+    return hex_decode(c.ask(b"m%x,%x" % (addr, n)))
+
+
+def reg(c, regnum) -> int:
+    return int.from_bytes(hex_decode(c.ask(b"p%x" % regnum)), "little")
+
+
+RIP, RSP = 0x10, 0x07
+
+
+@pytest.fixture
+def stub(stub_factory):
+    return stub_factory("--vm", "demo", "--vcpus", "2")
+
+
+def breakpoint_then_drop(stub, drop):
+    """Insert a breakpoint, do ``drop(client)`` to lose the connection, then check a new
+    gdb attaches and the guest memory holds no 0xCC at the breakpoint."""
+    target = sym("flags_probe")
+    c = attach(stub.port)
+    original = read_bytes(c, target, 1)
+    assert c.ask(b"Z0,%x,1" % target) == b"OK"
+    drop(c)
+    again = attach(stub.port)
+    assert read_bytes(again, target, 1) == original  # nothing patched any more
+    # And the guest runs on: its loop counter moves between two stops.
+    before = read_bytes(again, sym("loops"), 8)
+    again.send(b"vCont;c")
+    again.send_raw(b"\x03")
+    assert again.recv_packet()[:3] in (b"T02", b"T05")
+    assert read_bytes(again, sym("loops"), 8) != before
+    again.close()
+
+
+def test_connection_dropped_mid_step(stub):
+    breakpoint_then_drop(stub, lambda c: (c.send(b"vCont;s:1;c"), c.close()))
+
+
+def test_connection_dropped_mid_continue(stub):
+    breakpoint_then_drop(stub, lambda c: (c.send(b"vCont;c"), c.close()))
+
+
+def test_connection_dropped_mid_packet(stub):
+    breakpoint_then_drop(stub, lambda c: (c.send_raw(b"$m%x,4" % sym("loops")), c.close()))
+
+
+def test_gdb_killed_with_sigkill_then_a_new_gdb_attaches(stub):
+    need_gdb()
+    proc = subprocess.Popen(
+        [GDB, "-nx", "-batch", "-ex", "set confirm off", str(DEMO_ELF),
+         "-ex", f"target remote 127.0.0.1:{stub.port}", "-ex", "break timer_isr",
+         "-ex", "continue", "-ex", "print 1+1", "-ex", "continue"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Wait until gdb has connected and hit its breakpoint once (bounded read).
+    for line in proc.stdout:
+        if "hit Breakpoint 1" in line:
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    r = run_gdb(stub.port, ["p tf_leaks", "x/1xb timer_isr", "detach"])
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "0xcc" not in out.lower().split("timer_isr")[-1], out
+
+
+def test_guest_power_off_while_debugged_reports_w_and_exits(stub):
+    c = attach(stub.port)
+    rip = sym("poweroff").to_bytes(8, "little").hex().encode()
+    assert c.ask(b"P%x=%s" % (RIP, rip)) == b"OK"
+    assert c.ask(b"vCont;c") == b"W00"
+    assert stub.proc.wait(30) == 0
+    assert "powered off" in stub.stderr
+
+
+def test_guest_triple_fault_while_debugged_reports_x_and_exits(stub):
+    c = attach(stub.port)
+    idt = sym("idt")
+    zeros = b"00" * 0x1000
+    assert c.ask(b"M%x,1000:" % idt + zeros) == b"OK"  # no usable gate anywhere
+    bad = (0x0000_7000_0000_0000).to_bytes(8, "little").hex().encode()
+    assert c.ask(b"P%x=%s" % (RIP, bad)) == b"OK"
+    assert c.ask(b"vCont;s:1").startswith(b"X")
+    assert stub.proc.wait(30) == 0
+    assert "triple fault" in stub.stderr
+
+
+def test_step_onto_a_breakpoint_at_the_current_pc(stub):
+    c = attach(stub.port)
+    pc = reg(c, RIP)
+    assert c.ask(b"Z0,%x,1" % pc) == b"OK"
+    reply = c.ask(b"vCont;s:1")
+    assert b"swbreak" in reply and reg(c, RIP) == pc, reply
+    assert c.ask(b"z0,%x,1" % pc) == b"OK"
+    assert c.ask(b"vCont;s:1").startswith(b"T05thread:01;")
+    assert reg(c, RIP) != pc
+
+
+def test_breakpoint_at_unmapped_address_and_short_reads(stub):
+    c = attach(stub.port)
+    assert c.ask(b"Z0,7000000000,1").startswith(b"E")
+    # Find where the kernel's higher-half mapping ends and read across that edge.
+    base = sym("cpu_loop") & ~0x1FFFFF
+    step = 0x200000
+    for k in range(1, 600):
+        if c.ask(b"m%x,1" % (base + k * step)).startswith(b"E"):
+            edge = base + k * step
+            break
+    else:
+        pytest.fail("no unmapped page above the kernel")
+    data = hex_decode(c.ask(b"m%x,20" % (edge - 0x10)))
+    assert len(data) == 0x10  # a short read: what was readable
+    assert c.ask(b"m%x,10" % edge).startswith(b"E")
+
+
+def test_port_already_in_use(stub):
+    r = subprocess.run([sys.executable, "-m", "stub", "--vm", "demo",
+                        "--listen", f"127.0.0.1:{stub.port}"],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2
+    assert "already in use" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_broken_vm_file_values(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'kernel = "{DEMO_ELF}"\nvcpus = 2\nmemory_mb = 1\n')
+    r = subprocess.run([sys.executable, "-m", "stub", "--vm", str(bad)],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2 and "memory_mb must be" in r.stderr, r.stderr
+    notelf = tmp_path / "kernel.toml"
+    (tmp_path / "k.bin").write_bytes(b"\x7fELF" + b"\0" * 60)
+    notelf.write_text('kernel = "k.bin"\n')
+    r = subprocess.run([sys.executable, "-m", "stub", "--vm", str(notelf)],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2 and "cannot boot" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
