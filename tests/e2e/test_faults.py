@@ -164,3 +164,11 @@ def test_broken_vm_file_values(tmp_path):
                        capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 2 and "cannot boot" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_ctrl_c_in_the_stub_terminal_shuts_down_cleanly(stub):
+    c = attach(stub.port)
+    c.send(b"vCont;c")
+    stub.proc.send_signal(signal.SIGINT)
+    assert stub.proc.wait(30) == 0
+    assert "interrupted" in stub.stderr
