@@ -1,0 +1,167 @@
+"""Breadth-first explicit-state search over :class:`proofs.env.System`.
+
+States are numbered in the order they are found, so BFS levels are consecutive ranges
+of ids and a parent pointer gives a shortest path to every state: the first violation
+found is a shortest counterexample. Every state is checked against the state
+invariants when it is found, every move against the transition checks while it is
+taken, and a state where nothing but gdb hanging up can happen is a deadlock.
+
+With ``keep_graph`` the edges are kept (compressed, by source) for the liveness check.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from dataclasses import dataclass, field
+
+from proofs.config import Config
+from proofs.env import WAITING, Mutation, System, Violation
+from proofs.symmetry import Canon, relabel, tie_break_variants
+
+
+@dataclass
+class Counterexample:
+    violation: Violation
+    path: list[tuple]  # labels from the initial state; a label may carry a permutation
+    kind: str  # "state", "move", "deadlock" or "lasso"
+    loop_at: int | None = None  # for a lasso: the move where the loop starts
+
+
+@dataclass
+class Graph:
+    start: array  # edges of state s are start[s]:start[s+1]
+    dst: array
+    cls: array  # fairness class id, -1 for moves with no fairness
+    classes: list  # class id -> (kind, vcpu)
+
+
+@dataclass
+class Result:
+    cfg: Config
+    symmetry: bool
+    states: int
+    transitions: int
+    depth: int
+    seconds: float
+    counterexample: Counterexample | None = None
+    graph: Graph | None = None
+    sys: System | None = field(default=None, repr=False)
+    state_list: list | None = field(default=None, repr=False)
+    liveness: dict | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.counterexample is None
+
+    @property
+    def rate(self) -> float:
+        return self.states / self.seconds if self.seconds > 0 else float("inf")
+
+    def summary(self) -> str:
+        verdict = "ok" if self.ok else f"VIOLATION {self.counterexample.violation}"
+        sym = " (symmetry-reduced)" if self.symmetry else ""
+        return (f"{self.cfg.name}{sym}: {self.states:,} states, {self.transitions:,} "
+                f"transitions, depth {self.depth}, {self.seconds:.2f} s, "
+                f"{self.rate:,.0f} states/s: {verdict}")
+
+
+def explore(cfg: Config, mutation: Mutation | None = None, *, symmetry: bool = False,
+            keep_graph: bool = False, keep_states: bool = False, max_states: int | None = None,
+            progress=None, stop_at_violation: bool = True) -> Result:
+    sys = System(cfg, mutation)
+    t0 = time.perf_counter()
+    canon = Canon(sys) if symmetry else None
+    init = sys.initial()
+    if canon:
+        init = canon(init)
+    index = {init: 0}
+    states = [init]
+    parent = array("l", [-1])
+    via: list = [None]
+    labels_seen: dict = {}
+    transitions = 0
+    cex: Counterexample | None = None
+    g_start, g_dst, g_cls = array("l", [0]), array("l"), array("b")
+    classes: dict = {}
+
+    def path_to(sid: int) -> list:
+        out = []
+        while sid > 0:
+            out.append(via[sid])
+            sid = parent[sid]
+        return out[::-1]
+
+    v = sys.check_state(init)
+    if v:
+        cex = Counterexample(v, [], "state")
+    sid, level_end, depth = 0, 1, 0
+    while sid < len(states) and (cex is None or not stop_at_violation):
+        if sid == level_end:
+            level_end = len(states)
+            depth += 1
+        s = states[sid]
+        labels = sys.labels(s)
+        # Stuck: nothing but gdb hanging up can happen, and gdb waits for a reply or
+        # the guest has not ended (an ended guest with nothing owed may rest).
+        if (cex is None and all(lab[0] == "detach" for lab in labels)
+                and (not s[5] or s[1] in WAITING)):
+            cex = Counterexample(Violation("P7", "deadlock: nothing can happen but gdb "
+                                                 "hanging up"), path_to(sid), "deadlock")
+        moves = [(lab, None) for lab in labels]
+        if canon:
+            for lab in labels:
+                moves += [(lab, p) for p in tie_break_variants(sys, s, lab)]
+        for lab, perm in moves:
+            if perm is None:
+                t, viol = sys.apply(s, lab)
+            else:
+                t, viol = sys.apply(sys.permute(s, perm), relabel(lab, perm))
+            if canon:
+                t = canon(t)
+            transitions += 1
+            key = labels_seen.setdefault((lab, perm), (lab, perm))
+            if viol is not None and cex is None:
+                cex = Counterexample(viol, path_to(sid) + [key], "move")
+            tid = index.get(t)
+            if tid is None:
+                tid = index[t] = len(states)
+                states.append(t)
+                parent.append(sid)
+                via.append(key)
+                if cex is None:
+                    sv = sys.check_state(t)
+                    if sv is not None:
+                        cex = Counterexample(sv, path_to(tid), "state")
+            if keep_graph:
+                g_dst.append(tid)
+                fc = sys.fair_class(lab)
+                g_cls.append(-1 if fc is None else classes.setdefault(fc, len(classes)))
+        if keep_graph:
+            g_start.append(len(g_dst))
+        sid += 1
+        if progress is not None and sid % 20000 == 0:
+            progress(len(states), transitions, depth, len(states) - sid, time.perf_counter() - t0)
+        if max_states is not None and len(states) > max_states:
+            raise RuntimeError(f"{cfg.name}: more than {max_states} states")
+    if sid == level_end and sid < len(states):
+        depth += 1
+    seconds = time.perf_counter() - t0
+    if progress is not None:
+        progress(len(states), transitions, depth, 0, seconds)
+    graph = None
+    if keep_graph and cex is None:
+        graph = Graph(g_start, g_dst, g_cls, [c for c, _ in sorted(classes.items(),
+                                                                     key=lambda kv: kv[1])])
+    if canon:
+        canon.clear()
+    return Result(cfg, symmetry, len(states), transitions, _depth(parent), seconds, cex,
+                  graph, sys, states if (keep_states or keep_graph) else None)
+
+
+def _depth(parent: array) -> int:
+    """The deepest BFS level (the initial state is level 0)."""
+    depth = [0] * len(parent)
+    for s in range(1, len(parent)):
+        depth[s] = depth[parent[s]] + 1
+    return max(depth)

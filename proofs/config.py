@@ -1,0 +1,126 @@
+"""What one model-checking run covers: vCPUs, vendor personality, the abstract guest
+program, which breakpoints gdb may use, and switches for the VMM behaviours the
+questions in README.md are about.
+
+A configuration is a frozen value so a run can be named, cached and compared."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from model.actions import Cap
+
+# Instructions of the abstract guest program. Addresses are 0..K-1 and the program
+# loops (pc mod K); every vCPU runs the same program from address 0.
+NOP = "nop"
+PUSHF = "pushf"
+POPF = "popf"  # pops a flags image with TF=0 or TF=1, chosen by the environment
+POPF0 = "popf0"  # pops a flags image with TF=0
+POPF1 = "popf1"  # pops a flags image with TF=1 (the guest single-steps itself)
+INT3 = "int3"  # the guest's own breakpoint instruction, handled by its #BP handler
+INSTRUCTIONS = (NOP, PUSHF, POPF, POPF0, POPF1, INT3)
+
+
+@dataclass(frozen=True)
+class Personality:
+    """What a VMM offers. ``settable``: capabilities ``set_capability`` accepts;
+    ``readable``: those ``get_capability`` answers (VMX cannot read MASK_HWINTR)."""
+
+    name: str
+    settable: frozenset[Cap]
+    readable: frozenset[Cap]
+
+
+def _p(name: str, *caps: Cap, unreadable: tuple[Cap, ...] = ()) -> Personality:
+    return Personality(name, frozenset(caps), frozenset(caps) - frozenset(unreadable))
+
+
+PERSONALITIES = {
+    p.name: p
+    for p in (
+        _p("intel", Cap.MTRAP_EXIT, Cap.MASK_HWINTR, Cap.BPT_EXIT, unreadable=(Cap.MASK_HWINTR,)),
+        _p("amd", Cap.RFLAGS_TF, Cap.MASK_HWINTR, Cap.BPT_EXIT),
+        _p("amd-nomask", Cap.RFLAGS_TF, Cap.BPT_EXIT),
+        # Not a real vendor: a VMM offering both mechanisms, where the probe order
+        # decides whether the guest's RFLAGS are ever touched.
+        _p("both", Cap.MTRAP_EXIT, Cap.RFLAGS_TF, Cap.MASK_HWINTR, Cap.BPT_EXIT,
+           unreadable=(Cap.MASK_HWINTR,)),
+        _p("none", Cap.BPT_EXIT),
+    )
+}
+
+# Properties that can be switched off for one run (see README.md for each).
+# "5d": the guest's own single-step trap is swallowed by a debugger step. Inherent to
+# RFLAGS_TF stepping as bhyve and model/ do it, so it is waived where TF is the
+# mechanism and checked where MTRAP is (it is how the probe-order mutant shows).
+# "U1": a step reports a stop inside a timer-interrupt handler (user-visible only).
+OPTIONAL_CHECKS = ("5d", "U1")
+
+
+@dataclass(frozen=True)
+class Config:
+    vcpus: int = 2
+    personality: str = "amd"
+    # With popf choosing the TF it pops, four instructions give every combination
+    # that matters: pushf and int3 with the guest's own TF 0 and 1, popf both ways.
+    program: tuple[str, ...] = (NOP, PUSHF, POPF, INT3)
+    bp_gpas: tuple[int, ...] = (0,)
+    # bhyve's -G w: vCPU 0 is held before its first instruction until gdb resumes it.
+    wait: bool = False
+    # The VMM fixes an interrupt/exception frame pushed under the debugger's TF
+    # (TfShadow.event_delivered). False is bhyve's kernel, which does not.
+    frame_fixup: bool = True
+    # The VMM routes iret through the POPF intercept, so the shadow takes the TF iret
+    # loads. False: only pushf/popf are intercepted, as in bhyve.
+    iret_fixup: bool = True
+    interrupts: bool = True  # timer interrupts may arrive (where not masked)
+    poweroff: bool = False  # a running vCPU may power the guest off
+    # The runtime registers vCPU 0 before gdb can connect. False: gdb may attach first.
+    boot_registered: bool = True
+    # gdb's repertoire, each switchable to make small cross-check configurations.
+    gdb_step: bool = True
+    gdb_vcont: bool = True
+    gdb_ctrlc: bool = True
+    gdb_detach: bool = True
+    gdb_query_when_stopped: bool = True
+    checks: frozenset[str] = field(default_factory=frozenset)  # optional checks on
+    mutant: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.personality not in PERSONALITIES:
+            raise ValueError(f"unknown personality {self.personality!r}")
+        if not 1 <= self.vcpus <= 8:
+            raise ValueError("1..8 vCPUs")
+        for ins in self.program:
+            if ins not in INSTRUCTIONS:
+                raise ValueError(f"unknown instruction {ins!r}")
+        for g in self.bp_gpas:
+            if not 0 <= g < len(self.program) or self.program[g] == INT3:
+                # A debugger breakpoint on the guest's own int3 would save 0xCC as the
+                # original byte; gdb never does that on purpose and it is not modelled.
+                raise ValueError(f"breakpoint GPA {g} must be a non-int3 address")
+        unknown = set(self.checks) - set(OPTIONAL_CHECKS)
+        if unknown:
+            raise ValueError(f"unknown optional checks {unknown}")
+
+    @property
+    def pers(self) -> Personality:
+        return PERSONALITIES[self.personality]
+
+    def with_(self, **kw) -> Config:
+        return replace(self, **kw)
+
+    @property
+    def name(self) -> str:
+        short = {NOP: "n", PUSHF: "u", POPF: "o", POPF0: "0", POPF1: "1", INT3: "i"}
+        parts = [f"{self.vcpus}cpu", self.personality, "".join(short[i] for i in self.program)]
+        parts.append("bp" + "".join(map(str, self.bp_gpas)) if self.bp_gpas else "nobp")
+        flags = {
+            "wait": self.wait, "nofix": not self.frame_fixup, "noiret": not self.iret_fixup,
+            "noirq": not self.interrupts, "off": self.poweroff, "race": not self.boot_registered,
+        }
+        parts += [k for k, v in flags.items() if v]
+        parts += sorted(self.checks)
+        if self.mutant:
+            parts.append(f"mut-{self.mutant}")
+        return "-".join(parts)

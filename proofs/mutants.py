@@ -1,0 +1,236 @@
+"""Seeded protocol bugs. Each is a subclass of the real Coordinator or TfShadow (or an
+alternative vCPU MachineSpec, or a different StepMode probe order) used for one run
+only, with the configuration that kills it and the property expected to break.
+
+The checker must find every one of them with a counterexample while the real model
+passes the same configuration; ``test_mutants`` checks both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from model import vcpu as lifecycle
+from model.actions import Cap, ClearSuspend, SetCap
+from model.coordinator import CONTINUE, STEP, Coordinator
+from model.machine import MachineSpec, run_effects, select
+from model.step_mode import PROBE_ORDER
+from model.tf_shadow import TfShadow
+from proofs.config import INT3, NOP, Config
+from proofs.env import Mutation
+
+
+def _spec(name: str, edit) -> MachineSpec:
+    """The vCPU lifecycle with ``edit(tx) -> tx | None`` applied to each transition."""
+    txs = tuple(t for t in (edit(tx) for tx in lifecycle.VCPU.transitions) if t is not None)
+    return MachineSpec(f"vcpu-{name}", lifecycle.VCPU.title, lifecycle.VCPU.states,
+                       lifecycle.VCPU.initial, txs)
+
+
+class _SpecCoordinator(Coordinator):
+    """A coordinator that fires an alternative lifecycle spec."""
+
+    SPEC: MachineSpec = lifecycle.VCPU
+
+    def _fire(self, i: int, trigger: str, *args) -> None:
+        branch = select(self.SPEC, self.states[i], trigger, self, i, *args)
+        self.states[i] = branch.dest
+        run_effects(branch, self, i, *args)
+
+
+# ----------------------------------------------------------------- TF shadow
+class TfNotRestored(TfShadow):
+    def restore_guest_tf(self) -> None:
+        pass  # disable leaves the debugger's TF in RFLAGS
+
+
+class PopfShadowStale(TfShadow):
+    def take_popped_tf(self, tf_after: bool) -> None:
+        pass  # the shadow keeps the TF from before the popf
+
+
+class PushfImageNotFixed(TfShadow):
+    def fix_pushed_image(self, _tf_after: bool) -> None:
+        pass
+
+
+class FrameNotFixed(TfShadow):
+    def fix_frame_image(self) -> None:
+        self.shadow = False  # bookkeeping kept, the frame left with TF=1
+
+
+# --------------------------------------------------------------- coordinator
+class StopBeforeParked(Coordinator):
+    @property
+    def all_parked(self) -> bool:
+        return True  # report as soon as everyone is *asked* to stop
+
+
+class PendingHitDropped(Coordinator):
+    def claim_if_free(self, i: int, *_) -> None:
+        if self.owner is None and self.attached:
+            self.claim(i)
+        else:
+            self.want_stopped.add(i)
+            self._consume(i)  # a second vCPU's breakpoint event thrown away
+
+
+class StepEverywhere(Coordinator):
+    def resume(self, plan, others=None):
+        if "s" in plan.values():
+            plan = {i: "s" for i in self.active}  # every vCPU armed for one instruction
+            others = None
+        return super().resume(plan, others)
+
+
+class MaskLeftOn(Coordinator):
+    def disarm(self, i: int, *_) -> None:
+        for cap in sorted(self.caps[i], key=lambda c: c.value):
+            if cap is not Cap.MASK_HWINTR:
+                self._out.append(SetCap(i, cap, False))
+        self.caps[i] = frozenset()
+
+
+class NewVcpuRuns(Coordinator):
+    def holding(self, i: int, *_) -> bool:
+        return False
+
+
+class ReportedStopKept(Coordinator):
+    def _consume_reported_stop(self) -> None:
+        if self.owner is not None and self.states[self.owner] == "at_breakpoint":
+            self.owner = None  # the reported breakpoint is not consumed: still pending
+            return
+        super()._consume_reported_stop()
+
+
+class SigintWhenStopped(Coordinator):
+    def interrupt(self):
+        if self.attached and not self.ended:
+            self.reply_owed = True  # a Ctrl-C always gets an answer, even when stopped
+        return super().interrupt()
+
+
+class EventResumed(_SpecCoordinator):
+    """A resume releases vCPUs parked with an unreported breakpoint event: the real
+    resume without its "a pending event is this resume's stop" branch."""
+
+    SPEC = _spec("event-resumed", lambda tx: replace(
+        tx, source=("suspended", "at_breakpoint")) if tx.trigger.startswith("release_") else tx)
+
+    def resume(self, plan, others=None):
+        self._begin()
+        self._need_stopped()
+        plan = {**{i: others for i in self.active if others}, **plan}
+        self._check_plan(plan)
+        self.release_new = others == CONTINUE
+        self._consume_reported_stop()
+        self._drop_stale_hits()
+        self.reply_owed = True
+        self.why = None
+        for i, how in sorted(plan.items()):
+            self.want_stopped.discard(i)
+            self._fire(i, "release_step" if how == STEP else "release_continue")
+            self.pending_hits[i] = None
+            self._out.append(ClearSuspend(i))
+        return self._out
+
+
+class ForeignInt3Swallowed(_SpecCoordinator):
+    SPEC = _spec("swallow", lambda tx: replace(tx, effects=()) if tx.trigger == "foreign_int3"
+                 else tx)
+
+
+class NoClearSuspend(Coordinator):
+    def resume(self, plan, others=None):
+        out = super().resume(plan, others)
+        return [a for a in out if not isinstance(a, ClearSuspend)]
+
+
+class DetachLeavesBreakpoints(Coordinator):
+    def detach(self):
+        self.breakpoints.clear()  # forgotten, but the 0xCC bytes stay in guest memory
+        return super().detach()
+
+
+class NewVcpuNoBptExit(Coordinator):
+    def vcpu_started(self, i: int):
+        self._begin()
+        self._need_index(i)
+        self._fire(i, "start")
+        return self._out
+
+
+class ExitDebugKeepsStep(_SpecCoordinator):
+    SPEC = _spec("debug-keeps-step", lambda tx: replace(tx, effects=())
+                 if tx.trigger == "exit_debug" and tx.dest == "suspended"
+                 and "disarm" in tx.effects else tx)
+
+
+# ---------------------------------------------------------------- the table
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    doc: str
+    cfg: Config
+    expect: str  # the property the counterexample breaks
+    mutation: Mutation
+    liveness: bool = False
+
+
+def _mut(name, coordinator=Coordinator, tf=TfShadow, probe=None) -> Mutation:
+    m = Mutation()
+    m.name = name
+    m.coordinator = coordinator
+    m.tf_shadow = tf
+    m.probe_order = probe
+    return m
+
+
+ONE = Config(vcpus=1)
+TWO = Config(vcpus=2, program=(NOP, INT3))
+MUTANTS: tuple[Mutant, ...] = tuple(
+    Mutant(name, doc, cfg, expect, _mut(name, *impl), liveness)
+    for name, doc, cfg, expect, impl, liveness in (
+        ("tf-not-restored", "RFLAGS_TF disable does not write the guest's TF back",
+         ONE, "P5", (Coordinator, TfNotRestored), False),
+        ("popf-shadow-stale", "the shadow does not take the TF a stepped popf loaded",
+         ONE, "P5", (Coordinator, PopfShadowStale), False),
+        ("pushf-image-not-fixed", "a stepped pushf leaves TF=1 in the pushed image",
+         ONE, "P5", (Coordinator, PushfImageNotFixed), False),
+        ("frame-not-fixed", "an interrupt frame pushed under the debugger's TF keeps TF=1",
+         ONE.with_(personality="amd-nomask"), "P5", (Coordinator, FrameNotFixed), False),
+        ("stop-before-parked", "the stop reply goes out before every vCPU is parked",
+         TWO, "P1", (StopBeforeParked,), False),
+        ("pending-hit-dropped", "a second vCPU's breakpoint event is thrown away",
+         TWO, "P3", (PendingHitDropped,), False),
+        ("step-everywhere", "a step arms every vCPU, not just the one gdb steps",
+         TWO, "P2", (StepEverywhere,), False),
+        ("mask-left-on", "MASK_HWINTR stays on after the step",
+         ONE.with_(program=(NOP,)), "P4", (MaskLeftOn,), False),
+        ("new-vcpu-runs", "a vCPU that starts while the others are held runs",
+         TWO, "P8", (NewVcpuRuns,), False),
+        ("reported-stop-kept", "a breakpoint already reported is reported again",
+         ONE.with_(program=(NOP,)), "P2", (ReportedStopKept,), False),
+        ("event-resumed", "a vCPU with an unreported breakpoint event is resumed",
+         TWO, "P3", (EventResumed,), False),
+        ("wrong-probe-order", ("StepMode probed RFLAGS_TF first: a VMM offering both "
+         "mechanisms steps with the guest-visible TF"),
+         ONE.with_(personality="both", checks=frozenset({"5d"})), "5d",
+         (Coordinator, TfShadow, tuple(reversed(PROBE_ORDER))), False),
+        ("foreign-int3-swallowed", "the guest's own int3 is not re-injected",
+         ONE.with_(program=(NOP, INT3)), "P6", (ForeignInt3Swallowed,), False),
+        ("sigint-when-stopped", "a Ctrl-C that arrives after the stop reply is answered",
+         ONE.with_(program=(NOP,)), "P1", (SigintWhenStopped,), False),
+        ("no-clear-suspend", "a resume does not withdraw the suspend requests",
+         TWO, "L1-step", (NoClearSuspend,), True),
+        ("detach-leaves-breakpoints", "detach forgets breakpoints without restoring them",
+         ONE.with_(program=(NOP,)), "P6", (DetachLeavesBreakpoints,), False),
+        ("new-vcpu-no-bpt-exit", "a vCPU that starts later does not get BPT_EXIT",
+         TWO, "P6", (NewVcpuNoBptExit,), False),
+        ("debug-exit-keeps-step", "a step cancelled by a suspend leaves the step caps on",
+         TWO, "P4", (ExitDebugKeepsStep,), False),
+    )
+)
+
+BY_NAME = {m.name: m for m in MUTANTS}

@@ -1,0 +1,87 @@
+"""Symmetry reduction over vCPUs.
+
+The environment is symmetric in the vCPUs: every started vCPU may start any AP, gdb
+may step any of them, the hardware treats them alike. vCPU 0 differs only in the
+initial state (it is the one that boots), which a reduction allows. So a state is
+replaced by its canonical representative: the vCPUs sorted by their per-vCPU data
+(coordinator part and environment part), indices inside the coordinator snapshot
+renumbered to match.
+
+One place in ``model/`` is not symmetric: when a resume finds several vCPUs with
+pending breakpoint events, :meth:`Coordinator.resume` reports the one with the lowest
+index. On a canonical representative "lowest index" is a different vCPU than in the
+concrete states it stands for, so the reduced search also takes the resume as if each
+other pending vCPU had been the lowest (it swaps it into that place first). Without
+that, orbits the full search reaches would be missed; ``test_symmetry`` checks that the
+reduced state count equals the number of orbits in an unreduced run.
+
+Liveness is not checked on reduced graphs (a permutation can hide an unfair cycle).
+"""
+
+from __future__ import annotations
+
+from proofs.env import System, check_snapshot_fields
+
+
+class Canon:
+    def __init__(self, sys: System):
+        check_snapshot_fields()
+        self.sys = sys
+        self._ids: dict = {}
+        self._memo: dict = {}
+
+    def _id(self, obj) -> int:
+        # First-seen order is deterministic for a run, and ints sort fast.
+        i = self._ids.get(obj)
+        if i is None:
+            i = self._ids[obj] = len(self._ids)
+        return i
+
+    def perm(self, state) -> tuple[int, ...]:
+        cid, _phase, _ctrlc, _bps, _mem, _ended, cpus = state
+        s = self.sys.snaps[cid]
+        keys = []
+        for i, cpu in enumerate(cpus):
+            part = (s.states[i], s.caps[i], i in s.bpt, i in s.want_stopped, i == s.owner,
+                    s.pending_hits[i])
+            keys.append((self._id(part), self._id(cpu), i))
+        keys.sort()
+        return tuple(k[2] for k in keys)
+
+    def __call__(self, state):
+        got = self._memo.get(state)
+        if got is None:
+            p = self.perm(state)
+            got = state if p == tuple(range(len(p))) else self.sys.permute(state, p)
+            self._memo[state] = got
+        return got
+
+    def clear(self) -> None:
+        self._memo.clear()
+
+
+RESUMES = ("cont", "step", "vcont")
+
+
+def tie_break_variants(sys: System, state, label: tuple) -> list[tuple]:
+    """For a resume that will pick among several pending breakpoint events: the
+    transpositions that put each other candidate in the lowest place."""
+    if label[0] not in RESUMES:
+        return []
+    s = sys.snaps[state[0]]
+    active = [i for i, st in enumerate(s.states) if st != "absent"]
+    plan = active if label[0] != "step" else [label[1]]  # "c" and "vCont;s:i;c": all
+    pending = sorted(i for i in plan if s.states[i] == "at_breakpoint")
+    out = []
+    for k in pending[1:]:
+        p = list(range(sys.n))
+        p[pending[0]], p[k] = k, pending[0]
+        out.append(tuple(p))
+    return out
+
+
+def relabel(label: tuple, perm: tuple[int, ...]) -> tuple:
+    """``label`` for the state permuted by ``perm`` (vCPU perm[k] became k)."""
+    if label[0] in ("step", "vcont"):
+        return (label[0], perm.index(label[1]))
+    return label
