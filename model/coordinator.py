@@ -28,6 +28,10 @@ What the coordinator holds
   owns the stop (``"sigint"`` after Ctrl-C, ``"halt"`` for ``?`` after attach).
 - ``pending_hits``: the breakpoint GPA each parked ``at_breakpoint`` vCPU hit.
 - ``breakpoints``: the breakpoint set, keyed by guest-physical address.
+- ``ended`` and ``exit_owed``: the guest powered off or triple-faulted. gdb learns it
+  (``W``/``X``) as the answer to what it is waiting for: the pending stop reply, or its
+  next ``?`` or resume if it was not waiting (a reply gdb did not ask for would land in
+  the middle of its handshake).
 - ``step``: the StepConfig probed once at start-up.
 
 Semantics (DESIGN.md §5), as this code keeps them
@@ -114,6 +118,7 @@ class Snapshot:
     breakpoints: frozenset[int]
     attached: bool
     ended: bool
+    exit_owed: tuple[str, int] | None
 
 
 class Coordinator:
@@ -134,6 +139,7 @@ class Coordinator:
         self.breakpoints: set[int] = set()
         self.attached = False
         self.ended = False
+        self.exit_owed: tuple[str, int] | None = None
         self._out: list[Action] = []
 
     # ------------------------------------------------------------------ queries
@@ -173,6 +179,8 @@ class Coordinator:
         """``?``: report the current stop, or owe the report until the stop completes."""
         self._begin()
         self._need_attached()
+        if self._report_exit():
+            return self._out
         if not self.reply_owed:
             self.reply_owed = True
             self.why = self.why or "halt"
@@ -184,6 +192,8 @@ class Coordinator:
         ``others`` is the action for every vCPU not in it, including those that start
         later: ``"c"`` (gdb's ``vCont;s:1;c``) or None, stay stopped (``vCont;s:1``)."""
         self._begin()
+        if self._report_exit():
+            return self._out
         self._need_stopped()
         if others not in (None, CONTINUE):
             raise ProtocolError("only 'continue' can apply to every other vCPU")
@@ -196,7 +206,8 @@ class Coordinator:
         self.why = None
         pending = sorted(i for i in plan if self.states[i] == "at_breakpoint")
         if pending:
-            # Point 2: the oldest unreported event is this resume's stop; nobody runs.
+            # Point 2: an unreported event is this resume's stop (the lowest-numbered
+            # vCPU's, to be deterministic); nobody enters the guest.
             self.owner = pending[0]
             self._finish_stop_if_complete()
             return self._out
@@ -248,6 +259,7 @@ class Coordinator:
         self._sync_bpt_exits()
         self.attached = False
         self.reply_owed = False
+        self.exit_owed = None
         self.why = None
         self.owner = None
         self.want_stopped.clear()
@@ -269,6 +281,7 @@ class Coordinator:
         self._fire(i, "start")
         if self.breakpoints:
             self._set_bpt(i, True)
+        self._finish_stop_if_complete()  # a '?' that came before the boot vCPU
         return self._out
 
     def vcpu_exit_debug(self, i: int) -> list[Action]:
@@ -292,8 +305,23 @@ class Coordinator:
         if not self.ended:
             self.ended = True
             if self.attached:
-                self._out.append(SendExit(kind, code))
+                self.exit_owed = (kind, code)
+                if self.reply_owed:
+                    self._report_exit()
         return self._out
+
+    @property
+    def finished(self) -> bool:
+        """The guest ended and nobody is left to tell."""
+        return self.ended and self.exit_owed is None
+
+    def _report_exit(self) -> bool:
+        if self.exit_owed is None:
+            return False
+        self._out.append(SendExit(*self.exit_owed))
+        self.exit_owed = None
+        self.reply_owed = False
+        return True
 
     # ------------------------------------------- conditions and effects (by name)
     def holding(self, i: int, *_) -> bool:
@@ -366,6 +394,8 @@ class Coordinator:
     def _finish_stop_if_complete(self) -> None:
         if not (self.reply_owed and self.attached) or not self.want_stopped >= self.active:
             return
+        if not self.active:
+            return  # gdb came before the boot vCPU: the stop names it once it is held
         if not self.all_parked:
             return
         if self.owner is None and self.why is None:
@@ -446,6 +476,7 @@ class Coordinator:
             breakpoints=frozenset(self.breakpoints),
             attached=self.attached,
             ended=self.ended,
+            exit_owed=self.exit_owed,
         )
 
     @classmethod
@@ -463,4 +494,5 @@ class Coordinator:
         c.breakpoints = set(snap.breakpoints)
         c.attached = snap.attached
         c.ended = snap.ended
+        c.exit_owed = snap.exit_owed
         return c

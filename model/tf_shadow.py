@@ -15,7 +15,8 @@ States and what they mean:
 - ``pushf_pending``: the next instruction is a ``pushf`` (PUSHF intercept). It runs with
   TF set, so the image it pushes carries TF=1; after its trap the image is fixed to the
   shadow value (a guest whose own TF was 1 keeps TF=1 in the image).
-- ``popf_pending``: the next instruction is a ``popf`` (POPF intercept). x86 decides the
+- ``popf_pending``: the next instruction is a ``popf`` (POPF intercept), or an ``iret``,
+  which pops RFLAGS from a frame just the same (SVM's IRET intercept). x86 decides the
   trap from TF at the *start* of the instruction, so the trap still comes even if the
   popped image clears TF; the shadow then takes the popped TF, so the disable that ends
   the step leaves the guest the value it asked for.

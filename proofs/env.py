@@ -762,7 +762,8 @@ class System:
 # Snapshot fields by how a renumbering of vCPUs touches them. A field the model gains
 # later must be added to one of these, or symmetry reduction would be silently wrong.
 PER_VCPU_FIELDS = {"states", "caps", "bpt", "want_stopped", "owner", "pending_hits"}
-GLOBAL_FIELDS = {"release_new", "reply_owed", "why", "breakpoints", "attached", "ended"}
+GLOBAL_FIELDS = {"release_new", "reply_owed", "why", "breakpoints", "attached", "ended",
+                 "exit_owed"}
 
 
 def check_snapshot_fields() -> None:

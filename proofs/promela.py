@@ -48,6 +48,7 @@ from proofs.env import (
     SUSP,
     TF,
     TFS,
+    WAITING,
     VCAPS,
     System,
 )
@@ -71,7 +72,8 @@ def encode(sys: System, state) -> dict[str, int]:
         "release_new": int(s.release_new), "owner": NONE if s.owner is None else s.owner,
         "reply_owed": int(s.reply_owed), "why": {None: 0, "halt": 1, "sigint": 2}[s.why],
         "cbps": sum(1 << g for g in s.breakpoints), "attached": int(s.attached),
-        "cended": int(s.ended), "phase": PHASES.index(phase), "ctrlc": int(ctrlc),
+        "cended": int(s.ended), "cexit": int(s.exit_owed is not None),
+        "phase": PHASES.index(phase), "ctrlc": int(ctrlc),
         "bps": bps, "mem": mem, "ended": int(ended),
     }
     for i, c in enumerate(cpus):
@@ -267,7 +269,8 @@ class Generator:
         out.append(self.send_stop())
         out.append(
             "inline finish_stop() {\nif\n"
-            ":: reply_owed && attached && ((want & ACTIVE) == ACTIVE) && ALL_PARKED ->\n"
+            ":: reply_owed && attached && ACTIVE != 0 && ((want & ACTIVE) == ACTIVE) && "
+            "ALL_PARKED ->\n"
             "   if\n   :: owner == NONE && why == 0 -> skip\n"
             "   :: else -> send_stop(); reply_owed = 0; why = 0\n   fi\n"
             ":: else -> skip\nfi\n}")
@@ -398,6 +401,7 @@ class Generator:
         held = " || ".join(self.parked(j) for j in others) or "false"
         return (f"{self.fire(i, 'start')};\n"
                 f"if\n:: cbps != 0 -> {self.set_bpt(i, True)}\n:: else -> skip\nfi;\n"
+                f"finish_stop();\n"
                 f"assert(!({held}) || {self.parked(i)})")
 
     def vcpu_event(self, i: int, trigger: str, arg: str = "0") -> str:
@@ -486,9 +490,9 @@ class Generator:
     def poweroff(self, i: int) -> str:
         return (f"{self.left_hit(i)};\nended = 1;\n"
                 "if\n:: !cended -> cended = 1;\n"
-                "   if\n   :: attached ->\n"
-                "      if\n      :: phase == P_qwait || phase == P_wait -> phase = P_exited\n"
-                "      :: else -> assert(phase == P_det)\n      fi\n"
+                "   if\n   :: attached && reply_owed -> reply_owed = 0;\n"
+                "      assert(phase == P_qwait || phase == P_wait); phase = P_exited\n"
+                "   :: attached && !reply_owed -> cexit = 1\n"
                 "   :: else -> skip\n   fi\n:: else -> skip\nfi")
 
     # gdb -------------------------------------------------------------------
@@ -503,7 +507,8 @@ class Generator:
         q = "phase == P_query" + (" || phase == P_stopped" if cfg.gdb_query_when_stopped else "")
         out.append(("query", q,
                     ("phase = P_qwait;\nassert(attached);\n"
-                    "if\n:: !reply_owed -> reply_owed = 1;\n"
+                    "if\n:: cexit -> cexit = 0; reply_owed = 0; phase = P_exited\n"
+                    ":: !cexit && !reply_owed -> reply_owed = 1;\n"
                     "   if\n   :: why == 0 -> why = 1\n   :: else -> skip\n   fi;\n"
                     "   finish_stop()\n:: else -> skip\nfi")))
         if cfg.gdb_ctrlc:
@@ -592,7 +597,7 @@ class Generator:
         for g in sorted(self.cfg.bp_gpas):
             inner.append(f"if\n:: (cbps >> {g}) & 1 -> assert((mem >> {g}) & 1); "
                          f"mem = mem & {255 ^ (1 << g)}\n:: else -> skip\nfi")
-        inner += ["cbps = 0", "sync_bpt()", ("attached = 0; reply_owed = 0; why = 0; "
+        inner += ["cbps = 0", "sync_bpt()", ("attached = 0; reply_owed = 0; cexit = 0; why = 0; "
                   "owner = NONE; want = 0; release_new = 1")]
         for j in range(n):
             ev = self.in_set(f"vs_{j}", lifecycle.EVENT_STATES)
@@ -607,11 +612,21 @@ class Generator:
 
     # -------------------------------------------------------------- the model
     def model(self) -> str:
+        moves = self.moves()
+        # P7 as the Python checker states it (checker.py): stuck means nothing but gdb
+        # hanging up can happen, while gdb waits or the guest has not ended. An ended
+        # guest with nothing owed may rest, so the loop is a valid end state ('end:')
+        # and deadlock is this assertion, checked in every state a move enters.
+        live = " || ".join(f"({guard})" for name, guard, _ in moves if name != "detach")
+        waiting = " || ".join(f"phase == P_{p}" for p in WAITING)
+        stuck = f"assert(({live}) || !(!ended || {waiting}))"
         opts = []
-        for name, guard, body in self.moves():
-            opts.append(f"/* {name} */\n:: d_step {{ ({guard}) ->\n{body};\ninvariants() }}")
+        for name, guard, body in moves:
+            opts.append(f"/* {name} */\n:: d_step {{ ({guard}) ->\n{body};\ninvariants();\n"
+                        f"deadlock_free() }}")
         return (self.header() + "\n\n" + self.inlines() + "\n\n"
-                "active proctype main() {\ndo\n" + "\n".join(opts) + "\nod\n}\n")
+                f"inline deadlock_free() {{\n{stuck}\n}}\n\n"
+                "active proctype main() {\nend: do\n" + "\n".join(opts) + "\nod\n}\n")
 
 
 def generate(cfg: Config, **kw) -> str:

@@ -137,6 +137,9 @@ CROSSCHECK: tuple[Config, ...] = (
     Config(vcpus=2, personality="amd"),
     Config(vcpus=2, personality="amd-nomask"),
     Config(vcpus=3, personality="amd", program=("nop", "int3")),
+    # Power-off anywhere, gdb attached or not (the fixed finding-exit-before-query).
+    Config(vcpus=1, personality="amd", poweroff=True),
+    Config(vcpus=2, personality="intel", program=("nop", "int3"), poweroff=True),
 )
 
 
@@ -155,7 +158,6 @@ def violating() -> list[tuple]:
         ("amd, the guest's own #DB (5d)", one.with_(checks=frozenset({"5d"})), None, {}),
         ("amd-nomask, stepi into the timer handler (U1)",
          one.with_(personality="amd-nomask", checks=frozenset({"U1"})), None, {}),
-        ("power-off before '?'", one.with_(poweroff=True), None, {}),
     ]
     for name in ("foreign-int3-swallowed", "debug-exit-keeps-step"):
         m = BY_NAME[name]

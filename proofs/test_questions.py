@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from proofs import ledger
-from proofs.catalog import FINDINGS, QUESTIONS
+from proofs.catalog import FINDINGS, FIXED, QUESTIONS
 from proofs.config import Config
 from proofs.report import format_trace
 from proofs.runs import correct
@@ -49,3 +49,9 @@ def test_finding_still_reproduces(e):
     res = e.run()
     assert res.counterexample is not None, f"{e.name} no longer reproduces: fixed?"
     assert res.counterexample.violation.prop == e.expect, format_trace(res)
+
+
+@pytest.mark.parametrize("f", FIXED, ids=[f.name for f in FIXED])
+def test_fixed_finding_stays_fixed(f):
+    res = f.run()
+    assert res.ok, format_trace(res)

@@ -8,6 +8,10 @@ the protocol wait on one condition variable, woken after every event.
 
 Stop replies and exits leave through :attr:`outbox` (the server thread formats and
 writes them), so no vCPU thread ever blocks on the socket while holding the lock.
+
+A vCPU thread's work between ``run()`` calls is :meth:`Runtime.vcpu_started` and
+:meth:`Runtime.vcpu_exited`; a deterministic driver that schedules every vCPU on one
+thread (tests/stateful) calls exactly these, without :meth:`Runtime.start`.
 """
 
 from __future__ import annotations
@@ -107,6 +111,9 @@ class Runtime:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
+        # The boot vCPU exists from the start: register it before any gdb can attach,
+        # so a '?' always has a vCPU to name (proofs/ found the race otherwise).
+        self.vcpu_started(0)
         for vcpu in self.vm.vcpus:
             t = threading.Thread(target=self._vcpu_main, args=(vcpu,),
                                  name=f"vcpu{vcpu.index}", daemon=True)
@@ -134,27 +141,38 @@ class Runtime:
         try:
             if not vcpu.wait_started() or self._stopping:
                 return
-            with self.lock:
-                self._apply(self.coord.vcpu_started(i))
+            if i != 0:  # the boot vCPU was registered by start()
+                self.vcpu_started(i)
             while True:
                 with self.lock:
                     while self.coord.parked(i) and not self._stopping:
                         self.changed.wait()
                     if self._stopping:
                         return
-                exit_ = vcpu.run()
-                if exit_.kind is ExitKind.SHUTDOWN:
+                if not self.vcpu_exited(vcpu, vcpu.run()):
                     return
-                with self.lock:
-                    try:
-                        self._on_exit(vcpu, exit_)
-                    except ProtocolError as err:
-                        # The model refused the exit (a trap nobody armed, say): it
-                        # changed nothing, so the vCPU just goes on.
-                        log.error("vCPU %d: %s ignored: %s", i, exit_.kind.value, err)
         except Exception:  # a bug must not leave gdb waiting forever
             log.exception("vCPU %d thread failed", i)
             self._guest_ended("X", SIGSEGV, f"vCPU {i} failed inside the stub")
+
+    def vcpu_started(self, i: int) -> None:
+        """The guest started vCPU ``i`` (its thread saw ``wait_started`` return)."""
+        with self.lock:
+            self._apply(self.coord.vcpu_started(i))
+
+    def vcpu_exited(self, vcpu: Vcpu, exit_: VmExit) -> bool:
+        """Feed one exit of ``vcpu.run()`` to the model and carry out its actions.
+        False when the vCPU is done (the VM shut down)."""
+        if exit_.kind is ExitKind.SHUTDOWN:
+            return False
+        with self.lock:
+            try:
+                self._on_exit(vcpu, exit_)
+            except ProtocolError as err:
+                # The model refused the exit (a trap nobody armed, say): it
+                # changed nothing, so the vCPU just goes on.
+                log.error("vCPU %d: %s ignored: %s", vcpu.index, exit_.kind.value, err)
+        return True
 
     def _on_exit(self, vcpu: Vcpu, exit_: VmExit) -> None:
         i = vcpu.index
@@ -172,6 +190,8 @@ class Runtime:
                                          f"guest powered off (code {exit_.code})")
             case ExitKind.TRIPLE_FAULT:
                 self._guest_ended_locked("X", SIGSEGV, f"guest triple fault: {exit_.detail}")
+            case ExitKind.BUDGET:
+                pass  # a bounded run() (deterministic driver) ended: still in the guest
             case _:
                 log.warning("vCPU %d: unexpected exit %s ignored", i, exit_)
 
@@ -189,15 +209,14 @@ class Runtime:
         self.shutdown(why)
 
     def _guest_ended_locked(self, kind: str, code: int, why: str) -> None:
+        """The guest is over: vCPU threads end now; the server ends once gdb has been
+        told (``W``/``X`` answers its pending or next request) or has gone."""
         log.info("%s", why)
         self.ended_how = self.ended_how or why
-        self._apply(self.coord.guest_ended(kind, code))
         self._stopping = True
-        self.changed.notify_all()
         # vm.shutdown() only sets flags and stops emulation: safe under the lock.
         self.vm.shutdown()
-        self.finished.set()
-        self.on_output()
+        self._apply(self.coord.guest_ended(kind, code))
 
     # ---------------------------------------------------------------- actions
     def _apply(self, actions: Iterable[Action]) -> None:
@@ -224,6 +243,9 @@ class Runtime:
                     self.outbox.put(ExitEvent(kind, code))
                     self.on_output()
         self.changed.notify_all()
+        if self.coord.finished and not self.finished.is_set():
+            self.finished.set()
+            self.on_output()
 
     def _set_cap(self, i: int, cap, on: bool, best_effort: bool) -> None:
         try:

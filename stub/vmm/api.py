@@ -60,6 +60,7 @@ class ExitKind(enum.Enum):
     POWEROFF = "poweroff"          # the guest wrote the power-off port
     TRIPLE_FAULT = "triple_fault"  # an exception could not be delivered
     SHUTDOWN = "shutdown"          # the host stopped the VM (Vm.shutdown)
+    BUDGET = "budget"              # run(max_instructions=k) ran its k, or had nothing to run
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ class Vcpu:
         BPT_EXIT is thread-safe; the step capabilities are set by the owner thread."""
         raise NotImplementedError
 
-    def run(self) -> VmExit:
+    def run(self, max_instructions: int | None = None) -> VmExit:
         """Enter the guest until an exit the stub must see.
 
         With a step capability on (MTRAP_EXIT or RFLAGS_TF), exactly one guest
@@ -117,7 +118,13 @@ class Vcpu:
         MTRAP / DB(trace_trap) is returned. A pending suspend request is honoured before
         entry and promptly (well under 10 ms) during free running: DEBUG is returned
         only if the request is still pending when run() returns. Console output,
-        timer interrupts, hlt and AP start-up are handled inside."""
+        timer interrupts, hlt and AP start-up are handled inside.
+
+        ``max_instructions=k`` (deterministic drivers: one thread schedules every vCPU)
+        bounds the run: after at most k guest instructions it returns BUDGET, and it
+        returns BUDGET at once instead of blocking when the vCPU has nothing to run
+        (halted with no deliverable interrupt, or not started). Every other exit,
+        the suspend request honoured before entry included, is as without a bound."""
         raise NotImplementedError
 
     def inject_exception(self, vector: int, inst_length: int = 0) -> None:

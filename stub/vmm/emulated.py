@@ -11,6 +11,11 @@ requests that Unicorn lost (see ``EmulatedVcpu.rekick``). It never runs guest co
 When a vCPU ends the VM (power-off port, triple fault), that vCPU's ``run()`` returns
 POWEROFF / TRIPLE_FAULT (again on every later call) and every other vCPU returns
 SHUTDOWN, so the runtime sees the end exactly once.
+
+``ticker=False`` builds a VM for a deterministic, single-threaded driver (the stateful
+tests): no ticker thread at all, so nothing happens that the driver did not ask for. It
+raises timer interrupts itself (``EmulatedVcpu.post_tick``) and runs vCPUs with
+``run(max_instructions=k)``; with one thread there is no lost stop request to repeat.
 """
 
 from __future__ import annotations
@@ -33,14 +38,15 @@ Console = Callable[[bytes], None]
 
 
 def create_vm(kernel: str | Path | bytes, vcpus: int, memory: int, personality: str,
-              timer_hz: float, console: Console | None = None) -> EmulatedVm:
+              timer_hz: float, console: Console | None = None,
+              ticker: bool = True) -> EmulatedVm:
     image = kernel if isinstance(kernel, bytes) else Path(kernel).read_bytes()
-    return EmulatedVm(image, vcpus, memory, personality, timer_hz, console)
+    return EmulatedVm(image, vcpus, memory, personality, timer_hz, console, ticker)
 
 
 class EmulatedVm(Vm):
     def __init__(self, image: bytes, vcpus: int, memory: int, personality: str,
-                 timer_hz: float, console: Console | None = None):
+                 timer_hz: float, console: Console | None = None, ticker: bool = True):
         if vcpus < 1:
             raise ValueError(f"a VM needs at least one vCPU, not {vcpus}")
         self.pers = find_personality(personality)
@@ -56,7 +62,7 @@ class EmulatedVm(Vm):
         self._ended = False
         self.timer_period = 1.0 / timer_hz if timer_hz > 0 else None
         self.vcpus = [EmulatedVcpu(self, i) for i in range(vcpus)]
-        self.ticker = Ticker(self, timer_hz)
+        self.ticker = Ticker(self, timer_hz) if ticker else NoTicker()
         self.vcpus[0].start(entry)
         self.ticker.start()
 
@@ -106,6 +112,19 @@ class EmulatedVm(Vm):
         self.ticker.stop()
         for vcpu in self.vcpus:
             vcpu.stop()
+
+
+class NoTicker:
+    """The ticker of a VM without one (``ticker=False``): nothing to wake or stop."""
+
+    def start(self) -> None:
+        pass
+
+    def poke(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
 
 
 class Ticker(threading.Thread):

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-PUSHF, POPF, HLT = 0x9C, 0x9D, 0xF4
+PUSHF, POPF, HLT, IRET = 0x9C, 0x9D, 0xF4, 0xCF
 STI = 0xFB
 MOV_SREG = 0x8E
 _LEGACY_PREFIXES = frozenset({0x66, 0x67, 0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65})
-_NAMES = {PUSHF: "pushf", POPF: "popf", HLT: "hlt"}
+_NAMES = {PUSHF: "pushf", POPF: "popf", HLT: "hlt", IRET: "iret"}
 MAX_INSN = 15
 
 
 def classify(code: bytes) -> tuple[str | None, int]:
-    """(``"pushf"``/``"popf"``/``"hlt"``/None, operand size in bytes).
+    """(``"pushf"``/``"popf"``/``"hlt"``/``"iret"``/None, operand size in bytes).
 
     In 64-bit mode pushf/popf default to 8 bytes; a 0x66 prefix makes them 2 (pushfw);
     REX.W changes nothing."""

@@ -52,7 +52,9 @@ class StepMixin:
         if self._tf.state == "on":  # not again after an entry abandoned for a request
             if kind == "pushf":
                 self._apply(self._tf.intercept_pushf())
-            elif kind == "popf":
+            elif kind in ("popf", "iret"):
+                # iret pops RFLAGS too: like popf, the shadow must take what it pops,
+                # or the guest's own TF restored from a frame is lost (proofs/ found it).
                 self._apply(self._tf.intercept_popf())
         if not self.cpu.rflags & TF:
             self.cpu.set_tf(True)  # a popf cleared it last step and no disable came

@@ -8,6 +8,12 @@ exception and interrupt delivery in events.py.
 
 A tick that finds IF=0 stays pending; watch.py catches the moment the guest sets IF.
 
+Bounded runs (``run(max_instructions=k)``, for deterministic single-threaded drivers)
+replace the kickable free slice by a 'bounded' slice under the per-instruction code
+hook: it counts instructions against the budget and, while a tick waits for IF=1,
+stops at the first instruction boundary with IF=1 (what watch.py does by wall-clock
+budget, done here by instruction, so the same choices give the same run).
+
 Threading: fields under ``_cond`` are shared with other threads (ticker, stub, other
 vCPUs); the rest belong to the owner thread (the one calling ``run()``).
 """
@@ -59,6 +65,9 @@ class EmulatedVcpu(StepMixin, EventMixin, Vcpu):
         self._frame_slot = 0
         self._end: VmExit | None = None
         self._insns = 0
+        self._limit = 1  # instructions the code hook lets a slice run
+        self._budget: int | None = None  # instructions left in a bounded run()
+        self._watch_if = False  # bounded slice: stop once IF=1 (a tick is waiting)
         self._single = OptionalHook(self.cpu, UC_HOOK_CODE, self._on_code)
         self._watch = WindowWatch(self.cpu, vm.timer_period)
         # Set while run() blocks (halted, or not started), for tests and status displays.
@@ -98,12 +107,15 @@ class EmulatedVcpu(StepMixin, EventMixin, Vcpu):
         elif not on and self._tf.is_on:
             self._apply(self._tf.disable())
 
-    def run(self) -> VmExit:
+    def run(self, max_instructions: int | None = None) -> VmExit:
+        self._budget = max_instructions
         while True:
             exit_ = self._wait_runnable()
             if exit_ is not None:
                 return exit_
             self._apply_dirty()
+            if self._budget is not None and self._budget <= 0:
+                return VmExit(ExitKind.BUDGET, rip=self.cpu.rip)
             if self._caps[Cap.MTRAP_EXIT]:
                 exit_ = self._step_mtf()
             elif self._tf.is_on:
@@ -201,6 +213,8 @@ class EmulatedVcpu(StepMixin, EventMixin, Vcpu):
                     return VmExit(ExitKind.DEBUG, rip=self.cpu.rip)
                 if self._started and not (self._halted and not self._wakeable()):
                     return None
+                if self._budget is not None:  # bounded: nothing to run, do not block
+                    return VmExit(ExitKind.BUDGET, rip=self.cpu.rip, detail="idle")
                 self.waiting.set()
                 self._cond.wait()
                 self.waiting.clear()
@@ -229,10 +243,15 @@ class EmulatedVcpu(StepMixin, EventMixin, Vcpu):
                 return exit_
         elif window == "shadow":
             return self._run_one()[0]  # then the loop delivers the tick
-        with self._cond:
-            seq = self._tick_seq
-        self._watch.update(window == "if0", seq)
-        ran, error, kicked = self._slice("free")
+        if self._budget is None:
+            with self._cond:
+                seq = self._tick_seq
+            self._watch.update(window == "if0", seq)
+            mode = "free"
+        else:
+            self._watch_if = window == "if0"
+            mode = "bounded"
+        ran, error, kicked = self._slice(mode)
         if not ran:
             return None
         exit_ = self._after_guest(error)
@@ -257,12 +276,16 @@ class EmulatedVcpu(StepMixin, EventMixin, Vcpu):
 
     def _slice(self, mode: str) -> SliceResult:
         """One emu_start: 'free' (kickable, no per-instruction hook), 'single' (one
-        instruction) or 'tf' (the trap flag ends it). ``ran`` is False when a request
-        came first: the run loop goes round again to honour it."""
-        if mode == "single":
+        instruction), 'bounded' (kickable, at most the budget left, under the code
+        hook) or 'tf' (the trap flag ends it). ``ran`` is False when a request came
+        first: the run loop goes round again to honour it."""
+        if mode in ("single", "bounded"):
             self._watch.off()
             self._single.on()
             self._insns = 0
+            self._limit = 1 if mode == "single" else self._budget
+            if mode == "single":
+                self._watch_if = False
         else:
             self._single.off()
             if mode != "free":
@@ -271,7 +294,7 @@ class EmulatedVcpu(StepMixin, EventMixin, Vcpu):
         with self._cond:
             if self._suspend or self._dirty or self._vm.over:
                 return False, None, False
-            self._in_guest, self._kicked = mode == "free", False
+            self._in_guest, self._kicked = mode in ("free", "bounded"), False
         self._event = None
         self._watch.stopped = False
         error = None
@@ -281,9 +304,21 @@ class EmulatedVcpu(StepMixin, EventMixin, Vcpu):
             error = err
         if self._watch.stopped and self._event is None:
             self._event = ("stop", 0)
+        if self._budget is not None:
+            self._charge(mode)
         with self._cond:
             self._in_guest = False
             return True, error, self._kicked
+
+    def _charge(self, mode: str) -> None:
+        """Take what the slice ran from the bounded run's budget (at least one, so a
+        bounded run always ends)."""
+        if mode in ("single", "bounded"):
+            # The hook counts the instruction it stopped in front of, which did not run.
+            ran = self._insns - (1 if self._event == ("stop", 0) else 0)
+        else:
+            ran = 1  # a 'tf' slice is one instruction
+        self._budget -= max(1, ran)
 
     def _after_guest(self, error: UcError | None) -> VmExit | None:
         """Handle what the last emu_start reported (hook event or error)."""
@@ -331,7 +366,9 @@ class EmulatedVcpu(StepMixin, EventMixin, Vcpu):
 
     def _on_code(self, uc, _address: int, _size: int, _data) -> None:
         self._insns += 1
-        if self._insns > 1:  # the one instruction is done: stop before the next
+        # 'single': the one instruction is done, stop before the next. 'bounded': the
+        # budget is spent, or a waiting tick can now be taken (IF=1).
+        if self._insns > self._limit or (self._watch_if and self.cpu.rflags & idt.IF):
             self._event = ("stop", 0)
             uc.emu_stop()
 

@@ -319,3 +319,36 @@ def test_snapshot_restore_round_trip():
     hash(snap)
     again = type(s.c).restore(snap, AMD)
     assert again.snapshot() == snap
+
+
+def test_power_off_before_gdb_asks_is_reported_at_its_question_not_before():
+    s = Scenario(1)
+    s.do("attach")
+    s.do("guest_ended", "W", 0)
+    assert s.exits == [] and not s.c.finished  # gdb is mid-handshake: say nothing yet
+    s.do("query_halt")
+    assert s.exits == [SendExit("W", 0)] and s.c.finished
+
+
+def test_power_off_without_a_debugger_finishes_at_once():
+    s = Scenario(1)
+    s.do("guest_ended", "X", 11)
+    assert s.exits == [] and s.c.finished
+
+
+def test_detach_after_an_unreported_power_off_finishes():
+    s = Scenario(1)
+    s.do("attach")
+    s.do("guest_ended", "W", 3)
+    s.do("detach")
+    assert s.exits == [] and s.c.finished
+
+
+def test_halt_query_before_the_boot_vcpu_waits_for_it():
+    s = Scenario(2, start=0)
+    s.do("attach")
+    s.do("query_halt")
+    assert s.stops == []  # no vCPU to name yet
+    s.do("vcpu_started", 0)
+    assert s.c.states[0] == "suspended"
+    assert s.stops == [Stop(SIGTRAP, 0)]

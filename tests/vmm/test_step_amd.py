@@ -215,3 +215,32 @@ def test_exception_raised_by_the_stepped_instruction(make_vm):
     assert exit_.rip == sym["h_pf"] and v.get_register("cr2") == 0x2_0000_0000
     assert stack(vm, v) == 0 and stack(vm, v, 8) == sym["t"] + 2
     assert stack(vm, v, 24) & TF == 0
+
+
+IRET = """
+main:
+    mov rax, rsp
+    push 0x10             /* ss */
+    push rax              /* rsp */
+    push 0x302            /* rflags: TF | IF | 2, the guest's own TF */
+    push 0x08             /* cs */
+    lea rax, [rip + back]
+    push rax              /* rip */
+    int3
+t:  iretq
+back:
+    nop
+    nop
+"""
+
+
+def test_iret_is_intercepted_like_popf(make_vm):
+    # Found by proofs/ (finding-iret-not-intercepted): without the intercept the shadow
+    # keeps the TF from before the iret and the disable clears the guest's own TF=1.
+    vm, sym = make_vm(IRET)
+    v = vm.vcpus[0]
+    run_to_stop(v)
+    exit_ = step(v)
+    assert exit_.kind is ExitKind.DB and exit_.trace_trap and exit_.rip == sym["back"]
+    assert exit_.tf_shadow_val
+    assert v.get_register("rflags") & TF and v.cpu.rflags & TF  # the guest's, kept
