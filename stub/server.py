@@ -24,6 +24,7 @@ log = logging.getLogger("stub.server")
 packet_log = logging.getLogger("stub.packets")
 
 RECV_SIZE = 65536
+SEND_TIMEOUT = 30.0
 
 
 class ListenError(Exception):
@@ -58,6 +59,10 @@ class Client:
         self.rsp = RspConnection()
         self.session = Session(runtime)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # A gdb that stops reading must not hold the stub forever: a write that cannot
+        # finish in this time drops the client (like a disconnect: the guest runs on).
+        # Reads happen only when select() says so, so the timeout never hits them.
+        sock.settimeout(SEND_TIMEOUT)
 
     def write(self, data: bytes) -> None:
         if data:
@@ -146,10 +151,12 @@ class Server:
         self.rt.attach()
 
     def _client_closed(self) -> bool:
+        # Poll first: the socket has a send timeout, so a recv would wait for data.
+        sock = self.client.sock
         try:
-            return self.client.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
-            return False
+            if not select.select([sock], [], [], 0)[0]:
+                return False
+            return sock.recv(1, socket.MSG_PEEK) == b""
         except OSError:
             return True
 
@@ -188,7 +195,12 @@ class Server:
                 self._on_packet(client, payload)
 
     def _on_packet(self, client: Client, payload: bytes) -> None:
-        outcome = client.session.handle(P.parse(payload))
+        try:
+            outcome = client.session.handle(P.parse(payload))
+        except Exception:  # a stub bug: answer gdb, keep the VM and the server alive
+            log.exception("internal error on packet %r", payload[:60])
+            client.send(P.error_reply(0x05))  # EIO
+            return
         if outcome.reply is not None:
             client.send(outcome.reply, no_ack=outcome.no_ack)
         if outcome.detach:
@@ -218,7 +230,12 @@ class Server:
             if self.client is None:
                 continue  # nobody to tell: the stop belonged to a gone session
             try:
-                self.client.send(self.client.session.format_event(event))
+                reply = self.client.session.format_event(event)
+            except Exception:  # never lose the reply gdb waits for: send it plain
+                log.exception("formatting %s failed", event)
+                reply = self.client.session.format_event(event, expedite=False)
+            try:
+                self.client.send(reply)
             except (ConnectionError, OSError):
                 self._drop_client()
 

@@ -81,18 +81,19 @@ class Session:
             return Outcome(P.error_reply(EFAULT))
         return reply if isinstance(reply, Outcome) else Outcome(reply)
 
-    def format_event(self, event: StopEvent | ExitEvent) -> bytes:
+    def format_event(self, event: StopEvent | ExitEvent, expedite: bool = True) -> bytes:
         if isinstance(event, ExitEvent):
             return P.exit_reply(event.code) if event.kind == "W" else P.terminated_reply(
                 event.code)
-        return self.format_stop(event.stop, event.registers)
+        return self.format_stop(event.stop, event.registers if expedite else None)
 
-    def format_stop(self, stop: Stop, registers: dict[str, int]) -> bytes:
+    def format_stop(self, stop: Stop, registers: dict[str, int] | None) -> bytes:
         # Like bhyve: every asynchronous stop selects the vCPU it is about.
         self.g_vcpu = stop.vcpu
         self.c_vcpu = None
         reason = stop.reason if (stop.reason != "swbreak" or self.swbreak) else None
-        return P.stop_reply(stop.signal, stop.vcpu + 1, reason, expedited_registers(registers))
+        expedited = expedited_registers(registers) if registers else None
+        return P.stop_reply(stop.signal, stop.vcpu + 1, reason, expedited)
 
     # -------------------------------------------------------------- negotiation
     def _QuerySupported(self, cmd: P.QuerySupported) -> bytes:
@@ -126,6 +127,11 @@ class Session:
 
     def _vcpu_of(self, thread: P.ThreadId, allow_all: bool = False) -> int | None:
         """vCPU index for a thread id; None for "all" where allowed."""
+        if not self._threads():
+            # A gdb that connects before vCPU 0's thread has started (the listener is
+            # open before runtime.start()) sends Hg0 at once: refuse it (EINVAL) rather
+            # than let the IndexError below escape handle() and kill the server thread.
+            raise ProtocolError("no vCPU has started yet")
         if thread.is_all:
             if allow_all:
                 return None
@@ -175,6 +181,10 @@ class Session:
         self.rt.resume({}, "c")
 
     def _Step(self, cmd: P.Step) -> None:
+        if cmd.addr is not None and not self.rt.step.can_step:
+            # Refuse before _resume_at moves RIP: a refused packet must change nothing.
+            # (The model refuses the step with this same error, but only after.)
+            raise StepUnavailable("this VM has no single-step mechanism")
         self._resume_at(cmd.addr)
         vcpu = self.c_vcpu if self.c_vcpu is not None else self.g_vcpu
         self.rt.resume({vcpu: "s"}, None)

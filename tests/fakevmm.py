@@ -61,7 +61,7 @@ class FakeVcpu(Vcpu):
                 if self.suspend:
                     return VmExit(ExitKind.DEBUG, rip=self.regs["rip"])
                 if self.caps.get(Cap.MTRAP_EXIT) or self.caps.get(Cap.RFLAGS_TF):
-                    self.regs["rip"] += 1
+                    self.regs["rip"] = (self.regs["rip"] + 1) & (1 << 64) - 1
                     kind = ExitKind.MTRAP if self.caps.get(Cap.MTRAP_EXIT) else ExitKind.DB
                     return VmExit(kind, rip=self.regs["rip"], trace_trap=True)
                 self.vm.cond.wait()

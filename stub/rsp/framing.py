@@ -34,6 +34,13 @@ BAD_RUN_LENGTH = "run-length"
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 _RLE_OFFSET = 29  # '*' + chr(n + 29) repeats the previous byte n more times
 
+# At most this many retransmissions of the last reply per ``RspConnection.receive``
+# call. gdb sends one '-' per corrupted frame it read and then waits for the resend
+# (and gives up after 3 tries), so several '-' in one read only come from a broken or
+# hostile peer. Without a cap each '-' queued a full copy of the reply: 64 KiB of '-'
+# after a 128 KiB ``m`` reply asked for ~8 GiB in one call (found by tests/fuzz).
+MAX_RESENDS_PER_RECEIVE = 8
+
 
 @dataclass(frozen=True)
 class Packet:
@@ -248,7 +255,9 @@ class RspConnection:
     bytes``: frame a reply; write the result after any ``outgoing`` already due.
 
     Ack mode: every good packet is answered '+', a bad checksum '-'; the last reply is
-    kept until gdb's '+' and written again on each '-'. No-ack mode
+    kept until gdb's '+' and written again on each '-' (at most
+    ``MAX_RESENDS_PER_RECEIVE`` times per ``receive`` call, so that a flood of '-' cannot
+    make the output grow without bound). No-ack mode
     (``QStartNoAckMode``): nothing is acked, '+'/'-' from the peer are ignored, and no
     reply is kept. The switch happens right after the OK for ``QStartNoAckMode`` is
     framed, which the session asks for with ``send(b"OK", then_no_ack=True)``; gdb still
@@ -267,12 +276,15 @@ class RspConnection:
     def receive(self, data: bytes) -> tuple[list[Event], bytes]:
         events: list[Event] = []
         out = bytearray()
+        resends = 0  # bounded: see MAX_RESENDS_PER_RECEIVE
         for ev in self.framer.feed(data):
             if isinstance(ev, Ack):
                 if not self.no_ack:
                     self.last_reply = None
             elif isinstance(ev, Nak):
-                if not self.no_ack and self.last_reply is not None:
+                if (not self.no_ack and self.last_reply is not None
+                        and resends < MAX_RESENDS_PER_RECEIVE):
+                    resends += 1
                     out += self.last_reply
             elif isinstance(ev, Packet):
                 if not self.no_ack:

@@ -21,11 +21,19 @@ def sym(name: str) -> int:
 
 
 def attach(port) -> RawClient:
+    """Attach, and let the guest run until its kernel has paged in its higher half (a
+    gdb attaching right after boot stops it before that: kernel addresses fault)."""
     c = RawClient(port)
     c.ask(b"qSupported:swbreak+")
     c.no_ack()
     assert c.ask(b"?").startswith(b"T05")
-    return c
+    for _ in range(100):
+        if not c.ask(b"m%x,8" % sym("loops")).startswith(b"E"):
+            return c
+        c.send(b"vCont;c")
+        c.send_raw(b"\x03")
+        assert c.recv_packet()[:3] in (b"T02", b"T05")
+    raise AssertionError("the demo kernel never mapped its data")
 
 
 def read_bytes(c, addr, n) -> bytes:
