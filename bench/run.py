@@ -1,0 +1,456 @@
+"""``python -m bench [--quick]``: ours against QEMU 7.2 (TCG, KVM) and udbserver, side by
+side on the demo kernel, in one run; prints the table and writes bench/RESULTS.md.
+
+Phases, so that only the debuggee being measured ever runs guest code:
+
+A. raw client, 1 vCPU everywhere: every debuggee is started and stopped at ``cpu_loop``
+   (a stopped debuggee is idle), then the trials go round-robin over them, so a burst
+   of load from elsewhere on this shared machine hits every column alike.
+B. gdb 13 in batch mode, one debuggee at a time (``stepi N``, ``dump binary memory``).
+C. 4 vCPUs: Ctrl-C latency (round-robin again), continue-to-breakpoint, gdb ``stepi``
+   with the other vCPUs continuing, and the free-running guest with the stub attached,
+   trial by trial against the bare VMM (``bench/bare.py``) in turn.
+D. the model checker against SPIN (if proofs/ and its SPIN cross-check exist).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import checker, gdbbench, measure, report, sysinfo, targets
+from bench.report import Row
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "RESULTS.md"
+
+
+@dataclass(frozen=True)
+class Plan:
+    trials: int
+    seconds: float  # per trial of a rate
+    ctrl_c: int  # interrupts per debuggee
+    speed_trials: int
+    speed_seconds: float
+    stepi: int
+    stepi_reps: int
+    dump_bytes: int
+    dump_reps: int
+    checker_reps: int
+
+
+FULL = Plan(trials=5, seconds=1.5, ctrl_c=40, speed_trials=5, speed_seconds=2.5, stepi=1000,
+            stepi_reps=3, dump_bytes=16 << 20, dump_reps=3, checker_reps=3)
+QUICK = Plan(trials=3, seconds=0.4, ctrl_c=12, speed_trials=2, speed_seconds=1.0, stepi=300,
+             stepi_reps=2, dump_bytes=4 << 20, dump_reps=1, checker_reps=1)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def attempt(row: Row, col: str, what: str, fn) -> None:
+    """Run one measurement; a failure becomes the cell's note, not the end of the run."""
+    try:
+        row.add(col, fn())
+    except Exception as err:  # noqa: BLE001 - any peer may fail in its own way
+        log(f"{what}: {type(err).__name__}: {err}")
+        if "-v" in sys.argv:
+            traceback.print_exc()
+        row.na(col, f"error: {type(err).__name__}")
+
+
+# ------------------------------------------------------------------ the rows
+def make_rows(p: Plan) -> dict[str, Row]:
+    def at_least(col: str, factor: float):
+        return lambda r: None if r.median(col) is None else r.median("ours") >= factor * r.median(col)
+
+    def both(*checks):
+        def f(r):
+            res = [c(r) for c in checks]
+            return None if None in res else all(res)
+        return f
+
+    step_target = ("≥ 2× QEMU TCG and ≥ 1× udbserver",
+                   both(at_least("tcg", 2), at_least("udb", 1)))
+    mem_target = ("≥ 4× QEMU (TCG and KVM)", both(at_least("tcg", 4), at_least("kvm", 4)))
+    dump_mib = p.dump_bytes >> 20
+    return {
+        "s": Row("raw `s` single-steps/s, 1 vCPU", "/s", target=step_target[0],
+                 check=step_target[1]),
+        "s-intel": Row("raw `s` single-steps/s, 1 vCPU, ours `--cpu intel` (MTRAP)", "/s",
+                       target=step_target[0], check=step_target[1]),
+        "vcont": Row("raw `vCont;s:N` single-steps/s, 1 vCPU", "/s", target=step_target[0],
+                     check=step_target[1]),
+        "stepi": Row(f"gdb 13 `stepi {p.stepi}`, steps/s, 1 vCPU", "/s",
+                     target="≥ 1× QEMU TCG", check=at_least("tcg", 1)),
+        "stepi4": Row(f"gdb 13 `stepi {p.stepi}`, steps/s, ours 4 vCPUs (`vCont;s:1;c`)",
+                      "/s"),
+        "m": Row("raw `m` read, largest packet each side", "MB/s", target=mem_target[0],
+                 check=mem_target[1]),
+        "x": Row("raw `x` read (peers: their `m`)", "MB/s", target=mem_target[0],
+                 check=mem_target[1]),
+        "dump": Row(f"gdb 13 `dump binary memory`, {dump_mib} MiB", "MB/s",
+                    target=mem_target[0], check=mem_target[1]),
+        "bp": Row("continue-to-breakpoint cycles/s (z0, s, Z0, `vCont;c`), 1 vCPU", "/s"),
+        "bp4": Row("continue-to-breakpoint cycles/s, ours 4 vCPUs", "/s"),
+        "ctrlc": Row("Ctrl-C to stop reply, 4 busy vCPUs (QEMU: 1 busy, -smp 4)", "ms",
+                     higher_better=False, target="< 10 ms median",
+                     check=lambda r: r.median("ours") < 10.0),
+        "speed": Row("guest speed, stub attached and guest continued", "loops/s",
+                     target="≥ 90 % of the bare VMM", ref_label="bare VMM",
+                     check=lambda r: None if r.median("ref") is None
+                     else r.median("ours") >= 0.9 * r.median("ref")),
+        "speed-d": Row("guest speed, after `D` (detached)", "loops/s",
+                       target="≥ 90 % of the bare VMM", ref_label="bare VMM",
+                       check=lambda r: None if r.median("ref") is None
+                       else r.median("ours") >= 0.9 * r.median("ref")),
+        "checker": Row("model checker, same model (2 vCPUs, amd)", "states/s",
+                       ref_label="SPIN", target="report (no target)"),
+    }
+
+
+# ------------------------------------------------------------------ phases
+def phase_raw(p: Plan, rows: dict[str, Row], peers: dict[str, bool]):
+    """Phase A. Returns the debuggees and their sessions, still stopped, for phase B."""
+    starters = {"ours": lambda: targets.start_ours("amd", 1),
+                "ours-intel": lambda: targets.start_ours("intel", 1, key="ours-intel"),
+                "tcg": lambda: targets.start_qemu("tcg"), "kvm": lambda: targets.start_qemu("kvm"),
+                "udb": targets.start_udb}
+    live: dict[str, targets.Target] = {}
+    sessions: dict[str, targets.Session] = {}
+    for key, start in starters.items():
+        col = "ours" if key.startswith("ours") else key
+        if not peers.get(col, True):
+            continue
+        try:
+            t = start()
+            sessions[key] = t.to_cpu_loop()
+            live[key] = t
+            log(f"{t.label}: stopped at cpu_loop (thread {sessions[key].thread.decode()}, "
+                f"{'no-ack' if sessions[key].no_ack else 'ack mode'})")
+        except Exception as err:  # noqa: BLE001
+            log(f"{key}: cannot start: {err}")
+            for r in rows.values():
+                if col != "ours":
+                    r.na(col, "did not start")
+
+    def col_of(key: str) -> str:
+        return "ours" if key.startswith("ours") else key
+
+    def fresh_udb() -> None:
+        """udbserver slows down with every step of a session (see targets.py): each
+        trial gets a new one, as fresh as the first."""
+        if "udb" not in sessions:
+            return
+        live["udb"].stop()
+        try:
+            live["udb"] = targets.start_udb()
+            sessions["udb"] = live["udb"].to_cpu_loop()
+        except Exception as err:  # noqa: BLE001
+            log(f"udbserver restart failed: {err}")
+            sessions.pop("udb")
+            live.pop("udb")
+
+    def step_row(key: str, packet: bytes) -> Row:
+        if key == "ours-intel":
+            return rows["s-intel"]
+        return rows["s" if packet == b"s" else "vcont"]
+
+    # Single steps, round-robin over debuggees, trial by trial.
+    for trial in range(p.trials):
+        fresh_udb()
+        for key, s in list(sessions.items()):
+            for packet in (b"s", b"vCont;s:{t}"):
+                if key == "ours-intel" and packet != b"s":
+                    continue
+                row = step_row(key, packet)
+                attempt(row, col_of(key), f"{key} {packet!r}",
+                        lambda s=s, packet=packet: measure.step_rates(s, packet, 1, p.seconds))
+        log(f"steps: trial {trial + 1}/{p.trials} done")
+    if "ours-intel" in sessions:  # the intel row compares with the same peers
+        for col in ("tcg", "kvm", "udb"):
+            rows["s-intel"].samples[col] = rows["s"].samples.get(col, [])
+            if col in rows["s"].notes:
+                rows["s-intel"].notes[col] = rows["s"].notes[col]
+        sessions.pop("ours-intel").close()
+        live.pop("ours-intel").stop()
+
+    # Memory: fill 1 MiB with random bytes, then m (and x) with the largest packets.
+    sizes: dict[str, int] = {}
+    for key, s in sessions.items():
+        try:
+            measure.fill(s)
+            sizes[key] = measure.largest_m(s, measure.packet_size(s))
+        except Exception as err:  # noqa: BLE001
+            log(f"{key}: memory set-up failed: {err}")
+            rows["m"].na(col_of(key), "error")
+    for trial in range(p.trials):
+        if trial:
+            fresh_udb()
+            if "udb" in sessions:
+                measure.fill(sessions["udb"])
+        for key, s in list(sessions.items()):
+            if key not in sizes:
+                continue
+            col = col_of(key)
+            attempt(rows["m"], col, f"{key} m", lambda s=s, key=key: measure.read_rates(
+                s, "m", sizes[key], 1, p.seconds / 1.5)[0])
+            if s.target.has_x:
+                attempt(rows["x"], col, f"{key} x", lambda s=s: measure.read_rates(
+                    s, "x", 0x10000, 1, p.seconds / 1.5)[0])
+            elif col != "ours":
+                rows["x"].samples.setdefault(col, [])
+        log(f"memory: trial {trial + 1}/{p.trials} done")
+    for col in ("tcg", "kvm", "udb"):
+        rows["x"].samples[col] = list(rows["m"].samples.get(col, []))
+    rows["m"].detail = ", ".join(f"{col_of(k)}: {v} B per reply" for k, v in sizes.items())
+
+    # Continue to a breakpoint and back, round-robin.
+    for trial in range(p.trials):
+        fresh_udb()
+        for key, s in list(sessions.items()):
+            attempt(rows["bp"], col_of(key), f"{key} breakpoint cycle",
+                    lambda s=s: measure.bp_cycle_rates(s, 1, p.seconds / 1.5))
+    log("breakpoint cycles done")
+    return live, sessions
+
+
+def phase_gdb(p: Plan, rows: dict[str, Row], live, sessions) -> None:
+    """Phase B: one debuggee at a time; the others stay stopped under their raw session."""
+    if gdbbench.GDB is None:
+        for key in ("stepi", "dump"):
+            rows[key].na("ours", "gdb not installed")
+        return
+    for key in list(live):
+        t = live[key]
+        col = "ours" if key.startswith("ours") else key
+        if key == "udb":
+            t.stop()  # it serves one connection in its life: a fresh one for gdb
+            try:
+                t = targets.start_udb()
+            except Exception as err:  # noqa: BLE001
+                rows["stepi"].na("udb", f"error: {err}")
+                continue
+        else:
+            sessions[key].close()
+        attempt(rows["stepi"], col, f"{t.label} gdb stepi",
+                lambda t=t: gdbbench.stepi_rates(t, p.stepi, p.stepi_reps))
+        if key == "udb":
+            rows["dump"].na("udb", "not measured (~0.4 MB/s)")
+        else:
+            attempt(rows["dump"], col, f"{t.label} gdb dump",
+                    lambda t=t: gdbbench.dump_rates(t, p.dump_bytes, p.dump_reps))
+        t.stop()
+        log(f"{t.label}: gdb rows done")
+
+
+def phase_four(p: Plan, rows: dict[str, Row], peers: dict[str, bool]) -> None:
+    """Phase C: the rows that need 4 vCPUs."""
+    rng = random.Random(4)
+    live: dict[str, targets.Session] = {}
+    try:
+        ours = targets.start_ours("amd", 4)
+        s = ours.connect()
+        measure.wait_online(s, 4)
+        live["ours"] = s
+    except Exception as err:  # noqa: BLE001
+        log(f"ours, 4 vCPUs: cannot start: {err}")
+        return
+    for accel in ("tcg", "kvm"):
+        if not peers.get(accel, True):
+            continue
+        try:
+            t = targets.start_qemu(accel, smp=4)
+            live[accel] = t.to_cpu_loop()
+        except Exception as err:  # noqa: BLE001
+            log(f"QEMU {accel} -smp 4: {err}")
+            rows["ctrlc"].na(accel, "did not start")
+    rows["ctrlc"].na("udb", "n/a: no Ctrl-C while running")
+    rounds = 4
+    for _ in range(rounds):
+        for key, sess in live.items():
+            attempt(rows["ctrlc"], key, f"{key} Ctrl-C",
+                    lambda sess=sess: measure.ctrl_c_latencies(sess, p.ctrl_c // rounds, rng))
+    log("Ctrl-C done")
+    for key in ("tcg", "kvm"):
+        if key in live:
+            live.pop(key).target.stop()
+
+    s = live["ours"]
+    # Free-running guest, attached and continued, and after D, each trial right next to
+    # a run of the bare VMM (order alternating), so that each ratio compares neighbours.
+    for trial in range(p.speed_trials):
+        try:
+            bare_first = trial % 2 == 0
+            bare = bare_speed(p.speed_seconds) if bare_first else None
+            attached = measure.guest_speed_continued(s, 4, p.speed_seconds)
+            detached, s = measure.guest_speed_detached(s, 4, p.speed_seconds)
+            if not bare_first:
+                bare = bare_speed(p.speed_seconds)
+        except Exception as err:  # noqa: BLE001
+            log(f"guest speed: {type(err).__name__}: {err}")
+            rows["speed"].na("ours", "error")
+            s = ours.connect()
+            continue
+        for key, v in (("speed", attached), ("speed-d", detached)):
+            rows[key].add("ours", [v])
+            rows[key].add("ref", [bare])
+            rows[key].pairs.append(v / bare)
+    for key in ("speed", "speed-d"):
+        rows[key].check = lambda r: None if not r.pairs else r.ratio("ref") >= 0.9
+        rows[key].detail = "ratio: median of back-to-back pairs " + ", ".join(
+            f"{x:.2f}" for x in rows[key].pairs)
+    log("guest speed done")
+    # Continue to a breakpoint with 4 vCPUs (whichever hits reports).
+    s.run_to(targets.CPU_LOOP)
+    attempt(rows["bp4"], "ours", "4-vCPU breakpoint cycle",
+            lambda: measure.bp_cycle_rates(s, p.trials, p.seconds / 1.5))
+    s.close()
+    attempt(rows["stepi4"], "ours", "4-vCPU gdb stepi",
+            lambda: gdbbench.stepi_rates(ours, p.stepi // 2, p.stepi_reps))
+    ours.stop()
+    log("4-vCPU rows done")
+
+
+def bare_speed(seconds: float) -> float:
+    out = subprocess.run([sys.executable, "-m", "bench.bare", str(seconds)], cwd=targets.ROOT,
+                         capture_output=True, text=True, timeout=120, check=False)
+    for line in out.stdout.splitlines():
+        if line.startswith("{"):
+            d = json.loads(line)
+            if "loops_per_s" in d:
+                return d["loops_per_s"]
+    raise RuntimeError(f"bench.bare: {out.stdout[-300:]} {out.stderr[-300:]}")
+
+
+def phase_checker(p: Plan, rows: dict[str, Row]) -> None:
+    row = rows["checker"]
+    ok, why = checker.available()
+    if not ok:
+        row.na("ours", f"not available ({why})")
+        row.na("ref", "not available")
+        return
+    info = {}
+    for _ in range(p.checker_reps):
+        attempt(row, "ours", "python -m proofs", lambda: [checker.python_run()["rate"]])
+
+        def spin():
+            d = checker.spin_run()
+            info.update(d)
+            return [d["rate"]]
+        attempt(row, "ref", "SPIN", spin)
+    if info:
+        row.detail = (f"{info['states']:,} states; SPIN {info.get('version', '?')}: pan's own "
+                      f"search time, compile excluded")
+    log("model checker done")
+
+
+# ------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="about a minute, fewer and shorter trials")
+    ap.add_argument("--no-qemu", action="store_true")
+    ap.add_argument("--no-kvm", action="store_true")
+    ap.add_argument("--no-udbserver", action="store_true")
+    ap.add_argument("--no-checker", action="store_true")
+    ap.add_argument("--out", type=Path, default=RESULTS, help=f"Markdown (default {RESULTS})")
+    ap.add_argument("--profile", action="store_true",
+                    help="instead: profile our stub's step and memory-read paths (py-spy)")
+    ap.add_argument("-v", action="store_true", help="tracebacks of failed measurements")
+    a = ap.parse_args(argv)
+    if a.profile:
+        from bench import profile
+        return profile.main(quick=a.quick)
+
+    plan = QUICK if a.quick else FULL
+    info = sysinfo.collect()
+    load_before = sysinfo.load()
+    peers = {"tcg": targets.qemu_available() and not a.no_qemu,
+             "kvm": not a.no_qemu and not a.no_kvm, "udb": not a.no_udbserver}
+    rows = make_rows(plan)
+    if peers["kvm"]:
+        ok, why = targets.kvm_available()
+        if not ok:
+            peers["kvm"] = False
+            for r in rows.values():
+                r.na("kvm", f"skipped: {why}")
+    for col, on in peers.items():
+        if not on:
+            for r in rows.values():
+                r.notes.setdefault(col, "skipped")
+    t0 = time.monotonic()
+    log(f"{'quick' if a.quick else 'full'} run; load average {load_before}")
+    live, sessions = phase_raw(plan, rows, peers)
+    phase_gdb(plan, rows, live, sessions)
+    phase_four(plan, rows, peers)
+    if not a.no_checker:
+        phase_checker(plan, rows)
+    else:
+        rows["checker"].na("ours", "skipped")
+    elapsed = time.monotonic() - t0
+    load_after = sysinfo.load()
+
+    ordered = [rows[k] for k in ("s", "s-intel", "vcont", "stepi", "stepi4", "m", "x", "dump",
+                                 "bp", "bp4", "ctrlc", "speed", "speed-d", "checker")]
+    print()
+    print(report.text_table(ordered))
+    print(f"\nload average before {load_before}, after {load_after}; {elapsed:.0f} s")
+    md = render(ordered, info, plan, a.quick, load_before, load_after, elapsed)
+    a.out.write_text(md)
+    print(f"wrote {a.out}")
+    return 0
+
+
+def render(rows, info, plan: Plan, quick: bool, load_before, load_after, elapsed) -> str:
+    machine = "\n".join(f"- {k}: {v}" for k, v in info.items())
+    when = time.strftime("%Y-%m-%d %H:%M %Z")
+    return f"""# Benchmark results
+
+`python -m bench{' --quick' if quick else ''}` on {when}, {elapsed:.0f} s; load average
+(1/5/15 min) {load_before} before, {load_after} after (a shared 2-core machine: other
+people's tests were running).
+
+Medians of {plan.trials} trials (gdb rows: {plan.stepi_reps} timed commands; Ctrl-C:
+{plan.ctrl_c} interrupts; guest speed: {plan.speed_trials} trials of {plan.speed_seconds:g} s).
+Peer cells read `value (×ours/peer)`. Higher is better unless the row says otherwise.
+
+{report.markdown(rows)}
+Targets met: {sum(r.met() is True for r in rows)} of {sum(bool(r.target) and r.check is not None for r in rows)}.
+
+## Machine
+
+{machine}
+
+## How each column was run
+
+- ours: `python -m stub --vm demo --cpu amd --vcpus 1` (4 for the 4-vCPU rows; `--cpu intel`
+  for its row), no-ack mode, stopped at `cpu_loop` by a `Z0` breakpoint.
+- QEMU: `qemu-system-x86_64 -machine pc,accel=tcg|kvm -bios qboot.rom -m 64 -smp 1 -kernel
+  demo.elf -gdb tcp:... -S` (`-cpu host,-arch-capabilities` under KVM), ack mode (QEMU 7.2
+  has no no-ack mode), 2 KiB `m` replies (it answers E22 above PacketSize/2). Under this
+  nested KVM, `int3` kills QEMU, so the KVM column stops with `Z1`.
+- udbserver: the same ELF loaded by our loader into one bare Unicorn, served by
+  `udbserver(uc, port, cpu_loop)` (bench/udb_target.py); a fresh one per trial (it slows
+  down as a session goes on: each step adds and deletes a Unicorn hook).
+- Every column steps the same instructions: the guest's own `int3` in `cpu_loop` is
+  patched to `nop` (nested KVM and bare Unicorn cannot run it), from `cpu_loop` on.
+- All: one raw RSP client (bench/client.py, `TCP_NODELAY`) over loopback; memory reads
+  walk a 1 MiB region at GVA 0x1000000 (identity-mapped RAM) filled with random bytes first;
+  gdb timings come from gdb's own Python around the timed command only.
+
+## Samples
+
+{report.samples_markdown(rows)}"""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
