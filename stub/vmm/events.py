@@ -9,12 +9,13 @@ from unicorn import UcError
 from unicorn import unicorn_const as U
 
 from stub.vmm import idt
-from stub.vmm.api import Cap, ExitKind, VmExit
+from stub.vmm.api import Cap, ExitKind, VmExit, VmmError
 
 if TYPE_CHECKING:
     from stub.vmm.vcpu import EmulatedVcpu
 
 INT3 = 0xCC
+INT_IMM8, INT_IMM8_3 = 0xCD, 0x03  # "int 3", the two-byte form
 _UNBACKED = frozenset({U.UC_ERR_READ_UNMAPPED, U.UC_ERR_WRITE_UNMAPPED,
                        U.UC_ERR_FETCH_UNMAPPED})
 
@@ -28,9 +29,31 @@ class EventMixin:
                 self.cpu.rip = rip - 1  # like VMX/SVM: the int3 has not happened
                 return VmExit(ExitKind.BPT, rip=rip - 1, inst_length=1)
             return self._deliver(3, None)
+        if vector == 3 and self._stale_int3(rip - 1):
+            # The int3 came from code translated before the debugger wrote the original
+            # byte back (a breakpoint removed while this vCPU ran, as on a detach
+            # during a continue). For the guest that int3 never existed: drop the stale
+            # translation and run what memory holds now, from where the int3 stood.
+            self.cpu.exc.take()
+            self.cpu.rip = rip - 1
+            self.cpu.uc.ctl_flush_tb()
+            return None
         error_code, is_int = self.cpu.exc.take()
         has_code = vector in idt.ERROR_CODE_VECTORS and not is_int
         return self._deliver(vector, error_code if has_code else None)
+
+    def _stale_int3(self: EmulatedVcpu, gva: int) -> bool:
+        """#BP from an int3 at ``gva`` that memory no longer holds (the byte there is
+        not 0xCC): it was just patched (a write not yet applied to this vCPU's
+        translations), or it is not the end of an "int 3" (CD 03) either."""
+        try:
+            gpa = self.cpu.translate(gva)
+        except VmmError:
+            return False
+        with self._cond:
+            patched = any(start <= gpa < end for start, end in self._dirty)
+        cpu = self.cpu
+        return patched or not (cpu.byte_at(gva) == INT_IMM8_3 and cpu.byte_at(gva - 1) == INT_IMM8)
 
     def _on_uc_error(self: EmulatedVcpu, error: UcError) -> VmExit | None:
         rip = self.cpu.rip

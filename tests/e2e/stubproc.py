@@ -83,6 +83,7 @@ class RawClient:
 
     def __init__(self, port: int, timeout: float = 20.0):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as gdb does
         self.rsp = RspConnection()
         self.pending: list[bytes] = []
         self.acks = True
