@@ -110,6 +110,11 @@ def test_continue_in_background_then_interrupt(stub_factory, vm):
     mi = Mi()
     try:
         mi.command(f"-target-select remote 127.0.0.1:{sp.port}", "^connected")
+        # vCPU 0 reaches cpu_loop after starting the APs: no timing assumption below.
+        mi.command("-break-insert cpu_loop")
+        mi.command("-exec-continue", "*running")
+        assert 'reason="breakpoint-hit"' in mi.wait_for("*stopped")
+        mi.command("-break-delete")
         for _ in range(3):
             mi.command("-exec-continue", "*running")
             stopped = mi.command("-exec-interrupt", "*stopped")

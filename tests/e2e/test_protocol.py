@@ -6,8 +6,9 @@ import pytest
 
 from stub.rsp.framing import encode_packet
 from stub.rsp.hexutil import hex_decode
+from tests.guests.test_demo_kernel import parse_elf
 
-from .stubproc import RawClient
+from .stubproc import DEMO_ELF, RawClient
 
 
 @pytest.fixture
@@ -28,16 +29,21 @@ def halt(c):
     return reply
 
 
+CPU_LOOP_PHYS = parse_elf(DEMO_ELF.read_bytes()).symbols["cpu_loop"].value - 0xFFFF_FFFF_8000_0000
+
+
 def all_threads(c, count=2, attempts=50):
-    """Let the guest run until it has started its APs (attach may stop it first)."""
+    """Let the guest run until it has started its APs (attach may stop it first).
+    Progress without timing: run to a breakpoint at cpu_loop's physical address (keyed
+    by GPA, it is hit through any mapping), which vCPU 0 reaches after starting them."""
     for _ in range(attempts):
         threads = c.ask(b"qfThreadInfo")
         if threads.count(b",") + 1 == count:
             return threads
-        c.send(b"vCont;c")
-        c.send_raw(b"\x03")
-        assert c.recv_packet()[:3] in (b"T02", b"T05")
-    raise AssertionError(f"only {threads} after {attempts} continues")
+        assert c.ask(b"Z0,%x,1" % CPU_LOOP_PHYS) == b"OK"
+        assert c.ask(b"vCont;c").startswith(b"T05")
+        assert c.ask(b"z0,%x,1" % CPU_LOOP_PHYS) == b"OK"
+    raise AssertionError(f"only {threads} after {attempts} runs to cpu_loop")
 
 
 def test_ack_mode_nak_and_resend(client):
