@@ -100,7 +100,11 @@ class Runtime:
         self.step = probe_step(vm.vcpus[0])
         self.coord = Coordinator(len(vm.vcpus), self.step, wait_for_debugger)
         self.lock = threading.Lock()
-        self.changed = threading.Condition(self.lock)
+        self.changed = threading.Condition(self.lock)  # for observers (tests)
+        # One condition per vCPU thread on the same lock: an event wakes only the vCPUs
+        # it released, not every parked one (with 4 vCPUs, each step used to wake three
+        # threads that found themselves still parked).
+        self._released = [threading.Condition(self.lock) for _ in vm.vcpus]
         self.outbox: queue.Queue[StopEvent | ExitEvent] = queue.Queue()
         self.on_output: Callable[[], None] = lambda: None  # wakes the server loop
         self.saved: dict[int, bytes] = {}  # breakpoint GPA -> original byte
@@ -126,7 +130,7 @@ class Runtime:
                 return
             self._stopping = True
             self.ended_how = self.ended_how or why
-            self.changed.notify_all()
+            self._wake_released()
         self.vm.shutdown()
         self.finished.set()
         self.on_output()
@@ -146,7 +150,7 @@ class Runtime:
             while True:
                 with self.lock:
                     while self.coord.parked(i) and not self._stopping:
-                        self.changed.wait()
+                        self._released[i].wait()
                     if self._stopping:
                         return
                 if not self.vcpu_exited(vcpu, vcpu.run()):
@@ -242,10 +246,17 @@ class Runtime:
                 case SendExit(kind=kind, code=code):
                     self.outbox.put(ExitEvent(kind, code))
                     self.on_output()
-        self.changed.notify_all()
+        self._wake_released()
         if self.coord.finished and not self.finished.is_set():
             self.finished.set()
             self.on_output()
+
+    def _wake_released(self) -> None:
+        """Wake the vCPU threads that may run now (all of them when stopping)."""
+        self.changed.notify_all()
+        for i, cond in enumerate(self._released):
+            if self._stopping or not self.coord.parked(i):
+                cond.notify()
 
     def _set_cap(self, i: int, cap, on: bool, best_effort: bool) -> None:
         try:
