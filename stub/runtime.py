@@ -396,4 +396,4 @@ class Runtime:
             raise NotStopped("the guest is running")
 
 
-__all__ = ["ExitEvent", "MemoryAccessError", "ProtocolError", "Runtime", "StopEvent"]
+__all__ = ["ExitEvent", "MemoryAccessError", "Runtime", "StopEvent"]

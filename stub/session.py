@@ -127,19 +127,18 @@ class Session:
 
     def _vcpu_of(self, thread: P.ThreadId, allow_all: bool = False) -> int | None:
         """vCPU index for a thread id; None for "all" where allowed."""
-        if not self._threads():
+        threads = self._threads()  # one look under the runtime's lock
+        if not threads:
             # A gdb that connects before vCPU 0's thread has started (the listener is
             # open before runtime.start()) sends Hg0 at once: refuse it (EINVAL) rather
-            # than let the IndexError below escape handle() and kill the server thread.
+            # than let an IndexError escape handle() and kill the server thread.
             raise ProtocolError("no vCPU has started yet")
         if thread.is_all:
-            if allow_all:
-                return None
-            return self._threads()[0]
+            return None if allow_all else threads[0]
         if thread.is_any:
-            return self.g_vcpu if self.g_vcpu in self._threads() else self._threads()[0]
+            return self.g_vcpu if self.g_vcpu in threads else threads[0]
         vcpu = thread.tid - 1
-        if vcpu not in self._threads():
+        if vcpu not in threads:
             raise ProtocolError(f"no thread {thread.tid}")
         return vcpu
 

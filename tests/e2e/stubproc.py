@@ -26,7 +26,6 @@ class StubProcess:
     port: int
     stderr_lines: list[bytes] = field(default_factory=list)
     stdout_chunks: list[bytes] = field(default_factory=list)
-    _exited_lines: threading.Event = field(default_factory=threading.Event)
 
     @property
     def stdout(self) -> bytes:
