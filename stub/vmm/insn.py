@@ -1,12 +1,14 @@
 """The little instruction decoding the VMM needs, from raw bytes (no disassembler on
-the hot path): what SVM's PUSHF/POPF intercepts would catch, hlt, and whether the last
-instruction opened an interrupt shadow."""
+the hot path): what SVM's PUSHF/POPF intercepts would catch, hlt and pause (which
+Unicorn's trap flag gets wrong), and whether the last instruction opened an interrupt
+shadow."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-PUSHF, POPF, HLT, IRET = 0x9C, 0x9D, 0xF4, 0xCF
+PUSHF, POPF, HLT, IRET, NOP = 0x9C, 0x9D, 0xF4, 0xCF, 0x90
+REP = 0xF3
 STI = 0xFB
 MOV_SREG = 0x8E
 _LEGACY_PREFIXES = frozenset({0x66, 0x67, 0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65})
@@ -15,19 +17,25 @@ MAX_INSN = 15
 
 
 def classify(code: bytes) -> tuple[str | None, int]:
-    """(``"pushf"``/``"popf"``/``"hlt"``/``"iret"``/None, operand size in bytes).
+    """(``"pushf"``/``"popf"``/``"hlt"``/``"iret"``/``"pause"``/None, operand size in
+    bytes).
 
     In 64-bit mode pushf/popf default to 8 bytes; a 0x66 prefix makes them 2 (pushfw);
-    REX.W changes nothing."""
-    size, i = 8, 0
+    REX.W changes nothing. ``pause`` is ``rep nop``; with REX.B the 0x90 is
+    ``xchg r8, rax`` instead."""
+    size, i, rep, rex_b = 8, 0, False, False
     while i < len(code) and code[i] in _LEGACY_PREFIXES:
         if code[i] == 0x66:
             size = 2
+        rep = rep or code[i] == REP
         i += 1
     if i < len(code) and 0x40 <= code[i] <= 0x4F:
+        rex_b = bool(code[i] & 1)
         i += 1
     if i >= len(code):
         return None, size
+    if code[i] == NOP:
+        return ("pause" if rep and not rex_b else None), size
     return _NAMES.get(code[i]), size
 
 

@@ -58,16 +58,22 @@ class StepMixin:
                 self._apply(self._tf.intercept_popf())
         if not self.cpu.rflags & TF:
             self.cpu.set_tf(True)  # a popf cleared it last step and no disable came
-        ran, error, _ = self._slice("tf")
+        # Unicorn's pause leaves the CPU loop without the trap-flag check (QEMU's
+        # helper_pause) and carries on into the next instruction, so a TF slice would
+        # step two: run it alone under the code hook and make its trap ourselves.
+        ran, error, _ = self._slice("single" if kind == "pause" else "tf")
         if not ran:
             return None
+        if kind == "pause" and self._event == ("stop", 0):
+            self._event = None  # the code hook's stop after it: as if no trap came
         if self._event == ("exception", 1) and self.cpu.dr6 & DR6_BS:
             return self._claim_trace_trap(kind == "pushf")
         exit_ = self._after_guest(error)
         if exit_ is not None:
             return exit_
         if self._event is None and error is None:
-            # The instruction ran but no trap came: hlt (Unicorn stops before the trap).
+            # The instruction ran but no trap came: hlt (Unicorn stops before the
+            # trap), or pause (see above).
             if kind == "hlt" and self.cpu.rip != rip:
                 self._halted = True
             self._apply(self._tf.trace_trap(bool(self.cpu.rflags & TF)))

@@ -244,3 +244,24 @@ def test_iret_is_intercepted_like_popf(make_vm):
     assert exit_.kind is ExitKind.DB and exit_.trace_trap and exit_.rip == sym["back"]
     assert exit_.tf_shadow_val
     assert v.get_register("rflags") & TF and v.cpu.rflags & TF  # the guest's, kept
+
+
+@pytest.mark.parametrize("personality", ["amd", "intel"])
+def test_a_step_over_pause_runs_pause_alone(make_vm, personality):
+    # Unicorn's pause skips the trap-flag check and runs on into the next instruction;
+    # a step must still end right after it (and after xchg r8, rax, which is no pause).
+    vm, sym = make_vm("main:\n int3\np: pause\nn1: nop\nx: xchg r8, rax\nn2: nop\n"
+                      " jmp main\n", personality=personality)
+    v = vm.vcpus[0]
+    run_to_stop(v)
+    assert [step(v).rip for _ in range(3)] == [sym["n1"], sym["x"], sym["n2"]]
+    assert v.get_register("rflags") & TF == 0 and v.cpu.dr6 & DR6_BS == 0
+
+
+def test_insn_classify_tells_pause_from_other_nops():
+    from stub.vmm.insn import classify
+    assert classify(b"\xf3\x90")[0] == "pause"
+    assert classify(b"\xf3\x48\x90")[0] == "pause"  # REX.W: still pause
+    assert classify(b"\x90")[0] is None
+    assert classify(b"\xf3\x41\x90")[0] is None  # xchg r8, rax with a stray rep
+    assert classify(b"\x9c") == ("pushf", 8) and classify(b"\x66\x9d") == ("popf", 2)
