@@ -48,8 +48,8 @@ from proofs.env import (
     SUSP,
     TF,
     TFS,
-    WAITING,
     VCAPS,
+    WAITING,
     System,
 )
 

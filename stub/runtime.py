@@ -4,7 +4,19 @@ This is bhyve's ``gdb.c`` around its one mutex, with every decision moved into
 ``model.Coordinator``: a vCPU thread runs the guest, and on every exit takes the lock,
 feeds the exit to the coordinator and carries out the actions it returns before
 releasing the lock. gdb's requests (through the session) do the same. Threads parked by
-the protocol wait on one condition variable, woken after every event.
+the protocol wait on a condition variable of their own, woken by the events that
+release them.
+
+A lone step runs on the caller's thread. When a resume arms exactly one vCPU for a
+step, :meth:`Runtime.resume` *lends* that vCPU to the thread that asked (the server)
+and runs the one instruction there, instead of waking the vCPU's thread and waiting
+for it to hand the exit back: two thread hand-offs fewer on the hottest path a
+debugger has (``stepi``). Lending happens under the lock while every vCPU is parked,
+so the vCPU's own thread is waiting and stays waiting until the loan ends; the model
+cannot tell which thread fed it the exit. A step into ``hlt`` with no interrupt to wake
+it cannot finish on a borrowed thread (the server must keep reading gdb), so a bounded
+``run(max_instructions=1)`` gives it back unfinished and the vCPU's own thread waits
+for the interrupt as usual.
 
 Stop replies and exits leave through :attr:`outbox` (the server thread formats and
 writes them), so no vCPU thread ever blocks on the socket while holding the lock.
@@ -112,12 +124,15 @@ class Runtime:
         self.ended_how: str = ""
         self._threads: list[threading.Thread] = []
         self._stopping = False
+        self._lent = [False] * len(vm.vcpus)  # the vCPU runs on a borrowing thread
+        self._lending = False  # only with vCPU threads (start()); a driver steps itself
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         # The boot vCPU exists from the start: register it before any gdb can attach,
         # so a '?' always has a vCPU to name (proofs/ found the race otherwise).
         self.vcpu_started(0)
+        self._lending = True
         for vcpu in self.vm.vcpus:
             t = threading.Thread(target=self._vcpu_main, args=(vcpu,),
                                  name=f"vcpu{vcpu.index}", daemon=True)
@@ -149,7 +164,7 @@ class Runtime:
                 self.vcpu_started(i)
             while True:
                 with self.lock:
-                    while self.coord.parked(i) and not self._stopping:
+                    while (self.coord.parked(i) or self._lent[i]) and not self._stopping:
                         self._released[i].wait()
                     if self._stopping:
                         return
@@ -255,7 +270,7 @@ class Runtime:
         """Wake the vCPU threads that may run now (all of them when stopping)."""
         self.changed.notify_all()
         for i, cond in enumerate(self._released):
-            if self._stopping or not self.coord.parked(i):
+            if self._stopping or not (self.coord.parked(i) or self._lent[i]):
                 cond.notify()
 
     def _set_cap(self, i: int, cap, on: bool, best_effort: bool) -> None:
@@ -291,7 +306,36 @@ class Runtime:
 
     def resume(self, plan: dict[int, str], others: str | None) -> None:
         with self.lock:
-            self._apply(self.coord.resume(plan, others))
+            actions = self.coord.resume(plan, others)
+            lone = self._lone_step()
+            if lone is not None:
+                self._lent[lone] = True  # before _apply, so its thread is not woken
+            self._apply(actions)
+        if lone is not None:
+            self._step_here(lone)
+
+    def _lone_step(self) -> int | None:
+        """The vCPU this resume armed for a step, if it is the only one. Called right
+        after ``coord.resume``: every vCPU was parked, so every vCPU thread waits."""
+        if not self._lending:
+            return None
+        armed = [i for i, state in enumerate(self.coord.states) if state == "armed"]
+        return armed[0] if len(armed) == 1 else None
+
+    def _step_here(self, i: int) -> None:
+        """Run vCPU i's step on this thread, then give the vCPU back to its own."""
+        vcpu = self.vm.vcpus[i]
+        try:
+            exit_ = vcpu.run(max_instructions=1)
+            if exit_.kind is not ExitKind.BUDGET:  # BUDGET: halted, its thread waits on
+                self.vcpu_exited(vcpu, exit_)
+        except Exception:  # the same guard as a vCPU thread's: gdb must hear of it
+            log.exception("vCPU %d step failed", i)
+            self._guest_ended("X", SIGSEGV, f"vCPU {i} failed inside the stub")
+        finally:
+            with self.lock:
+                self._lent[i] = False
+                self._wake_released()
 
     def interrupt(self) -> None:
         with self.lock:

@@ -1,6 +1,7 @@
 """A test double of the VMM interface: no instructions, just the exit protocol.
 
-Each vCPU "executes" by adding 1 to RIP. Free running blocks until a suspend request;
+Each vCPU "executes" by adding 1 to RIP. Free running blocks until a suspend request
+(a bounded ``run(max_instructions=k)`` returns BUDGET instead);
 a step capability makes run() advance one "instruction" and exit with the step trap.
 Registers are a dict, memory one bytearray mapped 1:1 (GVA == GPA). Good for driving the
 runtime and the server with real threads, deterministically, without Unicorn."""
@@ -53,7 +54,7 @@ class FakeVcpu(Vcpu):
             raise CapabilityUnsupported(cap.value)
         self.caps[cap] = on
 
-    def run(self):
+    def run(self, max_instructions=None):
         with self.vm.cond:
             while True:
                 if self.vm.down:
@@ -64,6 +65,10 @@ class FakeVcpu(Vcpu):
                     self.regs["rip"] = (self.regs["rip"] + 1) & (1 << 64) - 1
                     kind = ExitKind.MTRAP if self.caps.get(Cap.MTRAP_EXIT) else ExitKind.DB
                     return VmExit(kind, rip=self.regs["rip"], trace_trap=True)
+                if max_instructions is not None:
+                    # A bounded run never blocks; free running here is endless, so a
+                    # bound of k "instructions" just ends it.
+                    return VmExit(ExitKind.BUDGET, rip=self.regs["rip"])
                 self.vm.cond.wait()
 
     def inject_exception(self, vector, inst_length=0):

@@ -57,8 +57,8 @@ class _WrappingVcpu(FakeVcpu):
     otherwise makes RIP 2**64 after ``P10=ffffffffffffffff`` + ``s``, a value no
     x86-64 vCPU can hold (and that the stop reply cannot encode)."""
 
-    def run(self):
-        exit_ = super().run()
+    def run(self, max_instructions=None):
+        exit_ = super().run(max_instructions)
         self.regs["rip"] &= RIP_MASK
         return exit_
 

@@ -1,0 +1,135 @@
+"""The lone-step path of the runtime: a step of one vCPU runs on the thread that asked
+for it (the server), and a step that cannot finish there goes back to the vCPU's own
+thread. Real threads and the emulated VMM; every wait has a timeout."""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import pytest
+
+from model.actions import SIGINT, SIGTRAP
+from stub.runtime import Runtime, StopEvent
+from tests.vmm.conftest import make_vm  # noqa: F401 - the fixture
+
+WAIT = 10.0
+
+# Halts with interrupts on: the timer (posted by the test, timer_hz=0) is what wakes it.
+HALTER = "main:\n sti\n nop\nt: hlt\n jmp t\n"
+
+
+class Stops:
+    """The runtime's stop replies, waited for with a timeout."""
+
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+
+    def next(self) -> StopEvent:
+        try:
+            event = self.rt.outbox.get(timeout=WAIT)
+        except queue.Empty:
+            pytest.fail(f"no stop reply within {WAIT} s")
+        assert isinstance(event, StopEvent), event
+        return event
+
+
+@pytest.fixture
+def runtime(make_vm):  # noqa: F811 - pytest fixture injection
+    made = []
+
+    def start(program: str, personality: str = "amd", vcpus: int = 1):
+        vm, sym = make_vm(program, personality=personality, vcpus=vcpus)
+        rt = Runtime(vm)
+        threads_in_run: list[str] = []
+        for vcpu in vm.vcpus:
+            vcpu.run = _recording(vcpu.run, threads_in_run)
+        rt.start()
+        made.append(rt)
+        return vm, sym, rt, threads_in_run
+
+    yield start
+    for rt in made:
+        rt.shutdown()
+        rt.join()
+
+
+def _recording(run, names: list[str]):
+    def wrapper(*args, **kwargs):
+        names.append(threading.current_thread().name)
+        return run(*args, **kwargs)
+    return wrapper
+
+
+def stop_at(vm, sym, rt: Runtime, where: str) -> Stops:
+    """Attach and run the guest to a breakpoint at ``where``, then remove it."""
+    stops = Stops(rt)
+    rt.attach()
+    rt.query_halt()
+    stops.next()
+    rt.insert_breakpoint(0, sym[where])
+    rt.resume({}, "c")
+    assert stops.next().registers["rip"] == sym[where]
+    rt.remove_breakpoint(0, sym[where])
+    return stops
+
+
+@pytest.mark.parametrize("personality", ["amd", "intel"])
+def test_a_lone_step_runs_on_the_callers_thread(runtime, personality):
+    vm, sym, rt, in_run = runtime(HALTER, personality)
+    stops = stop_at(vm, sym, rt, "t")
+    del in_run[:]
+    rt.resume({0: "s"}, None)  # hlt: the instruction runs and the vCPU halts
+    event = stops.next()
+    assert event.stop.vcpu == 0 and event.registers["rip"] == sym["t"] + 1
+    assert in_run == [threading.current_thread().name]
+
+
+@pytest.mark.parametrize("personality", ["amd", "intel", "amd-nomask"])
+def test_a_step_in_hlt_goes_back_to_the_vcpu_thread(runtime, personality):
+    vm, sym, rt, in_run = runtime(HALTER, personality)
+    stops = stop_at(vm, sym, rt, "t")
+    rt.resume({0: "s"}, None)
+    stops.next()  # halted after the hlt
+    del in_run[:]
+    rt.resume({0: "s"}, None)  # must return at once: the server has to keep reading gdb
+    vcpu = vm.vcpus[0]
+    assert vcpu.waiting.wait(WAIT), "the vCPU's own thread should wait in hlt"
+    assert rt.outbox.empty()  # the step is not over: nothing ran yet
+    vcpu.post_tick()
+    if personality == "amd-nomask":
+        event = stops.next()
+        assert event.stop.signal == SIGTRAP
+        assert event.registers["rip"] == sym["h_timer"]  # the interrupt was the step
+    else:
+        # MASK_HWINTR holds the tick back during a step: only Ctrl-C ends it.
+        rt.interrupt()
+        event = stops.next()
+        assert event.stop.signal == SIGINT and event.registers["rip"] == sym["t"] + 1
+    assert in_run == [threading.current_thread().name, "vcpu0"]
+
+
+# vCPU 0 starts three APs, which spin; then it spins itself at spin0.
+SPINNERS = "main:\n" + "".join(
+    f" mov eax, {ap}\n lea rbx, [rip + spin]\n out 0xeb, eax\n" for ap in (1, 2, 3)) + """
+spin0: pause
+ jmp spin0
+spin: pause
+ jmp spin
+"""
+
+
+def test_a_step_with_the_others_continuing_is_lent_too(runtime):
+    vm, sym, rt, in_run = runtime(SPINNERS, vcpus=4)
+    stops = stop_at(vm, sym, rt, "spin0")  # every AP has started once vCPU 0 is there
+    assert rt.active_vcpus() == [0, 1, 2, 3]
+    del in_run[:]
+    rips = []
+    for _ in range(50):  # gdb's stepi with scheduler-locking off: vCont;s:1;c
+        rt.resume({0: "s"}, "c")
+        event = stops.next()
+        assert event.stop.vcpu == 0
+        rips.append(event.registers["rip"])
+    assert rips == [sym["spin0"] + 2, sym["spin0"]] * 25, [hex(r) for r in rips[:6]] + [hex(sym["spin0"])]
+    assert threading.current_thread().name in in_run
+    assert "vcpu0" not in in_run  # every step of vCPU 0 ran here
