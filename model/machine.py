@@ -121,10 +121,17 @@ class _Inert:
 def select(spec: MachineSpec, state: str, trigger: str, ctx: Any, *args: Any) -> Branch:
     """The branch ``trigger`` takes from ``state``: the first whose conditions hold."""
     for branch in spec.table.get((state, trigger), ()):
-        if all(getattr(ctx, c)(*args) for c in branch.conditions) and not any(
-            getattr(ctx, c)(*args) for c in branch.unless
-        ):
-            return branch
+        # Plain loops, not all()/any() over generators: this runs several times per
+        # single-step, and most branches have no condition at all.
+        for name in branch.conditions:
+            if not getattr(ctx, name)(*args):
+                break
+        else:
+            for name in branch.unless:
+                if getattr(ctx, name)(*args):
+                    break
+            else:
+                return branch
     raise InvalidTransition(spec.name, state, trigger)
 
 

@@ -3,7 +3,10 @@
 It accepts one gdb at a time (a second connection is refused and closed), feeds the
 client's bytes through the RSP framing into the session, and writes the replies. Stop
 replies produced by vCPU threads arrive through the runtime's outbox; the runtime wakes
-this loop through a self-pipe, so no other thread ever writes to the socket.
+this loop through a self-pipe, so no other thread ever writes to the socket. Output
+made by the loop's own work (a lone step runs here) needs no wake-up: the loop flushes
+the outbox before it waits again. (A signal handler runs on this thread too, but may
+interrupt the wait itself: it still writes the pipe.)
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import queue
 import select
 import socket
+import threading
 
 from stub.rsp import packets as P
 from stub.rsp.framing import BadPacket, Interrupt, Packet, RspConnection
@@ -83,12 +87,16 @@ class Server:
         os.set_blocking(self._wake_w, False)
         runtime.on_output = self.wake
         self._closed = False
+        self._loop_thread: int | None = None  # the thread running serve()
+        self._working = False  # the loop is between two waits: it flushes before the next
 
     @property
     def address(self) -> tuple[str, int]:
         return self.listener.getsockname()[:2]
 
     def wake(self) -> None:
+        if self._working and threading.get_ident() == self._loop_thread:
+            return  # the loop's own work: it flushes the outbox before it waits again
         try:
             os.write(self._wake_w, b"!")
         except (BlockingIOError, OSError):
@@ -96,6 +104,7 @@ class Server:
 
     def serve(self) -> None:
         """Run until the guest ends or gdb kills the VM."""
+        self._loop_thread = threading.get_ident()
         try:
             while not self.rt.finished.is_set() or not self.rt.outbox.empty():
                 self._poll()
@@ -120,15 +129,20 @@ class Server:
         if self.client is not None:
             watched.append(self.client.sock)
         readable, _, _ = select.select(watched, [], [])
-        if self._wake_r in readable:
-            self._drain_wake()
+        self._working = True
+        try:
+            if self._wake_r in readable:
+                self._drain_wake()
+                self._flush_outbox()
+            # The current client first: a gdb that closed just before a new one
+            # connected must be gone before the newcomer is judged a second client.
+            if self.client is not None and self.client.sock in readable:
+                self._receive()
+            if self.listener in readable:
+                self._accept()
             self._flush_outbox()
-        # The current client first: a gdb that closed just before a new one connected
-        # must be gone before the newcomer is judged a second client.
-        if self.client is not None and self.client.sock in readable:
-            self._receive()
-        if self.listener in readable:
-            self._accept()
+        finally:
+            self._working = False
 
     def _drain_wake(self) -> None:
         try:

@@ -8,8 +8,10 @@ caller.
 
 Threading contract (the runtime relies on it):
 
-- Each vCPU has one owner thread that calls ``run()``, ``wait_started()`` and, while it
-  holds the stub lock, everything else on that vCPU.
+- Each vCPU has one owner thread at a time that calls ``run()``, ``wait_started()`` and,
+  while it holds the stub lock, everything else on that vCPU. Ownership may pass to
+  another thread and back while the vCPU is not inside ``run()``, handed over under the
+  stub lock (the runtime lends a parked vCPU to the server thread for a lone step).
 - Other threads may touch a vCPU only while it is *not inside* ``run()`` (it is parked),
   except for the calls marked *thread-safe*, which may be made at any time.
 """

@@ -45,6 +45,12 @@ _GPRS = tuple(getattr(X, f"UC_X86_REG_{n}") for n in (
     "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15"))
 
 
+class _Msr(ctypes.Structure):
+    """Unicorn's ``uc_x86_msr``: what UC_X86_REG_MSR reads and writes."""
+
+    _fields_ = (("rid", ctypes.c_uint32), ("value", ctypes.c_uint64))
+
+
 class OptionalHook:
     """A Unicorn hook that exists only while needed (a free-running vCPU pays nothing).
 
@@ -90,6 +96,8 @@ class Cpu:
         self._handle = self.uc._uch
         self._value = ctypes.c_uint64()
         self._ref = ctypes.byref(self._value)
+        self._msr = _Msr()
+        self._msr_ref = ctypes.byref(self._msr)
         self._paging: tuple[int, int, int, int] | None = None
         self._enter_long_mode()
 
@@ -138,6 +146,14 @@ class Cpu:
         if status:
             raise UcError(status)
 
+    def msr(self, index: int) -> int:
+        """An MSR through the C function (the binding's msr_read costs ~1.5 us)."""
+        self._msr.rid, self._msr.value = index, 0
+        status = _uc_reg_read(self._handle, X.UC_X86_REG_MSR, self._msr_ref)
+        if status:
+            raise UcError(status)
+        return self._msr.value
+
     @property
     def rip(self) -> int:
         return self.reg(X.UC_X86_REG_RIP)
@@ -183,7 +199,7 @@ class Cpu:
     def translate(self, gva: int) -> int:
         if self._paging is None:  # read once per stop: a step translates a few times
             self._paging = (self.reg(X.UC_X86_REG_CR0), self.reg(X.UC_X86_REG_CR4),
-                            self.uc.msr_read(MSR_EFER), self.reg(X.UC_X86_REG_CR3))
+                            self.msr(MSR_EFER), self.reg(X.UC_X86_REG_CR3))
         return paging.translate(self.ram, *self._paging, gva)
 
     def read(self, gva: int, size: int) -> bytes:

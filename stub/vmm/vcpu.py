@@ -15,7 +15,8 @@ stops at the first instruction boundary with IF=1 (what watch.py does by wall-cl
 budget, done here by instruction, so the same choices give the same run).
 
 Threading: fields under ``_cond`` are shared with other threads (ticker, stub, other
-vCPUs); the rest belong to the owner thread (the one calling ``run()``).
+vCPUs); the rest belong to the owner thread (the one calling ``run()``; see api.py on
+lending a vCPU to another thread).
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ def runtime(make_vm):  # noqa: F811 - pytest fixture injection
 
     def start(program: str, personality: str = "amd", vcpus: int = 1):
         vm, sym = make_vm(program, personality=personality, vcpus=vcpus)
-        rt = Runtime(vm)
+        rt = Runtime(vm, wait_for_debugger=True)  # held before its first instruction
         threads_in_run: list[str] = []
         for vcpu in vm.vcpus:
             vcpu.run = _recording(vcpu.run, threads_in_run)
@@ -122,7 +122,8 @@ spin: pause
 def test_a_step_with_the_others_continuing_is_lent_too(runtime):
     vm, sym, rt, in_run = runtime(SPINNERS, vcpus=4)
     stops = stop_at(vm, sym, rt, "spin0")  # every AP has started once vCPU 0 is there
-    assert rt.active_vcpus() == [0, 1, 2, 3]
+    with rt.changed:  # the APs' threads register them on their own time
+        assert rt.changed.wait_for(lambda: len(rt.coord.active) == 4, WAIT)
     del in_run[:]
     rips = []
     for _ in range(50):  # gdb's stepi with scheduler-locking off: vCont;s:1;c
