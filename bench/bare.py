@@ -2,7 +2,9 @@
 
 Boots the built-in ``demo`` VM exactly as ``python -m stub --vm demo`` would (same VM
 definition: vCPUs, RAM, personality, timer), runs every vCPU in its own thread calling
-``run()`` as the runtime does, and prints one JSON line: the guest's ``loops[]``
+``run()`` as the runtime does, with the stub's GIL switch interval (which changes how
+fast vCPU threads get back into the guest after each exit, so the comparison must
+share it), and prints one JSON line: the guest's ``loops[]``
 progress per second summed over its vCPUs, read straight from guest RAM.
 """
 
@@ -15,6 +17,7 @@ import threading
 import time
 
 from bench import elf
+from stub.cli import SWITCH_INTERVAL
 from stub.config import resolve
 from stub.vmm.api import ExitKind
 from stub.vmm.emulated import create_vm
@@ -22,6 +25,7 @@ from stub.vmm.emulated import create_vm
 
 def main() -> int:
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 3.0
+    sys.setswitchinterval(SWITCH_INTERVAL)
     cfg = resolve("demo")
     vm = create_vm(cfg.kernel, vcpus=cfg.vcpus, memory=cfg.memory, personality=cfg.cpu,
                    timer_hz=cfg.timer_hz, console=None)
@@ -33,8 +37,9 @@ def main() -> int:
         while vcpu.run().kind is not ExitKind.SHUTDOWN:
             pass  # nothing asks for exits without a debugger
 
-    for vcpu in vm.vcpus:
-        threading.Thread(target=drive, args=(vcpu,), daemon=True).start()
+    threads = [threading.Thread(target=drive, args=(vcpu,), daemon=True) for vcpu in vm.vcpus]
+    for t in threads:
+        t.start()
     online, loops = elf.gpa("cpus_online"), elf.gpa("loops")
 
     def total() -> int:
@@ -52,6 +57,8 @@ def main() -> int:
     b, t1 = total(), time.perf_counter()
     print(json.dumps({"vcpus": n, "loops_per_s": (b - a) / (t1 - t0)}), flush=True)
     vm.shutdown()
+    for t in threads:  # out of Unicorn before the interpreter goes (else it may crash)
+        t.join(5)
     return 0
 
 
