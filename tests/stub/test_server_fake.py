@@ -104,3 +104,25 @@ def test_expedited_registers_and_thread_selection_follow_the_stop(served):
     reply = c.ask(b"vCont;s:1")
     assert b"10:0110000000000000;" in reply  # rip 0x1001 expedited
     assert c.ask(b"qC") == b"QC01"
+
+
+def test_a_debugger_that_stops_reading_is_dropped_and_the_next_one_served(served,
+                                                                           monkeypatch):
+    # Many 32 KiB memory replies that nobody reads fill the socket buffers; the
+    # server's send must give up after the send timeout, drop that client (the guest
+    # runs on) and serve the next one, instead of blocking the stub forever.
+    monkeypatch.setattr("stub.server.SEND_TIMEOUT", 0.5)
+    _vm, rt, srv = served(1)
+    c = connect(srv)
+    c.sock.settimeout(10)
+    request = c.rsp.send(b"m0,8000")
+    try:
+        for _ in range(2000):  # far more than the socket buffers hold
+            c.send_raw(request)
+    except (TimeoutError, ConnectionError):
+        pass  # the server stopped reading our requests: stuck sending, or gone
+    with rt.changed:  # the drop detaches the runtime
+        assert rt.changed.wait_for(lambda: not rt.coord.attached, 10), "never dropped"
+    c.close()
+    again = connect(srv)
+    assert again.ask(b"qfThreadInfo") == b"m01"
