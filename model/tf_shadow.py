@@ -21,6 +21,14 @@ States and what they mean:
   popped image clears TF; the shadow then takes the popped TF, so the disable that ends
   the step leaves the guest the value it asked for.
 
+``trace_trap`` with the guest's own TF set: a guest that single-steps itself (a kernel
+debugger inside the VM) expects a #DB after this very instruction, and x86 raises only
+one: the VMM claimed it as the debugger's. ``ReflectDebugTrap`` asks the VMM to deliver
+the guest's own #DB (DR6.BS) right after the step, so the step ends at the guest's #DB
+handler, exactly as MTF does on Intel. Which TF counts is the one at the *start* of the
+instruction (the shadow before a ``popf`` replaces it). bhyve swallows this #DB; the
+model checker found it (proofs/README.md, check 5d).
+
 ``event_delivered``: an interrupt or exception was delivered while TF was set (an
 exception raised by the stepped instruction, or an interrupt on a VMM without
 ``MASK_HWINTR``). Hardware pushed RFLAGS with the debugger's TF and then cleared TF; the
@@ -49,9 +57,9 @@ TF_SHADOW = MachineSpec(
         Tx("enable", "off", "on", effects=("save_guest_tf",)),
         Tx("intercept_pushf", "on", "pushf_pending"),
         Tx("intercept_popf", "on", "popf_pending"),
-        Tx("trace_trap", "on", "on"),
-        Tx("trace_trap", "pushf_pending", "on", effects=("fix_pushed_image",)),
-        Tx("trace_trap", "popf_pending", "on", effects=("take_popped_tf",)),
+        Tx("trace_trap", "on", "on", effects=("reflect_own_trap",)),
+        Tx("trace_trap", "pushf_pending", "on", effects=("fix_pushed_image", "reflect_own_trap")),
+        Tx("trace_trap", "popf_pending", "on", effects=("reflect_own_trap", "take_popped_tf")),
         Tx("event_delivered", ("on", "pushf_pending", "popf_pending"), "on",
            effects=("fix_frame_image",)),
         Tx("disable", ("on", "pushf_pending", "popf_pending"), "off",
@@ -79,7 +87,13 @@ class FixFlagsImage:
     tf: bool
 
 
-TfAction = SetTrapFlag | FixFlagsImage
+@dataclass(frozen=True)
+class ReflectDebugTrap:
+    """The guest's own TF was set for the instruction just stepped: deliver its #DB
+    (with DR6.BS) now, after every other action of this trap."""
+
+
+TfAction = SetTrapFlag | FixFlagsImage | ReflectDebugTrap
 
 
 class TfShadow:
@@ -114,6 +128,10 @@ class TfShadow:
     def save_guest_tf(self, guest_tf: bool) -> None:
         self.shadow = bool(guest_tf)
         self._out.append(SetTrapFlag(True))
+
+    def reflect_own_trap(self, _tf_after: bool) -> None:
+        if self.shadow:  # still the TF the instruction started with (see the order above)
+            self._out.append(ReflectDebugTrap())
 
     def fix_pushed_image(self, _tf_after: bool) -> None:
         self._out.append(FixFlagsImage("stack", self.shadow))

@@ -60,7 +60,7 @@ from model.actions import (
 from model.coordinator import Coordinator, Snapshot
 from model.errors import ProtocolError
 from model.step_mode import StepConfig, probe_step_config
-from model.tf_shadow import FixFlagsImage, SetTrapFlag, TfShadow
+from model.tf_shadow import FixFlagsImage, ReflectDebugTrap, SetTrapFlag, TfShadow
 from proofs.config import INT3, NOP, POPF, POPF0, POPF1, PUSHF, Config
 
 # vCPU tuple fields
@@ -457,12 +457,15 @@ class System:
         cpu[PC] = (pc + 1) % self.k
         self._ran(cpu)
         if tf_on:
+            reflected = False
             for a in self.tf(w, i, "trace_trap", bool(cpu[REAL])):
                 if isinstance(a, FixFlagsImage) and a.where == "stack" and image is not None:
                     image = int(a.tf)
+                elif isinstance(a, ReflectDebugTrap):
+                    reflected = True
                 else:
                     w.fail("ERR", f"unexpected {a} after a trace trap")
-            self._own_trap_swallowed(w, i, own_before)
+            self._own_trap_reflected(w, i, own_before, reflected)
             cpu[EXIT] = "db"
         elif caps & MT:
             cpu[EXIT] = "mtrap"
@@ -501,9 +504,13 @@ class System:
         cpu[ISR] = None
         self._ran(cpu)
         if tf_on:
+            reflected = False
             for a in self.tf(w, i, "trace_trap", bool(frame)):
-                w.fail("ERR", f"unexpected {a} after a trace trap")
-            self._own_trap_swallowed(w, i, own_before)
+                if isinstance(a, ReflectDebugTrap):
+                    reflected = True
+                else:
+                    w.fail("ERR", f"unexpected {a} after a trace trap")
+            self._own_trap_reflected(w, i, own_before, reflected)
             cpu[EXIT] = "db"
         elif caps & MT:
             cpu[EXIT] = "mtrap"
@@ -549,10 +556,17 @@ class System:
         if cpu[STEP] == 0:
             cpu[STEP] = 1
 
-    def _own_trap_swallowed(self, w: World, i: int, own_before: int) -> None:
-        if own_before and "5d" in self.cfg.checks:
+    def _own_trap_reflected(self, w: World, i: int, own_before: int, reflected: bool) -> None:
+        """Check 5d: the guest's own single-step #DB (its TF at the start of the stepped
+        instruction) is handed back to it, and only then. The reflected #DB goes to the
+        guest's #DB handler, transparent in this abstraction as in MTRAP mode."""
+        if "5d" not in self.cfg.checks or bool(own_before) == reflected:
+            return
+        if own_before:
             w.fail("5d", f"vCPU{i}: the guest's own TF was set; its #DB for this instruction "
                          "was taken as the debugger's step trap and never reaches the guest")
+        else:
+            w.fail("5d", f"vCPU{i}: a #DB was reflected to a guest whose own TF was clear")
 
     def _left_hit_behind(self, w: World, i: int) -> None:
         """vCPU ``i`` is back in the guest: an unreported hit of a still-inserted

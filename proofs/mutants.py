@@ -14,7 +14,6 @@ from model import vcpu as lifecycle
 from model.actions import Cap, ClearSuspend, SetCap
 from model.coordinator import CONTINUE, STEP, Coordinator
 from model.machine import MachineSpec, run_effects, select
-from model.step_mode import PROBE_ORDER
 from model.tf_shadow import TfShadow
 from proofs.config import INT3, NOP, Config
 from proofs.env import Mutation
@@ -214,10 +213,6 @@ MUTANTS: tuple[Mutant, ...] = tuple(
          ONE.with_(program=(NOP,)), "P2", (ReportedStopKept,), False),
         ("event-resumed", "a vCPU with an unreported breakpoint event is resumed",
          TWO, "P3", (EventResumed,), False),
-        ("wrong-probe-order", ("StepMode probed RFLAGS_TF first: a VMM offering both "
-         "mechanisms steps with the guest-visible TF"),
-         ONE.with_(personality="both", checks=frozenset({"5d"})), "5d",
-         (Coordinator, TfShadow, tuple(reversed(PROBE_ORDER))), False),
         ("foreign-int3-swallowed", "the guest's own int3 is not re-injected",
          ONE.with_(program=(NOP, INT3)), "P6", (ForeignInt3Swallowed,), False),
         ("sigint-when-stopped", "a Ctrl-C that arrives after the stop reply is answered",

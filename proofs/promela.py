@@ -151,6 +151,7 @@ class Generator:
         for name, val in init.items():
             lines.append(f"byte {name} = {val};")
         lines += ["byte t_img = 0; byte t_frame = 0; byte t_own = 0; byte t_gpa = 0;",
+                  "byte t_refl = 0;",
                   "byte t_reinj = 0; byte t_was = 0;"]
         return "\n".join(lines)
 
@@ -226,6 +227,7 @@ class Generator:
             "fix_pushed_image": f"t_img = tfsh_{i}",
             "take_popped_tf": f"tfsh_{i} = {arg}",
             "fix_frame_image": f"t_frame = tfsh_{i};\ntfsh_{i} = 0",
+            "reflect_own_trap": f"t_refl = tfsh_{i}",
             "restore_guest_tf": f"real_{i} = tfsh_{i}",
         }[name]
 
@@ -474,8 +476,9 @@ class Generator:
         return ";\n".join(code)
 
     def after_instruction(self, i: int) -> str:
-        own = ";\nassert(!t_own)" if "5d" in self.cfg.checks else ""
+        own = ";\nassert(t_refl == t_own)" if "5d" in self.cfg.checks else ""
         return (f"if\n:: vcaps_{i} & TF -> {self.tf(i, 'trace_trap', f'real_{i}')}{own};\n"
+                f"   t_refl = 0;\n"
                 f"   exit_{i} = DB\n:: else ->\n"
                 f"   if\n   :: vcaps_{i} & MT -> exit_{i} = MTRAP\n   :: else -> skip\n   fi\nfi")
 

@@ -10,7 +10,10 @@
 
 Either way, an event delivered instead of the instruction (the pending timer tick, or
 an exception the instruction raised) is the step: it ends at the handler's first
-instruction, as MTF does after event delivery.
+instruction, as MTF does after event delivery. So does the guest's own #DB when the
+guest single-steps itself (its own TF): Unicorn raises it on Intel-style steps, and on
+AMD-style ones the shadow machine asks for it (``ReflectDebugTrap``) because the one #DB
+the instruction raised was the debugger's.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from model.tf_shadow import FixFlagsImage, SetTrapFlag, TfAction
+from model.tf_shadow import FixFlagsImage, ReflectDebugTrap, SetTrapFlag, TfAction
 from stub.vmm import insn
 from stub.vmm.api import ExitKind, VmExit, VmmError
 from stub.vmm.cpu import DR6_BS, TF
@@ -76,13 +79,24 @@ class StepMixin:
             # trap), or pause (see above).
             if kind == "hlt" and self.cpu.rip != rip:
                 self._halted = True
-            self._apply(self._tf.trace_trap(bool(self.cpu.rflags & TF)))
+            return self._trace_trap_done(False)
         return self._db_exit(False)
 
     def _claim_trace_trap(self: EmulatedVcpu, pushf: bool) -> VmExit:
         """The #DB is the debugger's (BS set, capability on): svm_vmexit's IDT_DB."""
         self.cpu.dr6 = self.cpu.dr6 & ~DR6_BS  # the guest must not see a stale BS
-        self._apply(self._tf.trace_trap(bool(self.cpu.rflags & TF)))
+        return self._trace_trap_done(pushf)
+
+    def _trace_trap_done(self: EmulatedVcpu, pushf: bool) -> VmExit:
+        """Tell the shadow machine the step's trap came; deliver the guest's own #DB
+        if it asks (the guest single-steps itself), so the step ends at its handler."""
+        actions = self._tf.trace_trap(bool(self.cpu.rflags & TF))
+        self._apply(actions)  # image fix-ups first: the #DB frame goes below them
+        if any(isinstance(a, ReflectDebugTrap) for a in actions):
+            self.cpu.dr6 = self.cpu.dr6 | DR6_BS
+            exit_ = self._deliver(1, None)  # triple fault, or None: entered the handler
+            if exit_ is not None:
+                return exit_
         return self._db_exit(pushf)
 
     def _db_exit(self: EmulatedVcpu, pushf: bool) -> VmExit:
@@ -94,6 +108,8 @@ class StepMixin:
         for action in actions:
             if isinstance(action, SetTrapFlag):
                 self.cpu.set_tf(action.value)
+            elif isinstance(action, ReflectDebugTrap):
+                pass  # delivered by _trace_trap_done, once the trap's fix-ups are done
             elif isinstance(action, FixFlagsImage):
                 where = self.cpu.rsp if action.where == "stack" else self._frame_slot
                 try:

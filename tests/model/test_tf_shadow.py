@@ -3,14 +3,16 @@
 import pytest
 
 from model.errors import InvalidTransition
-from model.tf_shadow import FixFlagsImage, SetTrapFlag, TfShadow
+from model.tf_shadow import FixFlagsImage, ReflectDebugTrap, SetTrapFlag, TfShadow
+
+OWN_DB = [ReflectDebugTrap()]
 
 
 @pytest.mark.parametrize("guest_tf", [False, True])
 def test_enable_saves_and_disable_restores_the_guests_tf(guest_tf):
     m = TfShadow()
     assert m.enable(guest_tf) == [SetTrapFlag(True)]
-    assert m.trace_trap(True) == []
+    assert m.trace_trap(True) == (OWN_DB if guest_tf else [])  # its own #DB is due too
     assert m.disable() == [SetTrapFlag(guest_tf)]
     assert m.snapshot() == ("off", guest_tf)
 
@@ -21,7 +23,8 @@ def test_pushf_image_is_fixed_to_the_guests_tf(guest_tf):
     m.enable(guest_tf)
     assert m.intercept_pushf() == []
     assert m.state == "pushf_pending"
-    assert m.trace_trap(True) == [FixFlagsImage("stack", guest_tf)]
+    # The image first, then the guest's own #DB (its frame goes below the image).
+    assert m.trace_trap(True) == [FixFlagsImage("stack", guest_tf)] + (OWN_DB if guest_tf else [])
     assert m.disable() == [SetTrapFlag(guest_tf)]
 
 
@@ -30,7 +33,8 @@ def test_popf_makes_the_popped_tf_the_guests(guest_tf, popped):
     m = TfShadow()
     m.enable(guest_tf)
     m.intercept_popf()
-    assert m.trace_trap(popped) == []
+    # x86 traps on the TF the popf started with, not the one it popped.
+    assert m.trace_trap(popped) == (OWN_DB if guest_tf else [])
     assert m.disable() == [SetTrapFlag(popped)]
 
 
@@ -79,4 +83,4 @@ def test_snapshot_round_trip():
     m.enable(True)
     m.intercept_pushf()
     again = TfShadow.restore(m.snapshot())
-    assert again.trace_trap(True) == [FixFlagsImage("stack", True)]
+    assert again.trace_trap(True) == [FixFlagsImage("stack", True), *OWN_DB]

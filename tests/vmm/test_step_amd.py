@@ -71,15 +71,25 @@ def test_guest_tf_goes_to_the_guest_and_survives_debugging(make_vm):
     # The guest's own TF: popfq's trap comes after the nop; delivered to the guest.
     assert u64(vm, sym["db_count"]) == 1
     assert v.get_register("rflags") & TF
-    exit_ = step(v)  # pushf with the guest's own TF = 1: the image keeps it
-    assert exit_.pushf_intercept and exit_.tf_shadow_val
-    assert stack(vm, v) & TF
-    assert v.get_register("rflags") & TF and v.cpu.rflags & TF  # restored on disable
+    # pushf with the guest's own TF = 1: the image keeps it, and the guest's own #DB
+    # for the pushf is delivered too (the one the CPU raised was the debugger's): the
+    # step ends at its handler, as MTF does on Intel.
+    exit_ = step(v)
+    assert exit_.kind is ExitKind.DB and exit_.pushf_intercept
+    assert exit_.rip == sym["h_db"] and not exit_.tf_shadow_val  # the handler: TF clear
+    assert stack(vm, v) == sym["t"] + 1  # the #DB frame: RIP after the pushf ...
+    assert stack(vm, v, 16) & TF  # ... RFLAGS with the guest's TF ...
+    old_rsp = stack(vm, v, 24)  # ... and where the pushf image is (above the frame)
+    assert u64(vm, v.translate(old_rsp)) & TF
+    assert v.cpu.dr6 & DR6_BS  # the guest's handler sees a single-step trap
+    assert v.get_register("rflags") & TF == 0 and v.cpu.rflags & TF == 0
+    assert u64(vm, sym["db_count"]) == 1  # the handler has not run yet
     v.set_capability(Cap.BPT_EXIT, True)
-    exit_ = v.run()  # free running: the guest traces itself again
+    exit_ = v.run()  # free running: the handler, then the guest traces itself again
     assert exit_.kind is ExitKind.BPT
-    # traps after: nop, nop, pushfq, and, popfq (TF at its start) = 5 more
-    assert u64(vm, sym["db_count"]) == 1 + 5
+    # the reflected one, then traps after: nop, nop, pushfq, and, popfq (TF at its
+    # start) = 1 + 5 more
+    assert u64(vm, sym["db_count"]) == 1 + 1 + 5
     assert v.get_register("rflags") & TF == 0
 
 
@@ -119,8 +129,15 @@ def test_popf_clearing_the_guests_own_tf(make_vm):
     run_to_stop(v)
     v.set_register("rflags", 0x102)  # the guest's own TF
     exit_ = step(v)
-    assert exit_.trace_trap and not exit_.tf_shadow_val
-    assert v.cpu.rflags & TF == 0 and u64(vm, sym["db_count"]) == 0
+    # x86 traps on the TF the popf started with: the guest gets its #DB, with the
+    # popped RFLAGS (TF clear) in the frame.
+    assert exit_.trace_trap and not exit_.tf_shadow_val and exit_.rip == sym["h_db"]
+    assert stack(vm, v) == sym["t"] + 1 and stack(vm, v, 16) & TF == 0
+    assert v.cpu.rflags & TF == 0 and u64(vm, sym["db_count"]) == 0  # not run yet
+    v.set_capability(Cap.BPT_EXIT, True)
+    v.set_register("rip", sym["h_db"])
+    assert step(v).rip == sym["h_db"] + 8  # lock inc qword ptr [rip+x]: 8 bytes
+    assert u64(vm, sym["db_count"]) == 1
 
 
 def test_guest_int3_is_delivered_or_exits(make_vm):
