@@ -61,61 +61,80 @@ class Elf:
         """The bytes a segment takes from the file (``filesz`` of them)."""
         return self.data[segment.offset:segment.offset + segment.filesz]
 
-    def segment_holding(self, vaddr: int) -> Segment | None:
-        """The PT_LOAD segment whose file bytes hold ``vaddr``."""
+    def segment_holding(self, vaddr: int, *, memory: bool = False) -> Segment | None:
+        """The PT_LOAD segment whose file bytes hold ``vaddr``; with ``memory``, whose
+        memory image does (``memsz`` bytes: a ``.bss`` address too)."""
         return next((s for s in self.segments if s.type == PT_LOAD
-                     and s.vaddr <= vaddr < s.vaddr + s.filesz), None)
+                     and s.vaddr <= vaddr < s.vaddr + (s.memsz if memory else s.filesz)),
+                    None)
 
     def symbol_bytes(self, name: str) -> bytes:
         """The bytes of a symbol (a function's code, an object's initial value)."""
         sym = self.symbols[name]
         seg = self.segment_holding(sym.value)
-        if seg is None:
+        if seg is None or sym.value + sym.size > seg.vaddr + seg.filesz:
             raise ElfError(f"{name} is not in the file's loaded bytes")
         start = seg.offset + sym.value - seg.vaddr
         return self.data[start:start + sym.size]
 
 
 def read_elf(data: bytes) -> Elf:
+    """Headers, segments and symbols of an ELF64 little-endian file; :class:`ElfError`
+    if it is not one or if any table runs past its end."""
+    data = bytes(data)
     if len(data) < _EHDR.size or data[:4] != b"\x7fELF":
         raise ElfError("not an ELF file")
-    if data[4] != 2 or data[5] != 1:
-        raise ElfError("not a little-endian ELF64 file")
+    if data[4] != 2:
+        raise ElfError(f"not an ELF64 file (EI_CLASS is {data[4]}, not 2)")
+    if data[5] != 1:
+        raise ElfError(f"not a little-endian ELF file (EI_DATA is {data[5]}, not 1)")
     (_ident, etype, machine, _version, entry, phoff, shoff, _flags, _ehsize, phentsize,
      phnum, shentsize, shnum, _shstrndx) = _EHDR.unpack_from(data)
-    segments = tuple(Segment(*_PHDR.unpack_from(data, off))
-                     for off in _table(data, phoff, phentsize, phnum, _PHDR, "program"))
+    segments = tuple(Segment(*_PHDR.unpack_from(data, off)[:7])  # all but p_align
+                     for off in _table(data, phoff, phentsize, phnum, _PHDR,
+                                       "the program header table"))
     for i, s in enumerate(segments):
         if s.offset + s.filesz > len(data):
-            raise ElfError(f"segment {i} runs past the end of the file")
+            raise ElfError(f"segment {i} is truncated: its {s.filesz} file bytes at "
+                           f"{s.offset:#x} run past the end of the file ({len(data):#x})")
     return Elf(data, machine, etype, entry, segments,
                _symbols(data, shoff, shentsize, shnum))
 
 
 def _table(data: bytes, offset: int, entsize: int, count: int, layout: struct.Struct,
            what: str) -> range:
-    """Offsets of a header table's entries, checked to lie inside the file."""
-    if count and (entsize < layout.size or offset + count * entsize > len(data)):
-        raise ElfError(f"{what} headers are truncated")
+    """Offsets of a table's entries, checked to lie inside the file."""
+    if count and entsize < layout.size:
+        raise ElfError(f"{what} has {entsize}-byte entries, fewer than {layout.size}")
+    if count and offset + count * entsize > len(data):
+        raise ElfError(f"{what} is truncated: {count} entries at {offset:#x} run past "
+                       f"the end of the file ({len(data):#x})")
     return range(offset, offset + count * entsize, entsize)
 
 
 def _symbols(data: bytes, shoff: int, shentsize: int, shnum: int) -> dict[str, Symbol]:
     sections = [_SHDR.unpack_from(data, off)
-                for off in _table(data, shoff, shentsize, shnum, _SHDR, "section")]
+                for off in _table(data, shoff, shentsize, shnum, _SHDR,
+                                  "the section header table")]
     out: dict[str, Symbol] = {}
-    for _name, kind, _flags, _addr, off, size, link, _info, _align, entsize in sections:
+    for index, (_name, kind, _flags, _addr, off, size, link, _info, _align,
+                entsize) in enumerate(sections):
         if kind != SHT_SYMTAB:
             continue
         if link >= len(sections):
-            raise ElfError("the symbol table names no string table")
-        strings = sections[link][4]
-        for pos in _table(data, off, entsize, size // entsize if entsize else 0, _SYM,
-                          "symbol"):
+            raise ElfError(f"symbol table (section {index}) names string table section "
+                           f"{link}, but there are only {len(sections)} sections")
+        strings, strings_size = sections[link][4], sections[link][5]
+        if strings + strings_size > len(data):
+            raise ElfError(f"string table (section {link}) runs past the end of the file")
+        strings_end = strings + strings_size
+        count = size // entsize if entsize else 0
+        for pos in _table(data, off, entsize, count, _SYM, f"symbol table (section {index})"):
             name_off, info, _other, shndx, value, sym_size = _SYM.unpack_from(data, pos)
-            end = data.find(b"\0", strings + name_off)
+            end = data.find(b"\0", strings + name_off, strings_end)
             if end < 0:
-                raise ElfError("a symbol name runs past the end of the file")
+                raise ElfError(f"a symbol name at {name_off:#x} runs past the end of "
+                               f"string table (section {link})")
             name = data[strings + name_off:end].decode(errors="replace")
             if name:
                 out[name] = Symbol(name, value, sym_size, info >> 4, info & 0xF, shndx)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from stub.elf import PT_LOAD, ElfError, read_elf
 from stub.vmm.api import VmmError
 from stub.vmm.ram import GuestRam
 
@@ -30,9 +31,6 @@ _PTE_P_RW = 0x3
 _PDE_2M = 0x83  # present, writable, page size
 
 EM_X86_64 = 62
-PT_LOAD = 1
-_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
-_PHDR = struct.Struct("<IIQQQQQQ")
 
 
 class LoaderError(VmmError, ValueError):
@@ -48,28 +46,22 @@ class Segment:
 
 def parse_elf(image: bytes) -> tuple[int, list[Segment]]:
     """(entry, PT_LOAD segments) of an ELF64 x86-64 executable."""
-    if len(image) < _EHDR.size or image[:4] != b"\x7fELF":
-        raise LoaderError("not an ELF file")
-    ident, _type, machine, _ver, entry, phoff, _sh, _fl, _eh, phentsize, phnum, *_ = (
-        _EHDR.unpack_from(image))
-    if ident[4] != 2 or ident[5] != 1:
-        raise LoaderError("not a little-endian ELF64 file")
-    if machine != EM_X86_64:
-        raise LoaderError(f"e_machine is {machine}, not EM_X86_64")
-    if phentsize < _PHDR.size or phoff + phnum * phentsize > len(image):
-        raise LoaderError("program headers are truncated")
+    try:
+        elf = read_elf(image)
+    except ElfError as err:
+        raise LoaderError(str(err)) from err
+    if elf.machine != EM_X86_64:
+        raise LoaderError(f"e_machine is {elf.machine}, not EM_X86_64")
     segments = []
-    for i in range(phnum):
-        ptype, _flags, off, _vaddr, paddr, filesz, memsz, _align = _PHDR.unpack_from(
-            image, phoff + i * phentsize)
-        if ptype != PT_LOAD:
+    for i, seg in enumerate(elf.segments):
+        if seg.type != PT_LOAD:
             continue
-        if filesz > memsz or off + filesz > len(image):
-            raise LoaderError(f"segment {i} is truncated or has filesz > memsz")
-        segments.append(Segment(paddr, image[off:off + filesz], memsz))
+        if seg.filesz > seg.memsz:
+            raise LoaderError(f"segment {i} has filesz {seg.filesz:#x} > memsz {seg.memsz:#x}")
+        segments.append(Segment(seg.paddr, elf.file_bytes(seg), seg.memsz))
     if not segments:
         raise LoaderError("no PT_LOAD segment")
-    return entry, segments
+    return elf.entry, segments
 
 
 def load_kernel(ram: GuestRam, image: bytes) -> int:

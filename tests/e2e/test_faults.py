@@ -7,13 +7,13 @@ import sys
 
 import pytest
 
+from stub.elf import read_elf_file
 from stub.rsp.hexutil import hex_decode
-from tests.guests.test_demo_kernel import parse_elf
 
 from .conftest import need_gdb
 from .stubproc import DEMO_ELF, GDB, RawClient, run_gdb
 
-SYMBOLS = parse_elf(DEMO_ELF.read_bytes()).symbols
+SYMBOLS = read_elf_file(DEMO_ELF).symbols
 
 
 def sym(name: str) -> int:

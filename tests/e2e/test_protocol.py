@@ -4,9 +4,9 @@ import socket
 
 import pytest
 
+from stub.elf import read_elf_file
 from stub.rsp.framing import encode_packet
 from stub.rsp.hexutil import hex_decode
-from tests.guests.test_demo_kernel import parse_elf
 
 from .stubproc import DEMO_ELF, RawClient
 
@@ -29,7 +29,7 @@ def halt(c):
     return reply
 
 
-CPU_LOOP_PHYS = parse_elf(DEMO_ELF.read_bytes()).symbols["cpu_loop"].value - 0xFFFF_FFFF_8000_0000
+CPU_LOOP_PHYS = read_elf_file(DEMO_ELF).symbols["cpu_loop"].value - 0xFFFF_FFFF_8000_0000
 
 
 def all_threads(c, count=2, attempts=50):

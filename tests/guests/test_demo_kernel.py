@@ -1,7 +1,7 @@
 """The committed demo kernel (stub/guests/demo/demo.elf): its ELF contract, that it is
 exactly what build.sh produces, and that it boots under QEMU.
 
-The ELF is read with a small struct-based parser (no pyelftools here). QEMU and gdb tests
+The ELF is read with the stub's own reader (stub/elf.py, no pyelftools). QEMU and gdb tests
 skip when the tool is absent; the rebuild test skips when binutils are absent or are not
 the version that built the committed file (other versions may lay bytes out differently).
 """
@@ -16,10 +16,11 @@ import shutil
 import struct
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from stub.elf import PT_LOAD, Elf, Segment, read_elf_file
 
 DEMO_DIR = Path(__file__).resolve().parents[2] / "stub" / "guests" / "demo"
 ELF_PATH = DEMO_DIR / "demo.elf"
@@ -35,8 +36,6 @@ BUILT_WITH = (
     "GNU ld (GNU Binutils for Debian) 2.40",
 )
 
-PT_LOAD = 1
-SHT_SYMTAB = 2
 STB_GLOBAL = 1
 STT_OBJECT = 1
 STT_FUNC = 2
@@ -50,80 +49,13 @@ PER_CPU_OBJECTS = ["ticks", "loops"]
 PHYSICAL_ENTRIES = ["_start", "ap_entry"]
 
 
-@dataclass(frozen=True)
-class Segment:
-    type: int
-    flags: int
-    offset: int
-    vaddr: int
-    paddr: int
-    filesz: int
-    memsz: int
-
-
-@dataclass(frozen=True)
-class Symbol:
-    name: str
-    value: int
-    size: int
-    bind: int
-    type: int
-    shndx: int
-
-
-@dataclass(frozen=True)
-class Elf:
-    data: bytes
-    machine: int
-    etype: int
-    entry: int
-    segments: list[Segment]
-    symbols: dict[str, Symbol]
-
-
-def parse_elf(data: bytes) -> Elf:
-    """Just what these tests need from an ELF64 little-endian file."""
-    assert data[:4] == b"\x7fELF", "not an ELF file"
-    assert data[4] == 2, "not ELF64"
-    assert data[5] == 1, "not little-endian"
-    etype, machine, _version, entry, phoff, shoff = struct.unpack_from("<HHIQQQ", data, 16)
-    phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", data, 54)
-    segments = []
-    for i in range(phnum):
-        ptype, pflags, off, vaddr, paddr, filesz, memsz, _align = struct.unpack_from(
-            "<IIQQQQQQ", data, phoff + i * phentsize)
-        segments.append(Segment(ptype, pflags, off, vaddr, paddr, filesz, memsz))
-    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize)
-                for i in range(shnum)]
-    symbols: dict[str, Symbol] = {}
-    for sh in sections:
-        if sh[1] != SHT_SYMTAB:
-            continue
-        sym_off, sym_size, strtab_index, entsize = sh[4], sh[5], sh[6], sh[9]
-        str_off = sections[strtab_index][4]
-        for pos in range(sym_off, sym_off + sym_size, entsize):
-            name_off, info, _other, shndx, value, size = struct.unpack_from("<IBBHQQ", data, pos)
-            end = data.index(b"\0", str_off + name_off)
-            name = data[str_off + name_off:end].decode()
-            if name:
-                symbols[name] = Symbol(name, value, size, info >> 4, info & 0xF, shndx)
-    return Elf(data, machine, etype, entry, segments, symbols)
-
-
 @pytest.fixture(scope="module")
 def elf() -> Elf:
-    return parse_elf(ELF_PATH.read_bytes())
+    return read_elf_file(ELF_PATH)
 
 
 def loads(elf: Elf) -> list[Segment]:
     return [s for s in elf.segments if s.type == PT_LOAD]
-
-
-def segment_holding(elf: Elf, vaddr: int) -> Segment | None:
-    for s in loads(elf):
-        if s.vaddr <= vaddr < s.vaddr + s.memsz:
-            return s
-    return None
 
 
 # ---- ELF contract ------------------------------------------------------------------------
@@ -148,7 +80,7 @@ def test_load_segments_are_physical_and_above_1mib(elf: Elf) -> None:
 
 def test_entry_point_is_physical_boot_entry(elf: Elf) -> None:
     assert elf.entry == elf.symbols["_start"].value
-    seg = segment_holding(elf, elf.entry)
+    seg = elf.segment_holding(elf.entry, memory=True)
     assert seg is not None and seg.vaddr == seg.paddr, "e_entry must be identity-mapped"
     assert LOAD_PHYS <= elf.entry < 1 << 32
 
@@ -158,7 +90,7 @@ def test_function_symbols(elf: Elf, name: str) -> None:
     sym = elf.symbols.get(name)
     assert sym is not None, f"{name} missing from the symbol table"
     assert sym.bind == STB_GLOBAL and sym.type == STT_FUNC and sym.size > 0
-    seg = segment_holding(elf, sym.value)
+    seg = elf.segment_holding(sym.value, memory=True)
     assert seg is not None and seg.flags & 1, f"{name} not in an executable segment"
     if name in PHYSICAL_ENTRIES:
         assert seg.vaddr == seg.paddr and sym.value < 1 << 32, f"{name} must be physical"
@@ -173,7 +105,7 @@ def test_data_symbols_in_higher_half(elf: Elf, name: str) -> None:
     assert sym.bind == STB_GLOBAL and sym.type == STT_OBJECT
     assert sym.size == (8 * MAX_CPUS if name in PER_CPU_OBJECTS else 8)
     assert sym.value >= KERNEL_VMA and sym.value % 8 == 0
-    seg = segment_holding(elf, sym.value)
+    seg = elf.segment_holding(sym.value, memory=True)
     assert seg is not None and seg.vaddr - seg.paddr == KERNEL_VMA
     assert seg.flags & 2, f"{name} not writable"
 
@@ -200,7 +132,7 @@ def test_multiboot_aout_kludge_matches_load_layout(elf: Elf) -> None:
     assert load_end == max(s.paddr + s.filesz for s in segs)
     assert bss_end == max(s.paddr + s.memsz for s in segs)
     assert entry == elf.symbols["mb_entry32"].value
-    seg = segment_holding(elf, entry)
+    seg = elf.segment_holding(entry, memory=True)
     assert seg is not None and seg.vaddr == seg.paddr
 
 

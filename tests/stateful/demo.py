@@ -1,9 +1,9 @@
 """Addresses in the demo kernel that the stateful and soak tests use, from its ELF.
 
-Symbols come from the committed ``demo.elf`` through the struct-based parser of
-tests/guests/test_demo_kernel.py. Everything here is a guest-*virtual* address in the
-higher half (``m``/``M``/``Z0`` take GVAs); :func:`gpa` gives the physical one for the
-direct RAM reads the invariants make (the kernel maps ``KERNEL_VMA + pa -> pa``).
+Symbols come from the committed ``demo.elf`` through the stub's ELF reader (stub/elf.py).
+Everything here is a guest-*virtual* address in the higher half (``m``/``M``/``Z0`` take
+GVAs); :func:`gpa` gives the physical one for the direct RAM reads the invariants make
+(the kernel maps ``KERNEL_VMA + pa -> pa``).
 
 Breakpoint sites are chosen for what they exercise, and found by decoding the code
 (capstone), so a rebuilt kernel with other offsets still works:
@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import capstone
 
-from tests.guests.test_demo_kernel import ELF_PATH, KERNEL_VMA, parse_elf
+from stub.elf import read_elf_file
+from tests.guests.test_demo_kernel import ELF_PATH, KERNEL_VMA
 
 DEMO_ELF = ELF_PATH
 MEMORY = 8 << 20  # the demo needs 2 MiB; less RAM to map makes each VM cheaper
@@ -60,15 +61,11 @@ def gpa(gva: int) -> int:
 
 @functools.cache
 def demo() -> Demo:
-    elf = parse_elf(DEMO_ELF.read_bytes())
+    elf = read_elf_file(DEMO_ELF)
     symbols = {name: s.value for name, s in elf.symbols.items()}
 
     def code(name: str) -> tuple[int, bytes]:
-        s = elf.symbols[name]
-        seg = next(g for g in elf.segments
-                   if g.type == 1 and g.vaddr <= s.value < g.vaddr + g.filesz)
-        off = seg.offset + s.value - seg.vaddr
-        return s.value, elf.data[off:off + s.size]
+        return symbols[name], elf.symbol_bytes(name)
 
     md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
 
@@ -93,9 +90,9 @@ def demo() -> Demo:
     }
     original = {}
     for gva in sites.values():
-        seg = next(g for g in elf.segments
-                   if g.type == 1 and g.vaddr <= gva < g.vaddr + g.filesz)
-        original[gva] = elf.data[seg.offset + gva - seg.vaddr]
+        seg = elf.segment_holding(gva)
+        assert seg is not None, f"{gva:#x} is not in the ELF's loaded bytes"
+        original[gva] = elf.file_bytes(seg)[gva - seg.vaddr]
     return Demo(symbols, sites, original)
 
 

@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import pytest
 
+from stub.elf import read_elf_file
 from stub.vmm.api import Cap, ExitKind
 from tests.e2e.stubproc import DEMO_ELF
-from tests.guests.test_demo_kernel import parse_elf
 from tests.vmm.conftest import run_to_stop, step
 
 TF = 0x100
 STEPS = 1000
 TICK_EVERY = 50
-SYMBOLS = parse_elf(DEMO_ELF.read_bytes()).symbols
+SYMBOLS = read_elf_file(DEMO_ELF).symbols
 
 
 def read_u64(vm, v, gva):
