@@ -361,8 +361,16 @@ class EmulatedVcpu(StepMixin, EventMixin, Vcpu):
             return False
 
     # ================================================================ hooks
+    # emu_stop() takes effect at the end of the translation block, so another hook may
+    # fire after the one that stopped: the first event of a slice is what happened (a
+    # stepped power-off 'out' is followed by the step's #DB on AMD, by the code hook's
+    # stop on Intel, and must not be lost to them).
+    def _note(self, event: tuple[str, int]) -> None:
+        if self._event is None:
+            self._event = event
+
     def _on_intr(self, uc, intno: int, _data) -> None:
-        self._event = ("exception", intno)
+        self._note(("exception", intno))
         uc.emu_stop()
 
     def _on_code(self, uc, _address: int, _size: int, _data) -> None:
@@ -370,7 +378,7 @@ class EmulatedVcpu(StepMixin, EventMixin, Vcpu):
         # 'single': the one instruction is done, stop before the next. 'bounded': the
         # budget is spent, or a waiting tick can now be taken (IF=1).
         if self._insns > self._limit or (self._watch_if and self.cpu.rflags & idt.IF):
-            self._event = ("stop", 0)
+            self._note(("stop", 0))
             uc.emu_stop()
 
     def _on_out(self, uc, port: int, _size: int, value: int, _data) -> None:
@@ -379,7 +387,7 @@ class EmulatedVcpu(StepMixin, EventMixin, Vcpu):
         elif port == PORT_START_AP:
             self._vm.start_ap(value, uc.reg_read(X.UC_X86_REG_RBX))
         elif port == PORT_POWEROFF:
-            self._event = ("poweroff", value)
+            self._note(("poweroff", value))
             uc.emu_stop()
 
     @staticmethod

@@ -116,6 +116,19 @@ def test_guest_power_off_while_debugged_reports_w_and_exits(stub):
     assert "powered off" in stub.stderr
 
 
+def test_guest_powered_off_by_a_step_reports_w_and_exits(stub):
+    # The lone-step path runs the step on the server thread: the power-off it executes
+    # must still end the VM the same way (W, then a clean exit).
+    c = attach(stub.port)
+    rip = sym("poweroff").to_bytes(8, "little").hex().encode()
+    assert c.ask(b"P%x=%s" % (RIP, rip)) == b"OK"
+    replies = [c.ask(b"vCont;s:1") for _ in range(3)]  # xor; mov edx; out
+    assert replies[0].startswith(b"T05") and replies[1].startswith(b"T05"), replies
+    assert replies[2] == b"W00", replies
+    assert stub.proc.wait(30) == 0
+    assert "powered off" in stub.stderr
+
+
 def test_guest_triple_fault_while_debugged_reports_x_and_exits(stub):
     c = attach(stub.port)
     idt = sym("idt")

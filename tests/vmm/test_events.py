@@ -170,3 +170,16 @@ def test_console_and_poweroff(make_vm):
     assert (exit_.kind, exit_.code) == (ExitKind.POWEROFF, 3)
     assert vm.console_output == b"hi" and seen == [b"h", b"i"]
     assert v1.run().kind is ExitKind.SHUTDOWN and not v1.wait_started(0)
+
+
+@pytest.mark.parametrize("personality", ["amd", "intel", "amd-nomask"])
+def test_a_stepped_power_off_ends_the_vm(make_vm, personality):
+    # The power-off 'out' is followed, inside the same emu_start, by the step's #DB
+    # (AMD) or the code hook's stop (Intel): the power-off must win, not be lost.
+    vm, _sym = make_vm("main:\n int3\n mov edi, 3\n jmp poweroff\n", personality=personality)
+    v = vm.vcpus[0]
+    run_to_stop(v)
+    kinds = [step(v).kind for _ in range(4)]  # mov edi; jmp; mov eax, edi; out
+    trap = ExitKind.MTRAP if personality == "intel" else ExitKind.DB
+    assert kinds == [trap, trap, trap, ExitKind.POWEROFF]
+    assert v.run().kind is ExitKind.POWEROFF  # and stays over
