@@ -117,7 +117,9 @@ class Vcpu:
         With a step capability on (MTRAP_EXIT or RFLAGS_TF), exactly one guest
         instruction executes (or one event is delivered: an injected exception or
         interrupt counts as the step, and the trap reports RIP at the handler), then
-        MTRAP / DB(trace_trap) is returned. A pending suspend request is honoured before
+        MTRAP / DB(trace_trap) is returned. An instruction the guest single-steps
+        itself (its own TF) is followed by the delivery of its own #DB, and the trap
+        reports RIP at that handler, whichever the mechanism. A pending suspend request is honoured before
         entry and promptly (well under 10 ms) during free running: DEBUG is returned
         only if the request is still pending when run() returns. Console output,
         timer interrupts, hlt and AP start-up are handled inside.
