@@ -38,11 +38,8 @@ then drop the event).
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from dataclasses import fields, replace
-from unittest import mock
 
-from model import step_mode
 from model import vcpu as lifecycle
 from model.actions import (
     SIGINT,
@@ -92,7 +89,6 @@ class Mutation:
     name = None
     coordinator: type[Coordinator] = Coordinator
     tf_shadow: type[TfShadow] = TfShadow
-    probe_order = None  # a replacement for model.step_mode.PROBE_ORDER, or None
 
 
 class World:
@@ -146,10 +142,7 @@ class System:
     def _probe(self) -> StepConfig:
         """StepMode is probed the way the stub does it, against this personality."""
         pers = self.cfg.pers
-        with ExitStack() as stack:
-            if self.mut.probe_order is not None:
-                stack.enter_context(mock.patch.object(step_mode, "PROBE_ORDER", self.mut.probe_order))
-            return probe_step_config(lambda c: c in pers.readable, lambda c: c in pers.settable)
+        return probe_step_config(lambda c: c in pers.readable, lambda c: c in pers.settable)
 
     def snap(self, s: Snapshot) -> int:
         """Intern a coordinator snapshot as a small int: states hash and compare fast,

@@ -177,12 +177,11 @@ class Mutant:
     liveness: bool = False
 
 
-def _mut(name, coordinator=Coordinator, tf=TfShadow, probe=None) -> Mutation:
+def _mut(name, coordinator=Coordinator, tf=TfShadow) -> Mutation:
     m = Mutation()
     m.name = name
     m.coordinator = coordinator
     m.tf_shadow = tf
-    m.probe_order = probe
     return m
 
 
