@@ -126,3 +126,18 @@ def test_a_debugger_that_stops_reading_is_dropped_and_the_next_one_served(served
     c.close()
     again = connect(srv)
     assert again.ask(b"qfThreadInfo") == b"m01"
+
+
+def test_a_vmm_failure_inside_a_lone_step_ends_the_vm_with_x(served):
+    # The lone step runs on the server thread: a VMM bug there must answer gdb (X, like
+    # a vCPU thread's failure does), end the VM and let the server loop finish.
+    vm, rt, srv = served(1)
+    c = connect(srv)
+
+    def broken_run(max_instructions=None):
+        raise RuntimeError("emulator exploded")
+
+    vm.vcpus[0].run = broken_run
+    assert c.ask(b"vCont;s:1") == b"X0b"  # SIGSEGV: the stub failed, not the guest
+    assert rt.finished.wait(10)
+    assert "failed inside the stub" in rt.ended_how
