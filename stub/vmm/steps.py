@@ -38,9 +38,15 @@ class StepMixin:
     def _step_mtf(self: EmulatedVcpu) -> VmExit | None:
         if self._tick_window() == "open":
             return self._deliver_tick() or self._mtrap()
+        # The guest's own TF makes Unicorn raise its #DB after the instruction, except
+        # after pause (see _step_tf): then the trap is ours to make.
+        own_pause = bool(self.cpu.rflags & TF) and \
+            insn.classify(self._fetch(self.cpu.rip))[0] == "pause"
         exit_, ran = self._run_one()
         if not ran:
             return None
+        if exit_ is None and own_pause and self._event == ("stop", 0):
+            exit_ = self._deliver_own_db()
         return exit_ or self._mtrap()
 
     def _mtrap(self: EmulatedVcpu) -> VmExit:
@@ -93,11 +99,16 @@ class StepMixin:
         actions = self._tf.trace_trap(bool(self.cpu.rflags & TF))
         self._apply(actions)  # image fix-ups first: the #DB frame goes below them
         if any(isinstance(a, ReflectDebugTrap) for a in actions):
-            self.cpu.dr6 = self.cpu.dr6 | DR6_BS
-            exit_ = self._deliver(1, None)  # triple fault, or None: entered the handler
+            exit_ = self._deliver_own_db()
             if exit_ is not None:
                 return exit_
         return self._db_exit(pushf)
+
+    def _deliver_own_db(self: EmulatedVcpu) -> VmExit | None:
+        """The guest's own single-step trap (#DB, DR6.BS), delivered now; None once its
+        handler is entered, or the triple fault if it cannot be."""
+        self.cpu.dr6 = self.cpu.dr6 | DR6_BS
+        return self._deliver(1, None)
 
     def _db_exit(self: EmulatedVcpu, pushf: bool) -> VmExit:
         return VmExit(ExitKind.DB, rip=self.cpu.rip, trace_trap=True, pushf_intercept=pushf,

@@ -1,0 +1,71 @@
+"""Every step mechanism steps the same program the same way.
+
+MTRAP (intel), the hidden TF with MASK_HWINTR (amd) and without it (amd-nomask, no timer
+running here) must agree, step by step, on where each step ends, the RFLAGS.TF the guest
+sees and its stack, and on what the guest's own handlers counted: a mechanism that runs
+two instructions (Unicorn's pause under TF did), swallows the guest's own #DB (the TF
+mechanism did, as bhyve's does) or loses an event shows up as the first step where they
+part. The program exercises pushf/popf, software interrupts, a fault, pause, the guest's
+own int3 and a stretch where the guest single-steps itself."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.vmm.conftest import run_to_stop, step, u64
+
+TF = 0x100
+
+PROGRAM = """
+main:
+    int3
+    nop
+    pushfq
+    popfq
+    int 0x20              /* a software interrupt through the timer gate */
+    pause
+    ud2                   /* a fault: h_ud skips it */
+    int3                  /* the guest's own breakpoint: h_bp */
+    pushfq
+    or qword ptr [rsp], 0x100
+    popfq                 /* the guest single-steps itself from here ... */
+    nop
+    pushfq
+    pause
+    int 0x20
+    ud2
+    int3
+    pushfq
+    and qword ptr [rsp], -0x101
+    popfq                 /* ... to here */
+    nop
+    popfq
+    popfq
+    jmp main
+"""
+STEPS = 80
+COUNTERS = ("db_count", "ticks", "ud_count", "bp_count")
+
+
+def trace(make_vm, personality: str):
+    vm, sym = make_vm(PROGRAM, personality=personality)
+    v = vm.vcpus[0]
+    run_to_stop(v)
+    steps = []
+    for _ in range(STEPS):
+        exit_ = step(v)
+        steps.append((exit_.rip, v.get_register("rflags") & TF, v.get_register("rsp")))
+    return steps, {name: u64(vm, sym[name]) for name in COUNTERS}, sym
+
+
+@pytest.mark.parametrize("personality", ["amd", "amd-nomask"])
+def test_tf_stepping_matches_mtrap_stepping(make_vm, personality):
+    want, want_counts, sym = trace(make_vm, "intel")
+    got, got_counts, _ = trace(make_vm, personality)
+    names = {addr: name for name, addr in sym.items()}
+    for i, (w, g) in enumerate(zip(want, got)):
+        assert g == w, (f"step {i}: intel ends at {w[0]:#x} {names.get(w[0], '')} "
+                        f"(TF={w[1] >> 8}, rsp {w[2]:#x}), {personality} at {g[0]:#x} "
+                        f"{names.get(g[0], '')} (TF={g[1] >> 8}, rsp {g[2]:#x})")
+    assert got_counts == want_counts
+    assert want_counts["db_count"] > 0 and want_counts["bp_count"] > 0  # both exercised
