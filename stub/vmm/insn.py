@@ -39,6 +39,23 @@ def classify(code: bytes) -> tuple[str | None, int]:
     return _NAMES.get(code[i]), size
 
 
+_STRING_OPS = frozenset({0x6C, 0x6D, 0x6E, 0x6F, *range(0xA4, 0xA8), *range(0xAA, 0xB0)})
+
+
+def rep_count_width(code: bytes) -> int | None:
+    """For a ``rep``/``repe``/``repne`` string instruction, the width in bits of its
+    count register (64: RCX, 32: ECX under a 0x67 prefix); None for anything else."""
+    rep, width, i = False, 64, 0
+    while i < len(code) and code[i] in _LEGACY_PREFIXES:
+        rep = rep or code[i] in (0xF2, REP)
+        if code[i] == 0x67:
+            width = 32
+        i += 1
+    if i < len(code) and 0x40 <= code[i] <= 0x4F:
+        i += 1
+    return width if rep and i < len(code) and code[i] in _STRING_OPS else None
+
+
 def after_shadow_opener(byte_at: Callable[[int], int | None], rip: int) -> bool:
     """Might the instruction just before ``rip`` be ``sti`` or ``mov ss, r16``?
 

@@ -40,14 +40,24 @@ class StepMixin:
             return self._deliver_tick() or self._mtrap()
         # The guest's own TF makes Unicorn raise its #DB after the instruction, except
         # after pause (see _step_tf): then the trap is ours to make.
+        rip = self.cpu.rip
         own_pause = bool(self.cpu.rflags & TF) and \
-            insn.classify(self._fetch(self.cpu.rip))[0] == "pause"
+            insn.classify(self._fetch(rip))[0] == "pause"
         exit_, ran = self._run_one()
         if not ran:
             return None
         if exit_ is None and own_pause and self._event == ("stop", 0):
             exit_ = self._deliver_own_db()
+        if exit_ is None and self.cpu.rip == rip and self._rep_finished(rip):
+            # Under the code hook Unicorn goes back to a rep string instruction after
+            # its last iteration to test the count: hardware's step (and the TF one)
+            # ends after the instruction, so let it move on now.
+            exit_, _ = self._run_one()
         return exit_ or self._mtrap()
+
+    def _rep_finished(self: EmulatedVcpu, rip: int) -> bool:
+        width = insn.rep_count_width(self._fetch(rip))
+        return width is not None and self.cpu.regs.get("rcx") & ((1 << width) - 1) == 0
 
     def _mtrap(self: EmulatedVcpu) -> VmExit:
         return VmExit(ExitKind.MTRAP, rip=self.cpu.rip)

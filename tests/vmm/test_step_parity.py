@@ -6,7 +6,7 @@ sees and its stack, and on what the guest's own handlers counted: a mechanism th
 two instructions (Unicorn's pause under TF did), swallows the guest's own #DB (the TF
 mechanism did, as bhyve's does) or loses an event shows up as the first step where they
 part. The program exercises pushf/popf, software interrupts, a fault, pause, the guest's
-own int3 and a stretch where the guest single-steps itself."""
+own int3, a rep string op and a stretch where the guest single-steps itself."""
 
 from __future__ import annotations
 
@@ -28,6 +28,10 @@ main:
     pause
     ud2                   /* a fault: h_ud skips it */
     int3                  /* the guest's own breakpoint: h_bp */
+    lea rsi, [rip + last_err]
+    lea rdi, [rip + last_cr2]
+    mov ecx, 3
+    rep movsb             /* one step per iteration, the last one ends after it */
     pushfq
     or qword ptr [rsp], 0x100
     popfq                 /* the guest single-steps itself from here ... */
@@ -37,6 +41,8 @@ main:
     int 0x20
     ud2
     int3
+    mov ecx, 2
+    rep movsb
     pushfq
     and qword ptr [rsp], -0x101
     popfq                 /* ... to here */
@@ -45,7 +51,7 @@ main:
     popfq
     jmp main
 """
-STEPS = 80
+STEPS = 100
 COUNTERS = ("db_count", "ticks", "ud_count", "bp_count")
 
 
@@ -87,6 +93,10 @@ PIECES = {
     "tf-on": "pushfq\n or qword ptr [rsp], 0x100\n popfq",
     "tf-off": "pushfq\n and qword ptr [rsp], -0x101\n popfq",
     "cli-sti": "cli\n sti",
+    # rep string ops step one iteration at a time (8 bytes of the prelude's data)
+    "rep-movsb": "lea rsi, [rip + last_err]\n lea rdi, [rip + last_cr2]\n mov ecx, 3\n"
+                 " rep movsb",
+    "rep-zero": "lea rdi, [rip + last_cr2]\n xor ecx, ecx\n rep stosb",
 }
 
 
