@@ -38,21 +38,20 @@ class StepMixin:
     def _step_mtf(self: EmulatedVcpu) -> VmExit | None:
         if self._tick_window() == "open":
             return self._deliver_tick() or self._mtrap()
-        # The guest's own TF makes Unicorn raise its #DB after the instruction, except
-        # after pause (see _step_tf): then the trap is ours to make.
         rip = self.cpu.rip
-        own_pause = bool(self.cpu.rflags & TF) and \
-            insn.classify(self._fetch(rip))[0] == "pause"
-        exit_, ran = self._run_one()
+        exit_, ran, kind = self._run_one(rip)
         if not ran:
             return None
-        if exit_ is None and own_pause and self._event == ("stop", 0):
+        if exit_ is None and kind == "pause" and self._event == ("stop", 0) \
+                and self.cpu.rflags & TF:  # pause leaves TF as it was
+            # The guest's own TF makes Unicorn raise its #DB after the instruction,
+            # except after pause (see _step_tf): then the trap is ours to make.
             exit_ = self._deliver_own_db()
         if exit_ is None and self.cpu.rip == rip and self._rep_finished(rip):
             # Under the code hook Unicorn goes back to a rep string instruction after
             # its last iteration to test the count: hardware's step (and the TF one)
             # ends after the instruction, so let it move on now.
-            exit_, _ = self._run_one()
+            exit_, _, _ = self._run_one(rip)
         return exit_ or self._mtrap()
 
     def _rep_finished(self: EmulatedVcpu, rip: int) -> bool:

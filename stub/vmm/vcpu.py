@@ -263,17 +263,18 @@ class EmulatedVcpu(StepMixin, EventMixin, Vcpu):
             self._halted = True
         return exit_
 
-    def _run_one(self) -> tuple[VmExit | None, bool]:
-        """Execute one instruction. Returns (exit, ran)."""
-        rip = self.cpu.rip
-        is_hlt = insn.classify(self._fetch(rip))[0] == "hlt"
+    def _run_one(self, rip: int | None = None) -> tuple[VmExit | None, bool, str | None]:
+        """Execute one instruction (at ``rip``, the current RIP if the caller has not
+        read it already). Returns (exit, ran, what insn.classify calls it)."""
+        rip = self.cpu.rip if rip is None else rip
+        kind = insn.classify(self._fetch(rip))[0]
         ran, error, _ = self._slice("single")
         if not ran:
-            return None, False
+            return None, False, kind
         exit_ = self._after_guest(error)
-        if is_hlt and self._event is None and error is None and self.cpu.rip != rip:
+        if kind == "hlt" and self._event is None and error is None and self.cpu.rip != rip:
             self._halted = True
-        return exit_, True
+        return exit_, True, kind
 
     def _slice(self, mode: str) -> SliceResult:
         """One emu_start: 'free' (kickable, no per-instruction hook), 'single' (one
