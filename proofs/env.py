@@ -449,19 +449,7 @@ class System:
             cpu[REAL] = cpu[OWN] = popped
         cpu[PC] = (pc + 1) % self.k
         self._ran(cpu)
-        if tf_on:
-            reflected = False
-            for a in self.tf(w, i, "trace_trap", bool(cpu[REAL])):
-                if isinstance(a, FixFlagsImage) and a.where == "stack" and image is not None:
-                    image = int(a.tf)
-                elif isinstance(a, ReflectDebugTrap):
-                    reflected = True
-                else:
-                    w.fail("ERR", f"unexpected {a} after a trace trap")
-            self._own_trap_reflected(w, i, own_before, reflected)
-            cpu[EXIT] = "db"
-        elif caps & MT:
-            cpu[EXIT] = "mtrap"
+        image = self._after_instruction(w, i, own_before, image)
         if image is not None and image != own_before:
             w.fail("P5", f"vCPU{i}: pushf wrote TF={image} to the stack; the guest's TF is {own_before}")
 
@@ -496,17 +484,28 @@ class System:
         cpu[OWN] = own_before_event
         cpu[ISR] = None
         self._ran(cpu)
-        if tf_on:
+        self._after_instruction(w, i, own_before, None)
+
+    def _after_instruction(self, w: World, i: int, own_before: int,
+                           image: int | None) -> int | None:
+        """The stepped instruction is done: its trap (TF, with the shadow's fix-up of a
+        pushf ``image`` and the guest's own #DB handed back) or MTRAP. Returns the
+        image as the guest ends up with it."""
+        cpu = w.mut(i)
+        if cpu[VCAPS] & TF:
             reflected = False
-            for a in self.tf(w, i, "trace_trap", bool(frame)):
-                if isinstance(a, ReflectDebugTrap):
+            for a in self.tf(w, i, "trace_trap", bool(cpu[REAL])):
+                if isinstance(a, FixFlagsImage) and a.where == "stack" and image is not None:
+                    image = int(a.tf)
+                elif isinstance(a, ReflectDebugTrap):
                     reflected = True
                 else:
                     w.fail("ERR", f"unexpected {a} after a trace trap")
             self._own_trap_reflected(w, i, own_before, reflected)
             cpu[EXIT] = "db"
-        elif caps & MT:
+        elif cpu[VCAPS] & MT:
             cpu[EXIT] = "mtrap"
+        return image
 
     def _deliver_event(self, w: World, i: int, kind: str, in_run: bool) -> None:
         """An interrupt ("irq") or a #BP ("bp") goes through the guest IDT now. Under a
