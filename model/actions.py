@@ -4,18 +4,9 @@ interprets them against its environment. They are plain values: hashable, printa
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
-
-class Cap(enum.Enum):
-    """VMM capabilities by name. Values match ``stub.vmm.api.Cap`` (the model does not
-    import the stub)."""
-
-    MTRAP_EXIT = "mtrap_exit"
-    RFLAGS_TF = "rflags_tf"
-    MASK_HWINTR = "mask_hwintr"
-    BPT_EXIT = "bpt_exit"
+from model.caps import Cap
 
 
 SIGINT = 2

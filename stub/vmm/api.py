@@ -3,23 +3,30 @@
 Everything the debugger needs from a hypervisor, and nothing more: registers, guest
 memory, capabilities, ``run()`` returning exits, exception injection, and the debug
 cpuset (``request_suspend``/``clear_suspend``). Backends (the Unicorn emulator in
-``stub.vmm.emulated``; KVM later) implement these classes; the runtime is the only
-caller.
+``stub.vmm.emulated``; KVM later) implement these classes and are looked up by name
+in ``stub.vmm.backends``; the runtime is the only caller.
 
 Threading contract (the runtime relies on it):
 
 - Each vCPU has one owner thread at a time that calls ``run()``, ``wait_started()`` and,
   while it holds the stub lock, everything else on that vCPU. Ownership may pass to
   another thread and back while the vCPU is not inside ``run()``, handed over under the
-  stub lock (the runtime lends a parked vCPU to the server thread for a lone step).
+  stub lock (the runtime lends a parked vCPU to the server thread for a lone step,
+  where the backend offers ``Feature.LEND``).
 - Other threads may touch a vCPU only while it is *not inside* ``run()`` (it is parked),
   except for the calls marked *thread-safe*, which may be made at any time.
+- Lending (``Feature.LEND``) is optional: a backend whose vCPUs are bound to their
+  threads (KVM's vCPU fds) simply does not list it, and every step runs on the
+  vCPU's own thread.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+
+from model.caps import Cap
 
 
 class VmmError(Exception):
@@ -47,11 +54,12 @@ class MemoryFault(VmmError):
         self.gpa = gpa
 
 
-class Cap(enum.Enum):
-    MTRAP_EXIT = "mtrap_exit"    # VT-x monitor trap flag: exit after one instruction
-    RFLAGS_TF = "rflags_tf"      # SVM: the hypervisor's hidden RFLAGS.TF + #DB intercept
-    MASK_HWINTR = "mask_hwintr"  # hold back interrupt/exception injection during a step
-    BPT_EXIT = "bpt_exit"        # int3 (#BP) exits to the stub instead of the guest
+class Feature(enum.Enum):
+    """Optional parts of the contract; a backend lists those it implements in
+    ``Vm.features`` and the runtime uses nothing it does not list."""
+
+    LEND = "lend"                # Vcpu.run_lent(): a parked vCPU steps on the caller's thread
+    BOUNDED_RUN = "bounded_run"  # Vcpu.run(max_instructions=k), for deterministic drivers
 
 
 class ExitKind(enum.Enum):
@@ -91,24 +99,31 @@ class Vcpu:
 
     index: int
 
-    def get_register(self, name: str) -> int:
-        """Read a register by its gdb name (``rax``, ``rflags``, ``fs_base``, ``cr3``,
-        ``efer``, ``st0`` (80-bit int), ``xmm0`` (128-bit int), ``mxcsr``, ...).
-        RFLAGS reads what the guest would see: never the debugger's hidden TF."""
+    def get_registers(self, names: Iterable[str]) -> dict[str, int]:
+        """Read registers by their gdb names (``rax``, ``rflags``, ``fs_base``, ``cr3``,
+        ``efer``, ``st0`` (80-bit int), ``xmm0`` (128-bit int), ``mxcsr``, ...), all in
+        one call. RFLAGS reads what the guest would see: never the debugger's TF."""
         raise NotImplementedError
 
-    def set_register(self, name: str, value: int) -> None:
+    def set_registers(self, values: Mapping[str, int]) -> None:
+        """Write registers by gdb name, all in one call. Writing RFLAGS while the
+        hidden TF is on changes the guest's own TF, never the debugger's."""
         raise NotImplementedError
 
     def get_capability(self, cap: Cap) -> bool:
-        """Current setting; raises CapabilityUnsupported when the backend lacks it.
-        (Like VMX, the ``intel`` personality cannot *read* MASK_HWINTR: setting works,
-        reading raises.)"""
+        """The setting last asked for; raises CapabilityUnsupported when the backend
+        cannot read it (like VMX, the ``intel`` personality cannot *read* MASK_HWINTR:
+        setting works, reading raises)."""
         raise NotImplementedError
 
     def set_capability(self, cap: Cap, on: bool) -> None:
-        """Raises CapabilityUnsupported when the backend lacks it.
-        BPT_EXIT is thread-safe; the step capabilities are set by the owner thread."""
+        """Raises CapabilityUnsupported when the backend lacks it. Thread-safe. The
+        setting takes effect when the vCPU next enters the guest: at once for a vCPU
+        outside ``run()``, at its next entry for one inside it (a hardware backend
+        applies guest-debug state on the vCPU's own thread before it re-enters).
+        The stub changes step capabilities only on vCPUs outside ``run()``; BPT_EXIT
+        may change while a vCPU runs (detach), and an int3 that exits under the old
+        setting is sorted out by the model (foreign or stale int3)."""
         raise NotImplementedError
 
     def run(self, max_instructions: int | None = None) -> VmExit:
@@ -119,16 +134,24 @@ class Vcpu:
         interrupt counts as the step, and the trap reports RIP at the handler), then
         MTRAP / DB(trace_trap) is returned. An instruction the guest single-steps
         itself (its own TF) is followed by the delivery of its own #DB, and the trap
-        reports RIP at that handler, whichever the mechanism. A pending suspend request is honoured before
-        entry and promptly (well under 10 ms) during free running: DEBUG is returned
-        only if the request is still pending when run() returns. Console output,
-        timer interrupts, hlt and AP start-up are handled inside.
+        reports RIP at that handler, whichever the mechanism. A pending suspend
+        request is honoured before entry and promptly (well under 10 ms) during free
+        running: DEBUG is returned only if the request is still pending when run()
+        returns. Devices, timer interrupts, hlt and AP start-up are handled inside.
 
-        ``max_instructions=k`` (deterministic drivers: one thread schedules every vCPU)
-        bounds the run: after at most k guest instructions it returns BUDGET, and it
-        returns BUDGET at once instead of blocking when the vCPU has nothing to run
-        (halted with no deliverable interrupt, or not started). Every other exit,
-        the suspend request honoured before entry included, is as without a bound."""
+        ``max_instructions=k`` only with ``Feature.BOUNDED_RUN`` (deterministic drivers:
+        one thread schedules every vCPU): after at most k guest instructions it
+        returns BUDGET, and it returns BUDGET at once instead of blocking when the
+        vCPU has nothing to run (halted with no deliverable interrupt, or not
+        started). Every other exit, the suspend request honoured before entry
+        included, is as without a bound."""
+        raise NotImplementedError
+
+    def run_lent(self) -> VmExit | None:
+        """Only with ``Feature.LEND``. Run this parked vCPU, armed for a step, on the
+        calling thread (its own thread is waiting and stays so) until the step's exit.
+        Returns None, without blocking, when the step cannot finish without waiting
+        (``hlt`` with no interrupt to wake it): the vCPU's own thread then runs it."""
         raise NotImplementedError
 
     def inject_exception(self, vector: int, inst_length: int = 0) -> None:
@@ -157,11 +180,14 @@ class Vcpu:
 
 
 class Vm:
-    """A virtual machine: vCPUs sharing one guest RAM."""
+    """A virtual machine as the debugger sees it: vCPUs sharing one guest RAM.
+
+    Devices, the console and the vendor personality belong to the backend's machine,
+    not to this interface: the stub never touches them."""
 
     vcpus: list[Vcpu]
     ram_size: int
-    personality: str
+    features: frozenset[Feature] = frozenset()
 
     def read_phys(self, gpa: int, size: int) -> bytes:
         """Raises MemoryFault if any byte is outside RAM."""
@@ -174,9 +200,4 @@ class Vm:
 
     def shutdown(self) -> None:
         """Thread-safe. Every run() and wait_started() returns promptly (SHUTDOWN)."""
-        raise NotImplementedError
-
-    @property
-    def console_output(self) -> bytes:
-        """Everything the guest wrote to the console port so far."""
         raise NotImplementedError
