@@ -22,7 +22,7 @@ from unicorn import UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, Uc, UcError
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
-from stub.vmm import loader, paging
+from stub.vmm import insn, loader, paging
 from stub.vmm.api import VmmError
 from stub.vmm.idt import CpuState, Entered
 from stub.vmm.ram import PAGE, GuestRam
@@ -36,6 +36,7 @@ RFLAGS_BOOT = 0x2
 TF = 1 << 8
 DR6_BS = 1 << 14
 TCG_BUFFER = 128 << 20  # translated code per vCPU; Unicorn's default reserves 1 GiB
+_IDENTITY_CHECK_LIMIT = 2 * 0x1000  # larger patches flush all translations instead
 
 _uc_reg_read = uclib.uc_reg_read
 _uc_reg_write = uclib.uc_reg_write
@@ -191,6 +192,28 @@ class Cpu:
         """Registers were changed from outside (the debugger): forget cached state."""
         self._paging = None
 
+    # -- code patched in guest RAM ------------------------------------------------------
+    def forget_code(self, ranges: list[tuple[int, int]]) -> None:
+        """Drop the translations of code in these GPA ranges (written by another thread
+        or the debugger), so the next slice executes what RAM holds now."""
+        if all(self._identity_mapped(start, end) for start, end in ranges):
+            for start, end in ranges:
+                self.uc.ctl_remove_cache(start, end)
+        else:
+            self.uc.ctl_flush_tb()
+
+    def _identity_mapped(self, start: int, end: int) -> bool:
+        """ctl_remove_cache takes a *virtual* address and translates it with the vCPU's
+        current page tables, so a GPA works only where GVA == GPA (and a GVA that does
+        not translate leaves a hidden fault behind). Elsewhere: flush everything."""
+        if end - start > _IDENTITY_CHECK_LIMIT:
+            return False
+        try:
+            return all(self.translate(page) == page
+                       for page in range(start & ~0xFFF, end, 0x1000))
+        except VmmError:
+            return False
+
     def set_tf(self, on: bool) -> None:
         flags = self.rflags
         self.rflags = flags | TF if on else flags & ~TF
@@ -227,6 +250,10 @@ class Cpu:
         except VmmError:
             pass
         return bytes(out)
+
+    def fetch(self, rip: int) -> bytes:
+        """The bytes of the instruction at ``rip`` (fewer where translation ends)."""
+        return self.read_upto(rip, insn.MAX_INSN)
 
     def byte_at(self, gva: int) -> int | None:
         """The byte at ``gva``, or None when it does not translate."""

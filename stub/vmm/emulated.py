@@ -1,12 +1,14 @@
-"""The emulated x86-64 VMM: vCPUs on Unicorn sharing one guest RAM.
+"""The emulated x86-64 VMM: vCPUs on Unicorn sharing one guest RAM and one device bus.
 
 ``create_vm`` loads a kernel written to docs/boot-protocol.md and returns a running VM
-(vCPU 0 started; its owner thread drives it with ``run()``). Vendor personalities
-(``intel``, ``amd``, ``amd-nomask``, ``none``) decide the step capabilities.
+(vCPU 0 started; its owner thread drives it with ``run()``). The CPU model (``cpu``:
+a selectable personality of ``model.caps``: ``intel``, ``amd``, ``amd-nomask``,
+``none``) decides the step capabilities. The devices of the boot protocol (console,
+AP start-up, power-off) sit on ``vm.bus``; the console is ``vm.console``.
 
 One daemon thread per VM, the ticker, raises the periodic timer (vector 0x20) on every
 started vCPU and stops free-running vCPUs so they deliver it; it also repeats stop
-requests that Unicorn lost (see ``EmulatedVcpu.rekick``). It never runs guest code.
+requests that Unicorn lost (see ``Mailbox.rekick``). It never runs guest code.
 
 When a vCPU ends the VM (power-off port, triple fault), that vCPU's ``run()`` returns
 POWEROFF / TRIPLE_FAULT (again on every later call) and every other vCPU returns
@@ -23,41 +25,47 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
+from model.caps import Personality, personality
 from stub.vmm import loader
-from stub.vmm.api import Vm
-from stub.vmm.personality import personality as find_personality
+from stub.vmm.api import Feature, Vm
+from stub.vmm.bus import Bus
+from stub.vmm.devices import apstart, debugcon, poweroff
+from stub.vmm.devices.apstart import ApStart
+from stub.vmm.devices.debugcon import DebugCon, Sink
+from stub.vmm.devices.poweroff import PowerOffPort
 from stub.vmm.ram import GuestRam
 from stub.vmm.vcpu import EmulatedVcpu
 
 log = logging.getLogger(__name__)
 
-Console = Callable[[bytes], None]
 
-
-def create_vm(kernel: str | Path | bytes, vcpus: int, memory: int, personality: str,
-              timer_hz: float, console: Console | None = None,
+def create_vm(kernel: str | Path | bytes, vcpus: int, memory: int, cpu: str,
+              timer_hz: float, console: Sink | None = None,
               ticker: bool = True) -> EmulatedVm:
     image = kernel if isinstance(kernel, bytes) else Path(kernel).read_bytes()
-    return EmulatedVm(image, vcpus, memory, personality, timer_hz, console, ticker)
+    return EmulatedVm(image, vcpus, memory, cpu, timer_hz, console, ticker)
 
 
 class EmulatedVm(Vm):
-    def __init__(self, image: bytes, vcpus: int, memory: int, personality: str,
-                 timer_hz: float, console: Console | None = None, ticker: bool = True):
+    """``cpu_model``: the personality (not part of the Vm contract); ``console``: the
+    debug console device (its ``output``); ``bus``: every device."""
+
+    features = frozenset({Feature.LEND, Feature.BOUNDED_RUN})
+
+    def __init__(self, image: bytes, vcpus: int, memory: int, cpu: str,
+                 timer_hz: float, console: Sink | None = None, ticker: bool = True):
         if vcpus < 1:
             raise ValueError(f"a VM needs at least one vCPU, not {vcpus}")
-        self.pers = find_personality(personality)
-        self.personality = personality
+        self.cpu_model = _vm_personality(cpu)
         self.ram = GuestRam(memory)
         self.ram_size = memory
         loader.build_boot_tables(self.ram)
         entry = loader.load_kernel(self.ram, image)
-        self._lock = threading.Lock()
-        self._console = bytearray()
-        self._console_cb = console
+        self.bus = Bus()
+        self.console = DebugCon(console)
+        self._plug_devices()
         self._stopping = False
         self._ended = False
         self.timer_period = 1.0 / timer_hz if timer_hz > 0 else None
@@ -65,6 +73,12 @@ class EmulatedVm(Vm):
         self.ticker = Ticker(self, timer_hz) if ticker else NoTicker()
         self.vcpus[0].start(entry)
         self.ticker.start()
+
+    def _plug_devices(self) -> None:
+        """The boot protocol's paravirtual ports (docs/boot-protocol.md)."""
+        self.bus.add_ports(self.console, debugcon.PORT)
+        self.bus.add_ports(ApStart(self.start_ap), apstart.PORT)
+        self.bus.add_ports(PowerOffPort(), poweroff.PORT)
 
     @property
     def over(self) -> bool:
@@ -85,26 +99,13 @@ class EmulatedVm(Vm):
         self._stopping = True
         self._stop_all()
 
-    @property
-    def console_output(self) -> bytes:
-        with self._lock:
-            return bytes(self._console)
-
-    # -- called by vCPUs ---------------------------------------------------------
-    def console_put(self, byte: int) -> None:
-        with self._lock:
-            self._console.append(byte)
-        if self._console_cb is not None:
-            try:
-                self._console_cb(bytes([byte]))
-            except Exception:  # a broken console must not take the vCPU down
-                log.exception("console callback failed")
-
+    # -- called by devices and vCPUs ---------------------------------------------------
     def start_ap(self, index: int, entry: int) -> None:
         if 0 <= index < len(self.vcpus) and self.vcpus[index].start(entry):
             log.info("vCPU %d started at %#x", index, entry)
 
     def end(self) -> None:
+        """A vCPU ended the VM (power-off, triple fault): stop every other one."""
         self._ended = True
         self._stop_all()
 
@@ -112,6 +113,13 @@ class EmulatedVm(Vm):
         self.ticker.stop()
         for vcpu in self.vcpus:
             vcpu.stop()
+
+
+def _vm_personality(name: str) -> Personality:
+    found = personality(name)
+    if not found.selectable:
+        raise ValueError(f"personality {name!r} cannot be given to a VM")
+    return found
 
 
 class NoTicker:

@@ -1,18 +1,26 @@
-"""Guest events for the emulated vCPU: exceptions Unicorn reports, the timer interrupt,
-and their delivery through the guest IDT (part of EmulatedVcpu)."""
+"""Guest events of one emulated vCPU: what a slice of guest code ended with (an
+exception Unicorn reports, a power-off, an emulator error), the timer interrupt and
+whether it can be taken (the interrupt window), ``hlt``, and delivery through the
+guest IDT (idt.py builds the frame).
+
+Unicorn never delivers an exception itself, so every one it reports comes here: an
+int3 the debugger wants (BPT_EXIT) becomes a BPT exit, anything else is delivered.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import enum
+from collections.abc import Callable
 
 from unicorn import UcError
 from unicorn import unicorn_const as U
 
-from stub.vmm import idt
-from stub.vmm.api import Cap, ExitKind, VmExit, VmmError
-
-if TYPE_CHECKING:
-    from stub.vmm.vcpu import EmulatedVcpu
+from stub.vmm import idt, insn
+from stub.vmm.api import ExitKind, VmExit, VmmError
+from stub.vmm.cpu import DR6_BS, Cpu
+from stub.vmm.hidden_tf import HiddenTf
+from stub.vmm.mailbox import Mailbox
+from stub.vmm.slices import HookEvent, HookKind
 
 INT3 = 0xCC
 INT_IMM8, INT_IMM8_3 = 0xCD, 0x03  # "int 3", the two-byte form
@@ -20,72 +28,132 @@ _UNBACKED = frozenset({U.UC_ERR_READ_UNMAPPED, U.UC_ERR_WRITE_UNMAPPED,
                        U.UC_ERR_FETCH_UNMAPPED})
 
 
-class EventMixin:
-    def _on_exception(self: EmulatedVcpu, vector: int) -> VmExit | None:
+class IrqWindow(enum.Enum):
+    """Can a pending interrupt be taken at the current instruction boundary?"""
+
+    MASKED = "masked"  # the debugger holds interrupts back (MASK_HWINTR)
+    IF0 = "if0"  # the guest has interrupts off
+    SHADOW = "shadow"  # right after sti / mov ss: after the next instruction
+    OPEN = "open"
+
+
+class Events:
+    """Owner-thread state: ``halted`` (in hlt, waiting for an interrupt) and
+    ``mask_hwintr`` (the capability in effect)."""
+
+    def __init__(self, cpu: Cpu, mail: Mailbox, tf: HiddenTf,
+                 end_vm: Callable[[VmExit], VmExit]):
+        self._cpu = cpu
+        self._mail = mail
+        self._tf = tf
+        self._end_vm = end_vm  # records the exit and stops every vCPU; returns the exit
+        self.halted = False
+        self.mask_hwintr = False
+
+    # -- the timer interrupt --------------------------------------------------------------
+    def irq_window(self) -> IrqWindow:
+        if self.mask_hwintr:
+            return IrqWindow.MASKED
+        cpu = self._cpu
+        if not cpu.rflags & idt.IF:
+            return IrqWindow.IF0
+        if not self.halted and insn.after_shadow_opener(cpu.byte_at, cpu.rip):
+            return IrqWindow.SHADOW
+        return IrqWindow.OPEN
+
+    def tick_window(self) -> IrqWindow | None:
+        """The window for the pending tick; None when no tick is pending."""
+        return self.irq_window() if self._mail.tick else None
+
+    def wakeable(self) -> bool:
+        """Would a halted vCPU wake now?"""
+        return self._mail.tick and self.irq_window() in (IrqWindow.OPEN, IrqWindow.SHADOW)
+
+    def deliver_tick(self) -> VmExit | None:
+        self._mail.take_tick()
+        return self.deliver(idt.TIMER_VECTOR, None)
+
+    # -- what a slice ended with ------------------------------------------------------------
+    def after_slice(self, event: HookEvent | None, error: UcError | None) -> VmExit | None:
+        """The exit a slice's first hook event or emulator error leads to, if any."""
+        if event is not None:
+            if event.kind is HookKind.POWEROFF:
+                return self._end_vm(VmExit(ExitKind.POWEROFF, rip=self._cpu.rip,
+                                           code=event.value))
+            if event.kind is HookKind.EXCEPTION:
+                return self.on_exception(event.value)
+        if error is not None:
+            return self._on_uc_error(error)
+        return None
+
+    def on_exception(self, vector: int) -> VmExit | None:
         """Unicorn raised ``vector`` (RIP: at a fault, after a trap or INT n)."""
-        rip = self.cpu.rip
-        if vector == 3 and self.cpu.byte_at(rip - 1) == INT3:
-            if self._caps[Cap.BPT_EXIT]:
-                self.cpu.rip = rip - 1  # like VMX/SVM: the int3 has not happened
+        cpu = self._cpu
+        rip = cpu.rip
+        if vector == 3 and cpu.byte_at(rip - 1) == INT3:
+            if self._mail.bpt_exit:
+                cpu.rip = rip - 1  # like VMX/SVM: the int3 has not happened
                 return VmExit(ExitKind.BPT, rip=rip - 1, inst_length=1)
-            return self._deliver(3, None)
+            return self.deliver(3, None)
         if vector == 3 and self._stale_int3(rip - 1):
             # The int3 came from code translated before the debugger wrote the original
             # byte back (a breakpoint removed while this vCPU ran, as on a detach
             # during a continue). For the guest that int3 never existed: drop the stale
             # translation and run what memory holds now, from where the int3 stood.
-            self.cpu.exc.take()
-            self.cpu.rip = rip - 1
-            self.cpu.uc.ctl_flush_tb()
+            cpu.exc.take()
+            cpu.rip = rip - 1
+            cpu.uc.ctl_flush_tb()
             return None
-        error_code, is_int = self.cpu.exc.take()
+        error_code, is_int = cpu.exc.take()
         has_code = vector in idt.ERROR_CODE_VECTORS and not is_int
-        return self._deliver(vector, error_code if has_code else None)
+        return self.deliver(vector, error_code if has_code else None)
 
-    def _stale_int3(self: EmulatedVcpu, gva: int) -> bool:
+    def _stale_int3(self, gva: int) -> bool:
         """#BP from an int3 at ``gva`` that memory no longer holds (the byte there is
         not 0xCC): it was just patched (a write not yet applied to this vCPU's
         translations), or it is not the end of an "int 3" (CD 03) either."""
+        cpu = self._cpu
         try:
-            gpa = self.cpu.translate(gva)
+            gpa = cpu.translate(gva)
         except VmmError:
             return False
-        with self._cond:
-            patched = any(start <= gpa < end for start, end in self._dirty)
-        cpu = self.cpu
-        return patched or not (cpu.byte_at(gva) == INT_IMM8_3 and cpu.byte_at(gva - 1) == INT_IMM8)
+        return self._mail.patched(gpa) or not (
+            cpu.byte_at(gva) == INT_IMM8_3 and cpu.byte_at(gva - 1) == INT_IMM8)
 
-    def _on_uc_error(self: EmulatedVcpu, error: UcError) -> VmExit | None:
-        rip = self.cpu.rip
+    def _on_uc_error(self, error: UcError) -> VmExit | None:
+        cpu = self._cpu
+        rip = cpu.rip
         if error.errno == U.UC_ERR_INSN_INVALID:  # #UD comes as an error, RIP at it
-            self.cpu.exc.take()
-            return self._deliver(6, None)
+            cpu.exc.take()
+            return self.deliver(6, None)
         if error.errno in _UNBACKED:  # bhyve ends the VM on an unhandled EPT fault too
             detail = f"access to guest-physical memory outside RAM ({error}) at rip {rip:#x}"
         else:
             detail = f"emulator error at rip {rip:#x}: {error}"
         return self._end_vm(VmExit(ExitKind.TRIPLE_FAULT, rip=rip, detail=detail))
 
-    def _deliver_tick(self: EmulatedVcpu) -> VmExit | None:
-        with self._cond:
-            self._tick = False
-        return self._deliver(idt.TIMER_VECTOR, None)
-
-    def _deliver(self: EmulatedVcpu, vector: int, error_code: int | None) -> VmExit | None:
+    # -- delivery -----------------------------------------------------------------------------
+    def deliver(self, vector: int, error_code: int | None) -> VmExit | None:
         """Deliver through the guest IDT; a failure ends the VM (triple fault)."""
+        cpu = self._cpu
         try:
-            entered = idt.deliver(self.cpu, self.cpu.delivery_state(), vector, error_code)
+            entered = idt.deliver(cpu, cpu.delivery_state(), vector, error_code)
         except idt.DeliveryError as err:
-            return self._end_vm(VmExit(ExitKind.TRIPLE_FAULT, rip=self.cpu.rip,
+            return self._end_vm(VmExit(ExitKind.TRIPLE_FAULT, rip=cpu.rip,
                                        detail=f"vector {vector:#x}: {err}"))
-        self.cpu.enter(entered)
-        self._frame_slot = entered.rflags_slot
-        self._halted = False
-        if self._tf.is_on:  # the frame holds the debugger's TF: give it the guest's
-            self._apply(self._tf.event_delivered())
+        cpu.enter(entered)
+        self.halted = False
+        if self._tf.on:  # the frame holds the debugger's TF: give it the guest's
+            self._tf.event_delivered(entered.rflags_slot)
         return None
 
-    def _end_vm(self: EmulatedVcpu, exit_: VmExit) -> VmExit:
-        self._end = exit_
-        self._vm.end()
-        return exit_
+    def deliver_own_db(self) -> VmExit | None:
+        """The guest's own single-step trap (#DB, DR6.BS), delivered now; None once its
+        handler is entered, or the triple fault if it cannot be."""
+        self._cpu.dr6 = self._cpu.dr6 | DR6_BS
+        return self.deliver(1, None)
+
+    def inject(self, vector: int, inst_length: int) -> VmExit | None:
+        """An exception from the debugger (a guest-owned int3 handed back)."""
+        self._cpu.rip = self._cpu.rip + inst_length
+        return self.deliver(vector, 0 if vector in idt.ERROR_CODE_VECTORS else None)

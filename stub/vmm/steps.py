@@ -1,12 +1,11 @@
-"""The two step mechanisms of the emulated vCPU (part of EmulatedVcpu).
+"""The two step mechanisms of the emulated vCPU, one part each.
 
-- ``MTRAP_EXIT`` (VT-x monitor trap flag): one instruction under a one-shot code hook,
-  then MTRAP. TF is never touched.
-- ``RFLAGS_TF`` (SVM): the real trap flag. Unicorn raises #DB (vector 1, DR6.BS) after
-  the instruction; stopping in the interrupt hook keeps it from the guest. The TF
-  bookkeeping (shadow, PUSHF/POPF intercepts, flags-image fix-ups) is the lead's
-  ``model.tf_shadow`` machine; this code feeds it what the CPU did and carries out
-  the actions it returns.
+- ``MtrapStep`` (``MTRAP_EXIT``, VT-x monitor trap flag): one instruction under the code
+  hook, then MTRAP. TF is never touched.
+- ``TfStep`` (``RFLAGS_TF``, SVM): the real trap flag. Unicorn raises #DB (vector 1,
+  DR6.BS) after the instruction; stopping in the interrupt hook keeps it from the
+  guest. Hiding that TF is ``HiddenTf``'s business; this part feeds it what the
+  stepped instruction was and did.
 
 Either way, an event delivered instead of the instruction (the pending timer tick, or
 an exception the instruction raised) is the step: it ends at the handler's first
@@ -18,122 +17,121 @@ the instruction raised was the debugger's.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from unicorn import x86_const as X
 
-from model.tf_shadow import FixFlagsImage, ReflectDebugTrap, SetTrapFlag, TfAction
 from stub.vmm import insn
-from stub.vmm.api import ExitKind, VmExit, VmmError
-from stub.vmm.cpu import DR6_BS, TF
+from stub.vmm.api import ExitKind, VmExit
+from stub.vmm.cpu import DR6_BS, TF, Cpu
+from stub.vmm.events import Events, IrqWindow
+from stub.vmm.hidden_tf import HiddenTf
+from stub.vmm.slices import STOP, SliceMode, SliceRunner, exception
 
-if TYPE_CHECKING:
-    from stub.vmm.vcpu import EmulatedVcpu
-
-log = logging.getLogger(__name__)
+_DB = exception(1)
 
 
-class StepMixin:
-    # ------------------------------------------------------------------ VT-x
-    def _step_mtf(self: EmulatedVcpu) -> VmExit | None:
-        if self._tick_window() == "open":
-            return self._deliver_tick() or self._mtrap()
-        rip = self.cpu.rip
-        exit_, ran, kind = self._run_one(rip)
+class MtrapStep:
+    """``on``: the capability in effect."""
+
+    def __init__(self, cpu: Cpu, slices: SliceRunner, events: Events):
+        self._cpu = cpu
+        self._slices = slices
+        self._events = events
+        self.on = False
+
+    def step(self) -> VmExit | None:
+        """One step, or None when a request came first (the run loop honours it)."""
+        cpu, events = self._cpu, self._events
+        if events.tick_window() is IrqWindow.OPEN:
+            return events.deliver_tick() or self._mtrap()
+        rip = cpu.rip
+        exit_, ran, kind = self._slices.one(rip)
         if not ran:
             return None
-        if exit_ is None and kind == "pause" and self._event == ("stop", 0) \
-                and self.cpu.rflags & TF:  # pause leaves TF as it was
+        if exit_ is None and kind == "pause" and self._slices.event is STOP \
+                and cpu.rflags & TF:  # pause leaves TF as it was
             # The guest's own TF makes Unicorn raise its #DB after the instruction,
-            # except after pause (see _step_tf): then the trap is ours to make.
-            exit_ = self._deliver_own_db()
-        if exit_ is None and self.cpu.rip == rip and self._rep_finished(rip):
+            # except after pause (see TfStep): then the trap is ours to make.
+            exit_ = events.deliver_own_db()
+        if exit_ is None and cpu.rip == rip and self._rep_finished(rip):
             # Under the code hook Unicorn goes back to a rep string instruction after
             # its last iteration to test the count: hardware's step (and the TF one)
             # ends after the instruction, so let it move on now.
-            exit_, _, _ = self._run_one(rip)
+            exit_, _, _ = self._slices.one(rip)
         return exit_ or self._mtrap()
 
-    def _rep_finished(self: EmulatedVcpu, rip: int) -> bool:
-        width = insn.rep_count_width(self._fetch(rip))
-        return width is not None and self.cpu.regs.get("rcx") & ((1 << width) - 1) == 0
+    def _rep_finished(self, rip: int) -> bool:
+        width = insn.rep_count_width(self._cpu.fetch(rip))
+        return width is not None and self._cpu.reg(X.UC_X86_REG_RCX) & ((1 << width) - 1) == 0
 
-    def _mtrap(self: EmulatedVcpu) -> VmExit:
-        return VmExit(ExitKind.MTRAP, rip=self.cpu.rip)
+    def _mtrap(self) -> VmExit:
+        return VmExit(ExitKind.MTRAP, rip=self._cpu.rip)
 
-    # ------------------------------------------------------------------ SVM
-    def _step_tf(self: EmulatedVcpu) -> VmExit | None:
-        if self._tick_window() == "open":
-            return self._deliver_tick() or self._db_exit(False)
-        rip = self.cpu.rip
-        kind, _size = insn.classify(self._fetch(rip))
-        if self._tf.state == "on":  # not again after an entry abandoned for a request
-            if kind == "pushf":
-                self._apply(self._tf.intercept_pushf())
-            elif kind in ("popf", "iret"):
-                # iret pops RFLAGS too: like popf, the shadow must take what it pops,
-                # or the guest's own TF restored from a frame is lost (proofs/ found it).
-                self._apply(self._tf.intercept_popf())
-        if not self.cpu.rflags & TF:
-            self.cpu.set_tf(True)  # a popf cleared it last step and no disable came
+
+class TfStep:
+    """On while ``HiddenTf`` is (the capability lives in the shadow machine)."""
+
+    def __init__(self, cpu: Cpu, slices: SliceRunner, events: Events, tf: HiddenTf):
+        self._cpu = cpu
+        self._slices = slices
+        self._events = events
+        self._tf = tf
+
+    def step(self) -> VmExit | None:
+        """One step, or None when a request came first (the run loop honours it)."""
+        cpu, events, slices = self._cpu, self._events, self._slices
+        if events.tick_window() is IrqWindow.OPEN:
+            return events.deliver_tick() or self._db_exit(False)
+        rip = cpu.rip
+        kind, _size = insn.classify(cpu.fetch(rip))
+        self._intercept(kind)
+        if not cpu.rflags & TF:
+            cpu.set_tf(True)  # a popf cleared it last step and no disable came
         # Unicorn's pause leaves the CPU loop without the trap-flag check (QEMU's
         # helper_pause) and carries on into the next instruction, so a TF slice would
         # step two: run it alone under the code hook and make its trap ourselves.
-        ran, error, _ = self._slice("single" if kind == "pause" else "tf")
-        if not ran:
+        if not slices.run(SliceMode.SINGLE if kind == "pause" else SliceMode.TF):
             return None
-        if kind == "pause" and self._event == ("stop", 0):
-            self._event = None  # the code hook's stop after it: as if no trap came
-        if self._event == ("exception", 1) and self.cpu.dr6 & DR6_BS:
+        if kind == "pause" and slices.event is STOP:
+            slices.event = None  # the code hook's stop after it: as if no trap came
+        if slices.event is _DB and cpu.dr6 & DR6_BS:
             return self._claim_trace_trap(kind == "pushf")
-        exit_ = self._after_guest(error)
+        exit_ = slices.outcome()
         if exit_ is not None:
             return exit_
-        if self._event is None and error is None:
+        if slices.event is None and slices.error is None:
             # The instruction ran but no trap came: hlt (Unicorn stops before the
             # trap), or pause (see above).
-            if kind == "hlt" and self.cpu.rip != rip:
-                self._halted = True
+            if kind == "hlt" and cpu.rip != rip:
+                events.halted = True
             return self._trace_trap_done(False)
         return self._db_exit(False)
 
-    def _claim_trace_trap(self: EmulatedVcpu, pushf: bool) -> VmExit:
+    def _intercept(self, kind: str | None) -> None:
+        """SVM's PUSHF/POPF intercepts: tell the shadow what comes."""
+        if self._tf.shadow.state != "on":  # not again after an entry abandoned for a request
+            return
+        if kind == "pushf":
+            self._tf.intercept_pushf()
+        elif kind in ("popf", "iret"):
+            # iret pops RFLAGS too: like popf, the shadow must take what it pops, or
+            # the guest's own TF restored from a frame is lost (proofs/ found it).
+            self._tf.intercept_popf()
+
+    def _claim_trace_trap(self, pushf: bool) -> VmExit:
         """The #DB is the debugger's (BS set, capability on): svm_vmexit's IDT_DB."""
-        self.cpu.dr6 = self.cpu.dr6 & ~DR6_BS  # the guest must not see a stale BS
+        self._cpu.dr6 = self._cpu.dr6 & ~DR6_BS  # the guest must not see a stale BS
         return self._trace_trap_done(pushf)
 
-    def _trace_trap_done(self: EmulatedVcpu, pushf: bool) -> VmExit:
-        """Tell the shadow machine the step's trap came; deliver the guest's own #DB
-        if it asks (the guest single-steps itself), so the step ends at its handler."""
-        actions = self._tf.trace_trap(bool(self.cpu.rflags & TF))
-        self._apply(actions)  # image fix-ups first: the #DB frame goes below them
-        if any(isinstance(a, ReflectDebugTrap) for a in actions):
-            exit_ = self._deliver_own_db()
+    def _trace_trap_done(self, pushf: bool) -> VmExit:
+        """Tell the shadow machine the step's trap came (its image fix-ups first: the
+        #DB frame goes below them); deliver the guest's own #DB if it asks (the guest
+        single-steps itself), so the step ends at its handler."""
+        if self._tf.trace_trap():
+            exit_ = self._events.deliver_own_db()
             if exit_ is not None:
                 return exit_
         return self._db_exit(pushf)
 
-    def _deliver_own_db(self: EmulatedVcpu) -> VmExit | None:
-        """The guest's own single-step trap (#DB, DR6.BS), delivered now; None once its
-        handler is entered, or the triple fault if it cannot be."""
-        self.cpu.dr6 = self.cpu.dr6 | DR6_BS
-        return self._deliver(1, None)
-
-    def _db_exit(self: EmulatedVcpu, pushf: bool) -> VmExit:
-        return VmExit(ExitKind.DB, rip=self.cpu.rip, trace_trap=True, pushf_intercept=pushf,
-                      tf_shadow_val=self._tf.shadow)
-
-    def _apply(self: EmulatedVcpu, actions: Iterable[TfAction]) -> None:
-        """Carry out what the TF shadow machine asks for."""
-        for action in actions:
-            if isinstance(action, SetTrapFlag):
-                self.cpu.set_tf(action.value)
-            elif isinstance(action, ReflectDebugTrap):
-                pass  # delivered by _trace_trap_done, once the trap's fix-ups are done
-            elif isinstance(action, FixFlagsImage):
-                where = self.cpu.rsp if action.where == "stack" else self._frame_slot
-                try:
-                    self.cpu.flip_tf_image(where, action.tf)
-                except VmmError as err:  # the image was just written: cannot happen
-                    log.error("vCPU %d: cannot fix the %s flags image: %s",
-                              self.index, action.where, err)
+    def _db_exit(self, pushf: bool) -> VmExit:
+        return VmExit(ExitKind.DB, rip=self._cpu.rip, trace_trap=True, pushf_intercept=pushf,
+                      tf_shadow_val=self._tf.shadow.shadow)

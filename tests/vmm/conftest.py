@@ -185,7 +185,7 @@ def make_vm():
                 memory: int = MEMORY, gates: dict[int, str] | None = None, console=None):
         g = guest(program, gates) if isinstance(program, str) else program
         image = g.elf if isinstance(g, Guest) else g
-        vm = create_vm(image, vcpus=vcpus, memory=memory, personality=personality,
+        vm = create_vm(image, vcpus=vcpus, memory=memory, cpu=personality,
                        timer_hz=timer_hz, console=console)
         vms.append(vm)
         return vm, (g.sym if isinstance(g, Guest) else {})
@@ -201,7 +201,7 @@ def run_bounded(vcpu, timeout: float = 5.0) -> VmExit:
     done = threading.Event()
     threading.Thread(target=lambda: (box.append(vcpu.run()), done.set()), daemon=True).start()
     if not done.wait(timeout):
-        vcpu._vm.shutdown()
+        vcpu.vm.shutdown()
         done.wait(timeout)
         pytest.fail(f"run() did not return within {timeout} s")
     return box[0]
@@ -220,8 +220,7 @@ def run_to_stop(vcpu) -> VmExit:
 
 def step(vcpu, mask: bool = False) -> VmExit:
     """One debugger step with the personality's mechanism, as the stub does it."""
-    pers = vcpu._vm.personality
-    cap = Cap.MTRAP_EXIT if pers == "intel" else Cap.RFLAGS_TF
+    cap = Cap.MTRAP_EXIT if Cap.MTRAP_EXIT in vcpu.vm.cpu_model.settable else Cap.RFLAGS_TF
     if mask:
         vcpu.set_capability(Cap.MASK_HWINTR, True)
     vcpu.set_capability(cap, True)

@@ -168,7 +168,7 @@ def test_console_and_poweroff(make_vm):
     v0, v1 = vm.vcpus
     exit_ = v0.run()
     assert (exit_.kind, exit_.code) == (ExitKind.POWEROFF, 3)
-    assert vm.console_output == b"hi" and seen == [b"h", b"i"]
+    assert vm.console.output == b"hi" and seen == [b"h", b"i"]
     assert v1.run().kind is ExitKind.SHUTDOWN and not v1.wait_started(0)
 
 

@@ -15,7 +15,7 @@ POWEROFF_7 = bytes.fromhex("f4" "bf07000000" "89f8" "e7f4")
 
 def boot(code: bytes, memsz: int | None = None):
     return create_vm(make_elf(code, memsz=memsz), vcpus=2, memory=8 << 20,
-                     personality="amd", timer_hz=0)
+                     cpu="amd", timer_hz=0)
 
 
 def test_entry_state():
@@ -56,14 +56,16 @@ def test_bss_is_zeroed_and_gdt_written():
 ])
 def test_bad_images_are_refused(elf, message):
     with pytest.raises(loader.LoaderError, match=message):
-        create_vm(elf, vcpus=1, memory=8 << 20, personality="amd", timer_hz=0)
+        create_vm(elf, vcpus=1, memory=8 << 20, cpu="amd", timer_hz=0)
 
 
 def test_bad_parameters():
     with pytest.raises(ValueError, match="personality"):
-        create_vm(make_elf(b"\xf4"), vcpus=1, memory=8 << 20, personality="arm", timer_hz=0)
+        create_vm(make_elf(b"\xf4"), vcpus=1, memory=8 << 20, cpu="arm", timer_hz=0)
+    with pytest.raises(ValueError, match="cannot be given to a VM"):
+        create_vm(make_elf(b"\xf4"), vcpus=1, memory=8 << 20, cpu="both", timer_hz=0)
     with pytest.raises(ValueError, match="2 MiB"):
-        create_vm(make_elf(b"\xf4"), vcpus=1, memory=1 << 20, personality="amd", timer_hz=0)
+        create_vm(make_elf(b"\xf4"), vcpus=1, memory=1 << 20, cpu="amd", timer_hz=0)
 
 
 def test_physical_memory_bounds():
@@ -92,7 +94,7 @@ def test_poweroff_port():
 def test_loads_from_a_path(tmp_path):
     path = tmp_path / "k.elf"
     path.write_bytes(make_elf(POWEROFF_7[1:]))
-    vm = create_vm(str(path), vcpus=1, memory=4 << 20, personality="none", timer_hz=0)
+    vm = create_vm(str(path), vcpus=1, memory=4 << 20, cpu="none", timer_hz=0)
     try:
         exit_ = vm.vcpus[0].run()
         assert (exit_.kind, exit_.code) == (ExitKind.POWEROFF, 7)

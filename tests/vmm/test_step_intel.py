@@ -94,7 +94,7 @@ def test_no_per_instruction_hook_survives_into_free_running(make_vm):
     v = vm.vcpus[0]
     run_to_stop(v)
     step(v)
-    assert v._single.active  # kept between steps: gdb's stepi comes in runs
+    assert v.inspect().code_hook  # kept between steps: gdb's stepi comes in runs
     v.set_capability(Cap.BPT_EXIT, True)
     assert v.run().rip == sym["t"] + 2
-    assert not v._single.active
+    assert not v.inspect().code_hook

@@ -1,0 +1,1 @@
+"""Device models of the emulated machine, one per file, each on ``stub.vmm.bus``."""

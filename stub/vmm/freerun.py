@@ -1,0 +1,55 @@
+"""Free running: the guest at full speed, one kickable slice at a time, with the timer
+interrupt delivered between slices.
+
+A free slice has no per-instruction hook; a tick that finds IF=0 stays pending and
+watch.py catches the moment the guest sets IF. A bounded run (``run(max_instructions=k)``,
+for deterministic single-threaded drivers) uses a bounded slice instead, which counts
+instructions against the budget and stops at the first boundary with IF=1 itself.
+"""
+
+from __future__ import annotations
+
+from stub.vmm import insn
+from stub.vmm.api import VmExit
+from stub.vmm.cpu import Cpu
+from stub.vmm.events import Events, IrqWindow
+from stub.vmm.mailbox import Mailbox
+from stub.vmm.slices import SliceMode, SliceRunner
+
+
+class FreeRun:
+    def __init__(self, cpu: Cpu, mail: Mailbox, slices: SliceRunner, events: Events):
+        self._cpu = cpu
+        self._mail = mail
+        self._slices = slices
+        self._events = events
+
+    def run(self) -> VmExit | None:
+        """One slice (after the pending tick, if it can be taken): an exit, or None to
+        go round the run loop again."""
+        events, slices = self._events, self._slices
+        window = events.tick_window()
+        if window is IrqWindow.OPEN:
+            exit_ = events.deliver_tick()
+            if exit_ is not None:
+                return exit_
+        elif window is IrqWindow.SHADOW:
+            return slices.one()[0]  # then the loop delivers the tick
+        if slices.budget is None:
+            with self._mail.cond:
+                seq = self._mail.tick_seq
+            slices.watch.update(window is IrqWindow.IF0, seq)
+            mode = SliceMode.FREE
+        else:
+            slices.watch_if = window is IrqWindow.IF0
+            mode = SliceMode.BOUNDED
+        if not slices.run(mode):
+            return None
+        exit_ = slices.outcome()
+        cpu = self._cpu
+        if exit_ is None and slices.event is None and slices.error is None \
+                and not slices.kicked and cpu.byte_at(cpu.rip - 1) == insn.HLT:
+            # Nothing else ends a free slice silently. A kick racing with hlt is taken
+            # as the kick: the guest may see an early wake-up, never a hang.
+            events.halted = True
+        return exit_

@@ -1,0 +1,119 @@
+"""What other threads ask of one vCPU, under one condition variable.
+
+The ticker posts timer interrupts and repeats lost stops, the stub asks for suspends
+and BPT_EXIT, other vCPUs and the debugger patch code, the VM starts and stops it. Each
+request is recorded here and, when the vCPU is inside a kickable ``emu_start``,
+*kicks* it (``emu_stop``) so its run loop sees the request between two slices.
+
+The owner thread reads a few fields without the lock where a stale value only costs
+one more round of the run loop (``tick``, ``dirty``): the slice entry re-checks under
+the lock before it enters the guest.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+
+class Mailbox:
+    def __init__(self, stop_guest: Callable[[], None], vm_over: Callable[[], bool]):
+        self.cond = threading.Condition()
+        self._stop_guest = stop_guest  # emu_stop: the one Unicorn call safe from any thread
+        self._vm_over = vm_over
+        self.started = False
+        self.suspend = False
+        self.tick = False  # a timer interrupt is pending (one at most)
+        self.tick_seq = 0  # ticks posted so far (the interrupt-window watch keys on it)
+        self.dirty: list[tuple[int, int]] = []  # GPA ranges patched since the last slice
+        self.in_run = False  # inside run()/run_lent(): cleared by the owner without the lock
+        self.in_guest = False  # inside a kickable emu_start
+        self.kicked = False  # a stop was asked since that emu_start began
+        self.bpt_exit_asked = False  # the setting last asked for
+        self.bpt_exit = False  # the setting in effect: taken from the asked one at each entry
+
+    # -- requests (any thread) ----------------------------------------------------------
+    def request_suspend(self) -> None:
+        with self.cond:
+            self.suspend = True
+            self._kick_locked()
+            self.cond.notify_all()
+
+    def clear_suspend(self) -> None:
+        with self.cond:
+            self.suspend = False
+
+    def post_tick(self) -> None:
+        with self.cond:
+            if self.started:
+                self.tick = True
+                self.tick_seq += 1
+                self._kick_locked()
+                self.cond.notify_all()
+
+    def mark_dirty(self, start: int, end: int) -> None:
+        with self.cond:
+            self.dirty.append((start, end))
+            self._kick_locked()
+
+    def ask_bpt_exit(self, on: bool) -> None:
+        """At once outside run(); inside it, at the next entry, which the kick makes
+        prompt (a free-running slice would otherwise decide its int3s by the old one)."""
+        with self.cond:
+            self.bpt_exit_asked = on
+            if self.in_run:
+                self._kick_locked()
+            else:
+                self.bpt_exit = on
+
+    def stop(self) -> None:
+        """The VM is over or shutting down: leave the guest and wake every waiter."""
+        with self.cond:
+            self._kick_locked()
+            self.cond.notify_all()
+
+    def rekick(self) -> bool:
+        """``emu_stop`` again if a stop was asked and the vCPU is still in the guest:
+        a stop issued just as ``emu_start`` begins is lost (Unicorn clears its stop
+        request on entry). True while the vCPU still has to leave."""
+        with self.cond:
+            if self.in_guest and self.kicked:
+                self._stop_guest()
+                return True
+            return False
+
+    def _kick_locked(self) -> None:
+        if self.in_guest:
+            self.kicked = True
+            self._stop_guest()
+
+    # -- the owner thread ---------------------------------------------------------------
+    def take_tick(self) -> None:
+        with self.cond:
+            self.tick = False
+
+    def take_dirty(self) -> list[tuple[int, int]]:
+        with self.cond:
+            ranges, self.dirty = self.dirty, []
+            return ranges
+
+    def patched(self, gpa: int) -> bool:
+        """Was ``gpa`` written since this vCPU last dropped its stale translations?"""
+        with self.cond:
+            return any(start <= gpa < end for start, end in self.dirty)
+
+    def enter_guest(self, kickable: bool) -> bool:
+        """About to ``emu_start``: False if a request came first (the run loop goes
+        round again to honour it). Capabilities asked while running take effect here."""
+        with self.cond:
+            if self.suspend or self.dirty or self._vm_over():
+                return False
+            self.bpt_exit = self.bpt_exit_asked
+            self.in_guest, self.kicked = kickable, False
+            return True
+
+    def leave_guest(self) -> bool:
+        """Out of ``emu_start``; True if it was kicked."""
+        with self.cond:
+            self.in_guest = False
+            return self.kicked

@@ -1,0 +1,188 @@
+"""Running guest code: one ``emu_start`` at a time (a *slice*), and the Unicorn hooks
+that end one.
+
+A slice ends when another thread kicks it (``emu_stop``: a timer tick, a suspend
+request, code patched, shutdown), when the guest faults, executes ``hlt`` or powers
+off, or when the per-instruction code hook has seen the instructions the slice may run.
+What ended it is the slice's *event*; emu_stop() takes effect at the end of the
+translation block, so another hook may fire after the one that stopped: the first
+event of a slice is what happened (a stepped power-off ``out`` is followed by the
+step's #DB on AMD, by the code hook's stop on Intel, and must not be lost to them).
+
+The ``in``/``out`` hooks go to the machine's bus; a device that ends the run (power-off)
+says so through the effect its ``out`` returns.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from unicorn import UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INTR, UcError
+from unicorn import x86_const as X
+
+from stub.vmm import idt, insn
+from stub.vmm.api import VmExit
+from stub.vmm.bus import Bus, PowerOff, Requester
+from stub.vmm.cpu import Cpu, OptionalHook
+from stub.vmm.mailbox import Mailbox
+from stub.vmm.watch import WindowWatch
+
+if TYPE_CHECKING:
+    from stub.vmm.events import Events
+
+
+class SliceMode(enum.Enum):
+    FREE = "free"  # kickable, no per-instruction hook: full speed
+    SINGLE = "single"  # one instruction under the code hook
+    BOUNDED = "bounded"  # kickable, at most the run's budget, under the code hook
+    TF = "tf"  # the trap flag ends it (the hidden-TF step)
+
+
+class HookKind(enum.Enum):
+    EXCEPTION = "exception"  # UC_HOOK_INTR: value is the vector
+    STOP = "stop"  # the code hook or the window watch stopped the slice
+    POWEROFF = "poweroff"  # a device's out asked for it: value is the exit code
+
+
+@dataclass(frozen=True, slots=True)
+class HookEvent:
+    kind: HookKind
+    value: int = 0
+
+
+STOP = HookEvent(HookKind.STOP)
+_EXCEPTIONS = tuple(HookEvent(HookKind.EXCEPTION, v) for v in range(256))  # no allocation
+
+
+def exception(vector: int) -> HookEvent:
+    return _EXCEPTIONS[vector]
+
+
+class SliceRunner:
+    """Runs slices for one vCPU. After ``run`` returns True, ``event``, ``error`` and
+    ``kicked`` describe how the slice ended.
+
+    ``budget`` is the instructions a bounded ``run(max_instructions=k)`` has left (None:
+    unbounded); every slice run is charged to it. ``watch_if``: a bounded slice also
+    stops at the first instruction boundary with IF=1 (a tick waits for it), what the
+    window watch does by wall-clock budget, done here by instruction so the same
+    choices give the same run."""
+
+    def __init__(self, cpu: Cpu, mail: Mailbox, events: Events, bus: Bus,
+                 requester: Requester, timer_period: float | None):
+        self._cpu = cpu
+        self._mail = mail
+        self._events = events
+        self._bus = bus
+        self._requester = requester
+        self.event: HookEvent | None = None
+        self.error: UcError | None = None
+        self.kicked = False
+        self.budget: int | None = None
+        self.watch_if = False
+        self.watch = WindowWatch(cpu, timer_period)
+        self._insns = 0
+        self._limit = 1  # instructions the code hook lets a slice run
+        self._code = OptionalHook(cpu, UC_HOOK_CODE, self._on_code)
+        uc = cpu.uc
+        uc.hook_add(UC_HOOK_INTR, self._on_intr)
+        uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
+        uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
+
+    @property
+    def code_hook(self) -> bool:
+        """Is the per-instruction hook installed (kept across consecutive steps)?"""
+        return self._code.active
+
+    def run(self, mode: SliceMode) -> bool:
+        """One emu_start in ``mode``. False when a request came first: the run loop goes
+        round again to honour it."""
+        self._arm(mode)
+        cpu = self._cpu
+        rip = cpu.rip
+        if not self._mail.enter_guest(mode is SliceMode.FREE or mode is SliceMode.BOUNDED):
+            return False
+        self.event = None
+        self.error = None
+        watch = self.watch
+        watch.stopped = False
+        try:
+            cpu.emu_start(rip)
+        except UcError as err:
+            self.error = err
+        if watch.stopped and self.event is None:
+            self.event = STOP
+        if self.budget is not None:
+            self._charge(mode)
+        self.kicked = self._mail.leave_guest()
+        return True
+
+    def _arm(self, mode: SliceMode) -> None:
+        if mode is SliceMode.SINGLE or mode is SliceMode.BOUNDED:
+            self.watch.off()
+            self._code.on()
+            self._insns = 0
+            if mode is SliceMode.SINGLE:
+                self._limit = 1
+                self.watch_if = False
+            else:
+                self._limit = self.budget
+        else:
+            self._code.off()
+            if mode is not SliceMode.FREE:
+                self.watch.off()
+
+    def _charge(self, mode: SliceMode) -> None:
+        """Take what the slice ran from the bounded run's budget (at least one, so a
+        bounded run always ends)."""
+        if mode is SliceMode.SINGLE or mode is SliceMode.BOUNDED:
+            # The hook counts the instruction it stopped in front of, which did not run.
+            ran = self._insns - (1 if self.event is STOP else 0)
+        else:
+            ran = 1  # a TF slice is one instruction
+        self.budget -= max(1, ran)
+
+    def outcome(self) -> VmExit | None:
+        """The exit the last slice leads to, if any (exceptions delivered, ...)."""
+        return self._events.after_slice(self.event, self.error)
+
+    def one(self, rip: int | None = None) -> tuple[VmExit | None, bool, str | None]:
+        """Execute one instruction (at ``rip``, the current RIP if the caller has not
+        read it already). Returns (exit, ran, what insn.classify calls it)."""
+        cpu = self._cpu
+        rip = cpu.rip if rip is None else rip
+        kind = insn.classify(cpu.fetch(rip))[0]
+        if not self.run(SliceMode.SINGLE):
+            return None, False, kind
+        exit_ = self.outcome()
+        if kind == "hlt" and self.event is None and self.error is None and cpu.rip != rip:
+            self._events.halted = True
+        return exit_, True, kind
+
+    # -- hooks (inside emu_start, on the owner thread) --------------------------------------
+    def _note(self, event: HookEvent) -> None:
+        if self.event is None:  # the first event of a slice is what happened
+            self.event = event
+
+    def _on_intr(self, uc, intno: int, _data) -> None:
+        self._note(_EXCEPTIONS[intno])
+        uc.emu_stop()
+
+    def _on_code(self, uc, _address: int, _size: int, _data) -> None:
+        self._insns += 1
+        # SINGLE: the one instruction is done, stop before the next. BOUNDED: the
+        # budget is spent, or a waiting tick can now be taken (IF=1).
+        if self._insns > self._limit or (self.watch_if and self._cpu.rflags & idt.IF):
+            self._note(STOP)
+            uc.emu_stop()
+
+    def _on_out(self, uc, port: int, size: int, value: int, _data) -> None:
+        effect = self._bus.io_out(port, size, value, self._requester)
+        if isinstance(effect, PowerOff):
+            self._note(HookEvent(HookKind.POWEROFF, effect.code))
+            uc.emu_stop()
+
+    def _on_in(self, _uc, port: int, size: int, _data) -> int:
+        return self._bus.io_in(port, size, self._requester)
