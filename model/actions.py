@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 from model.caps import Cap
 
-
 SIGINT = 2
 SIGTRAP = 5
 

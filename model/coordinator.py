@@ -2,12 +2,16 @@
 
 Events come in from two sides and each returns the actions to carry out, in order:
 
-- from gdb (through the session): :meth:`attach`, :meth:`query_halt`, :meth:`resume`,
-  :meth:`interrupt`, :meth:`insert_breakpoint`, :meth:`remove_breakpoint`,
-  :meth:`detach`;
+- from gdb (through the session): :meth:`attach`, :meth:`query_halt`, :meth:`resume`
+  (a :class:`~model.resume.ResumeRequest`), :meth:`interrupt`,
+  :meth:`insert_breakpoint`, :meth:`remove_breakpoint`, :meth:`detach`;
 - from the vCPUs (through the runtime's vCPU threads): :meth:`vcpu_started`,
   :meth:`vcpu_exit_debug`, :meth:`vcpu_step_trap`, :meth:`vcpu_breakpoint`,
   :meth:`guest_ended`.
+
+Every precondition of a gdb request is checked here and nowhere else: being attached,
+being stopped (:meth:`require_stopped`, which the runtime also asks before registers
+and memory), vCPUs that exist and have started, and step availability.
 
 No I/O, no threads, no clocks. The runtime holds one lock around every call and carries
 out the returned actions before releasing it, so what the model records (capabilities
@@ -16,8 +20,8 @@ on, vCPUs asked to suspend) is what the VMM has. The state is a hashable
 
 What the coordinator holds
 --------------------------
-- ``states``: each vCPU's lifecycle state (``model.vcpu``).
-- ``caps``: the step capabilities each vCPU has on, and ``bpt``: where BPT_EXIT is on.
+- ``states``: each vCPU's lifecycle state (``model.lifecycle``).
+- ``caps``: the step capabilities each vCPU has on, and ``bpt_exit_on``: the vCPUs with BPT_EXIT on.
 - ``want_stopped``: the vCPUs the debugger wants stopped (bhyve's ``vcpus_suspended``;
   the VMM's debug cpuset). Whether one is *parked* is its state.
 - ``release_new``: whether a vCPU that starts now may run. gdb's ``vCont;s:1`` leaves
@@ -80,7 +84,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from model import vcpu as lifecycle
+from model import lifecycle
 from model.actions import (
     SIGINT,
     SIGTRAP,
@@ -98,17 +102,15 @@ from model.actions import (
 )
 from model.errors import BadVcpu, NotStopped, ProtocolError, StepUnavailable
 from model.machine import run_effects, select
+from model.resume import Resume, ResumeRequest
 from model.step_mode import StepConfig
-
-CONTINUE = "c"
-STEP = "s"
 
 
 @dataclass(frozen=True)
 class Snapshot:
     states: tuple[str, ...]
     caps: tuple[frozenset[Cap], ...]
-    bpt: frozenset[int]
+    bpt_exit_on: frozenset[int]
     want_stopped: frozenset[int]
     release_new: bool
     owner: int | None
@@ -127,7 +129,7 @@ class Coordinator:
         self.step = step
         self.states = ["absent"] * vcpus
         self.caps: list[frozenset[Cap]] = [frozenset()] * vcpus
-        self.bpt: set[int] = set()
+        self.bpt_exit_on: set[int] = set()
         # bhyve's "-G w": vCPU 0 is wanted stopped before its first instruction, and so
         # every vCPU after it (property 8) until gdb resumes them.
         self.want_stopped: set[int] = {0} if wait_for_debugger else set()
@@ -160,6 +162,12 @@ class Coordinator:
         stop has been reported (or never needed to be)."""
         return self.attached and not self.reply_owed and self.all_parked and not self.ended
 
+    def lone_step(self) -> int | None:
+        """The vCPU armed for a step, when exactly one is: its instruction may run on
+        whichever thread asked for it, since nothing else in this resume is a step."""
+        armed = [i for i, state in enumerate(self.states) if state == "armed"]
+        return armed[0] if len(armed) == 1 else None
+
     def has_event(self, i: int) -> bool:
         return self.states[i] in lifecycle.EVENT_STATES
 
@@ -187,19 +195,16 @@ class Coordinator:
             self._finish_stop_if_complete()
         return self._out
 
-    def resume(self, plan: dict[int, str], others: str | None = None) -> list[Action]:
-        """``c``, ``s`` or ``vCont``: ``plan`` maps vCPU index to ``"c"`` or ``"s"``;
-        ``others`` is the action for every vCPU not in it, including those that start
-        later: ``"c"`` (gdb's ``vCont;s:1;c``) or None, stay stopped (``vCont;s:1``)."""
+    def resume(self, request: ResumeRequest) -> list[Action]:
+        """``c``, ``s`` or ``vCont`` as one request (``model.resume``). Every check
+        comes before any change: a refused resume changes nothing."""
         self._begin()
         if self._report_exit():
             return self._out
         self._need_stopped()
-        if others not in (None, CONTINUE):
-            raise ProtocolError("only 'continue' can apply to every other vCPU")
-        plan = {**{i: others for i in self.active if others}, **plan}
+        plan = request.plan(self.active)
         self._check_plan(plan)
-        self.release_new = others == CONTINUE
+        self.release_new = request.default is Resume.CONTINUE
         self._consume_reported_stop()
         self._drop_stale_hits()
         self.reply_owed = True
@@ -213,7 +218,7 @@ class Coordinator:
             return self._out
         for i, how in sorted(plan.items()):
             self.want_stopped.discard(i)
-            self._fire(i, "release_step" if how == STEP else "release_continue")
+            self._fire(i, "release_step" if how is Resume.STEP else "release_continue")
             self._out.append(ClearSuspend(i))
         return self._out
 
@@ -231,7 +236,7 @@ class Coordinator:
 
     def insert_breakpoint(self, gpa: int) -> list[Action]:
         self._begin()
-        self._need_attached()
+        self._need_stopped()
         if gpa not in self.breakpoints:
             self.breakpoints.add(gpa)
             self._out.append(PatchBreakpoint(gpa))
@@ -240,7 +245,7 @@ class Coordinator:
 
     def remove_breakpoint(self, gpa: int) -> list[Action]:
         self._begin()
-        self._need_attached()
+        self._need_stopped()
         if gpa in self.breakpoints:
             self.breakpoints.discard(gpa)
             self._out.append(RestoreBreakpoint(gpa))
@@ -430,12 +435,12 @@ class Coordinator:
     def _sync_bpt_exits(self) -> None:
         want = bool(self.breakpoints)
         for i in sorted(self.active):
-            if (i in self.bpt) != want:
+            if (i in self.bpt_exit_on) != want:
                 self._set_bpt(i, want)
 
     def _set_bpt(self, i: int, on: bool) -> None:
         self._out.append(SetCap(i, Cap.BPT_EXIT, on))
-        (self.bpt.add if on else self.bpt.discard)(i)
+        (self.bpt_exit_on.add if on else self.bpt_exit_on.discard)(i)
 
     def _need_index(self, i: int) -> None:
         if not 0 <= i < self.n:
@@ -445,20 +450,29 @@ class Coordinator:
         if not self.attached:
             raise ProtocolError("no debugger attached")
 
-    def _need_stopped(self) -> None:
+    def require_stopped(self) -> None:
+        """The precondition of everything gdb does to a stopped guest: resumes,
+        breakpoints, registers and memory. Raises NotStopped."""
         if not self.is_stopped:
             raise NotStopped("the guest is running; wait for the stop reply")
 
-    def _check_plan(self, plan: dict[int, str]) -> None:
+    _need_stopped = require_stopped
+
+    def check_resume(self, request: ResumeRequest) -> None:
+        """Would :meth:`resume` accept ``request``? Raises what it would raise, and
+        changes nothing (the runtime asks before it moves RIP for ``c ADDR``)."""
+        if self.exit_owed is None:
+            self._need_stopped()
+            self._check_plan(request.plan(self.active))
+
+    def _check_plan(self, plan: dict[int, Resume]) -> None:
         if not plan:
             raise ProtocolError("a resume must release at least one vCPU")
         for i, how in plan.items():
             self._need_index(i)
             if self.states[i] == "absent":
                 raise BadVcpu(f"vCPU {i} has not started")
-            if how not in (CONTINUE, STEP):
-                raise ProtocolError(f"unknown resume action {how!r}")
-            if how == STEP and not self.step.can_step:
+            if how is Resume.STEP and not self.step.can_step:
                 raise StepUnavailable("this VM has no single-step mechanism")
 
     # ---------------------------------------------------------------- snapshots
@@ -466,7 +480,7 @@ class Coordinator:
         return Snapshot(
             states=tuple(self.states),
             caps=tuple(self.caps),
-            bpt=frozenset(self.bpt),
+            bpt_exit_on=frozenset(self.bpt_exit_on),
             want_stopped=frozenset(self.want_stopped),
             release_new=self.release_new,
             owner=self.owner,
@@ -484,7 +498,7 @@ class Coordinator:
         c = cls(len(snap.states), step)
         c.states = list(snap.states)
         c.caps = list(snap.caps)
-        c.bpt = set(snap.bpt)
+        c.bpt_exit_on = set(snap.bpt_exit_on)
         c.want_stopped = set(snap.want_stopped)
         c.release_new = snap.release_new
         c.owner = snap.owner

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from transitions.extensions import GraphMachine
 
+from model.lifecycle import VCPU
 from model.machine import MachineSpec
 from model.tf_shadow import TF_SHADOW
-from model.vcpu import VCPU
 
 MACHINES: tuple[MachineSpec, ...] = (VCPU, TF_SHADOW)
 DIAGRAMS = Path(__file__).resolve().parent.parent / "diagrams"

@@ -8,7 +8,7 @@ need the environment's view and live with the drivers.
 
 from __future__ import annotations
 
-from model import vcpu as lifecycle
+from model import lifecycle
 from model.coordinator import Coordinator
 
 
@@ -43,7 +43,7 @@ def step_caps_only_while_stepping(c: Coordinator) -> list[str]:
 def bpt_exits_track_breakpoints(c: Coordinator) -> list[str]:
     """6: BPT exits are on for every started vCPU exactly while a breakpoint exists."""
     want = c.active if c.breakpoints else set()
-    return [] if c.bpt == want else [f"BPT_EXIT on {sorted(c.bpt)}, expected {sorted(want)}"]
+    return [] if c.bpt_exit_on == want else [f"BPT_EXIT on {sorted(c.bpt_exit_on)}, expected {sorted(want)}"]
 
 
 def pending_hits_are_parked(c: Coordinator) -> list[str]:

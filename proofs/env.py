@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from dataclasses import fields, replace
 
-from model import vcpu as lifecycle
+from model import lifecycle
 from model.actions import (
     SIGINT,
     SIGTRAP,
@@ -56,6 +56,8 @@ from model.actions import (
 )
 from model.coordinator import Coordinator, Snapshot
 from model.errors import ProtocolError
+from model.executor import execute
+from model.resume import CONTINUE_ALL, ResumeRequest, from_legacy, from_vcont
 from model.step_mode import StepConfig, probe_step_config
 from model.tf_shadow import FixFlagsImage, ReflectDebugTrap, SetTrapFlag, TfShadow
 from proofs.config import INT3, NOP, POPF, POPF0, POPF1, PUSHF, Config
@@ -72,6 +74,19 @@ IN_GUEST = frozenset(lifecycle.IN_GUEST)
 STEP_ARMED = frozenset(lifecycle.STEP_ARMED)
 WAITING = ("qwait", "wait")
 FAIR_KINDS = ("run", "honour", "deliver", "start")
+
+
+# The resumes gdb 13 sends, built by the function the session uses (model.resume).
+# ``c`` and ``vCont;c`` are CONTINUE_ALL; ``Hc``+``s`` and ``vCont;s:N`` are
+# step_alone; proofs/test_resume_shapes.py checks that no shape means anything else.
+def step_alone(i: int) -> ResumeRequest:
+    """``Hc<i+1>`` then ``s`` (and ``vCont;s:<i+1>``): vCPU i steps, the rest stay."""
+    return from_legacy("s", i, i)
+
+
+def step_others_continue(i: int) -> ResumeRequest:
+    """``vCont;s:<i+1>;c``: gdb's default ``stepi``."""
+    return from_vcont((("s", i), ("c", None)), ())
 
 
 class Violation(Exception):
@@ -160,10 +175,8 @@ class System:
         hit = self._memo.get(key)
         if hit is None:
             c = self.mut.coordinator.restore(self.snaps[cid], self.step_cfg)
-            # A resume plan travels as sorted (vcpu, how) pairs so the key hashes.
-            real = (dict(args[0]), *args[1:]) if method == "resume" else args
             try:
-                out = tuple(getattr(c, method)(*real))
+                out = tuple(getattr(c, method)(*args))
                 hit = (self.snap(c.snapshot()), out, None)
             except ProtocolError as e:
                 hit = (cid, (), f"{type(e).__name__}: {e}")
@@ -309,25 +322,22 @@ class System:
         w.phase = "qwait"
         self.call(w, "query_halt")
 
-    # The session's mapping (stub/session.py): ``c`` -> resume({}, "c"); ``s`` with
-    # thread i selected -> resume({i: "s"}, None); ``vCont;s:i;c`` -> ({i: "s"}, "c").
     def _do_cont(self, w: World) -> None:
-        self._resume(w, {}, "c", "c")
+        self._resume(w, CONTINUE_ALL, "c")
 
     def _do_step(self, w: World, i: int) -> None:
-        self._resume(w, {i: "s"}, None, f"vCont;s:{i + 1}")
+        self._resume(w, step_alone(i), f"vCont;s:{i + 1}")
 
     def _do_vcont(self, w: World, i: int) -> None:
-        self._resume(w, {i: "s"}, "c", f"vCont;s:{i + 1};c")
+        self._resume(w, step_others_continue(i), f"vCont;s:{i + 1};c")
 
-    def _resume(self, w: World, plan: dict[int, str], others: str | None, packet: str) -> None:
+    def _resume(self, w: World, request: ResumeRequest, packet: str) -> None:
         w.note(f"gdb -> {packet}")
         w.phase = "wait"
         w.ctrlc = False
-        for i, how in plan.items():
-            if how == "s":
-                w.mut(i)[STEP] = 0
-        self.call(w, "resume", tuple(sorted(plan.items())), others)
+        for i in request.steps:
+            w.mut(i)[STEP] = 0
+        self.call(w, "resume", request)
 
     def _do_ctrlc(self, w: World) -> None:
         w.note("gdb -> ^C" if w.phase != "stopped" else "gdb's ^C arrives after the stop reply")
@@ -587,44 +597,55 @@ class System:
 
     # --------------------------------------------------- the coordinator's actions
     def call(self, w: World, method: str, *args, actor: int | None = None) -> bool:
-        """One coordinator event, then its actions carried out in order. Returns
-        whether a ReinjectBreakpoint was among them."""
+        """One coordinator event, then its actions carried out in order (this System
+        is their ActionExecutor, model.executor). Returns whether a
+        ReinjectBreakpoint was among them."""
         before = self.snaps[w.cid].states
         cid, actions, err = self.coord_call(w.cid, method, args)
         if err:
             w.fail("ERR", f"Coordinator.{method}{args}: {err}")
             return False
         w.cid = cid
-        log = w.log
-        reinjected = False
-        for a in actions:
-            if log is not None:
-                log.append("   " + fmt_action(a))
-            t = type(a)
-            if t is SetCap:
-                self._set_cap(w, a, before, actor)
-            elif t is RequestSuspend:
-                w.mut(a.vcpu)[SUSP] = True
-            elif t is ClearSuspend:
-                w.mut(a.vcpu)[SUSP] = False
-            elif t is PatchBreakpoint:
-                if w.mem >> a.gpa & 1:
-                    w.fail("P6", f"breakpoint {a.gpa} patched twice: 0xCC saved as the original")
-                w.mem |= 1 << a.gpa
-            elif t is RestoreBreakpoint:
-                if not w.mem >> a.gpa & 1:
-                    w.fail("P6", f"restoring breakpoint {a.gpa}, which is not patched")
-                w.mem &= ~(1 << a.gpa)
-            elif t is ReinjectBreakpoint:
-                reinjected = True
-                self._reinject(w, a.vcpu, actor)
-            elif t is SendStop:
-                self._stop_reply(w, a.stop)
-            elif t is SendExit:
-                self._exit_reply(w)
-            else:
-                w.fail("ERR", f"unknown action {a!r}")
-        return reinjected
+        self._w, self._before, self._actor, self._reinjected = w, before, actor, False
+        if w.log is None:
+            execute(actions, self)
+        else:
+            for a in actions:
+                w.log.append("   " + fmt_action(a))
+                execute((a,), self)
+        return self._reinjected
+
+    # The ActionExecutor, on the World of the event being carried out.
+    def set_cap(self, a: SetCap) -> None:
+        self._set_cap(self._w, a, self._before, self._actor)
+
+    def request_suspend(self, a: RequestSuspend) -> None:
+        self._w.mut(a.vcpu)[SUSP] = True
+
+    def clear_suspend(self, a: ClearSuspend) -> None:
+        self._w.mut(a.vcpu)[SUSP] = False
+
+    def patch_breakpoint(self, a: PatchBreakpoint) -> None:
+        w = self._w
+        if w.mem >> a.gpa & 1:
+            w.fail("P6", f"breakpoint {a.gpa} patched twice: 0xCC saved as the original")
+        w.mem |= 1 << a.gpa
+
+    def restore_breakpoint(self, a: RestoreBreakpoint) -> None:
+        w = self._w
+        if not w.mem >> a.gpa & 1:
+            w.fail("P6", f"restoring breakpoint {a.gpa}, which is not patched")
+        w.mem &= ~(1 << a.gpa)
+
+    def reinject_breakpoint(self, a: ReinjectBreakpoint) -> None:
+        self._reinjected = True
+        self._reinject(self._w, a.vcpu, self._actor)
+
+    def send_stop(self, a: SendStop) -> None:
+        self._stop_reply(self._w, a.stop)
+
+    def send_exit(self, a: SendExit) -> None:
+        self._exit_reply(self._w)
 
     def _set_cap(self, w: World, a: SetCap, before: tuple, actor: int | None) -> None:
         bit = CAP_BIT[a.cap]
@@ -757,7 +778,7 @@ class System:
             s,
             states=tuple(s.states[p] for p in perm),
             caps=tuple(s.caps[p] for p in perm),
-            bpt=frozenset(inv[i] for i in s.bpt),
+            bpt_exit_on=frozenset(inv[i] for i in s.bpt_exit_on),
             want_stopped=frozenset(inv[i] for i in s.want_stopped),
             owner=None if s.owner is None else inv[s.owner],
             pending_hits=tuple(s.pending_hits[p] for p in perm),
@@ -767,7 +788,7 @@ class System:
 
 # Snapshot fields by how a renumbering of vCPUs touches them. A field the model gains
 # later must be added to one of these, or symmetry reduction would be silently wrong.
-PER_VCPU_FIELDS = {"states", "caps", "bpt", "want_stopped", "owner", "pending_hits"}
+PER_VCPU_FIELDS = {"states", "caps", "bpt_exit_on", "want_stopped", "owner", "pending_hits"}
 GLOBAL_FIELDS = {"release_new", "reply_owed", "why", "breakpoints", "attached", "ended",
                  "exit_owed"}
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from model import vcpu as lifecycle
+from model import lifecycle
 from model.actions import Cap, ClearSuspend, SetCap
-from model.coordinator import CONTINUE, STEP, Coordinator
+from model.coordinator import Coordinator
 from model.machine import MachineSpec, run_effects, select
+from model.resume import Resume, ResumeRequest
 from model.tf_shadow import TfShadow
 from proofs.config import INT3, NOP, Config
 from proofs.env import Mutation
@@ -75,11 +76,10 @@ class PendingHitDropped(Coordinator):
 
 
 class StepEverywhere(Coordinator):
-    def resume(self, plan, others=None):
-        if "s" in plan.values():
-            plan = {i: "s" for i in self.active}  # every vCPU armed for one instruction
-            others = None
-        return super().resume(plan, others)
+    def resume(self, request):
+        if request.steps:  # every vCPU armed for one instruction
+            request = ResumeRequest(tuple((i, Resume.STEP) for i in sorted(self.active)))
+        return super().resume(request)
 
 
 class MaskLeftOn(Coordinator):
@@ -117,19 +117,19 @@ class EventResumed(_SpecCoordinator):
     SPEC = _spec("event-resumed", lambda tx: replace(
         tx, source=("suspended", "at_breakpoint")) if tx.trigger.startswith("release_") else tx)
 
-    def resume(self, plan, others=None):
+    def resume(self, request):
         self._begin()
         self._need_stopped()
-        plan = {**{i: others for i in self.active if others}, **plan}
+        plan = request.plan(self.active)
         self._check_plan(plan)
-        self.release_new = others == CONTINUE
+        self.release_new = request.default is Resume.CONTINUE
         self._consume_reported_stop()
         self._drop_stale_hits()
         self.reply_owed = True
         self.why = None
         for i, how in sorted(plan.items()):
             self.want_stopped.discard(i)
-            self._fire(i, "release_step" if how == STEP else "release_continue")
+            self._fire(i, "release_step" if how is Resume.STEP else "release_continue")
             self.pending_hits[i] = None
             self._out.append(ClearSuspend(i))
         return self._out
@@ -141,8 +141,8 @@ class ForeignInt3Swallowed(_SpecCoordinator):
 
 
 class NoClearSuspend(Coordinator):
-    def resume(self, plan, others=None):
-        out = super().resume(plan, others)
+    def resume(self, request):
+        out = super().resume(request)
         return [a for a in out if not isinstance(a, ClearSuspend)]
 
 

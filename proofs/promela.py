@@ -3,7 +3,7 @@
 What is generated from what:
 
 - the vCPU lifecycle (``fire_<trigger>_<i>``) from the compiled table
-  ``model.vcpu.VCPU.table``: for each (state, trigger) its branches in order, the first
+  ``model.lifecycle.VCPU.table``: for each (state, trigger) its branches in order, the first
   whose conditions hold wins, as ``model.machine.select`` does; a trigger with no branch
   is an ``assert(false)`` (InvalidTransition);
 - the AMD TF shadow (``tf_<trigger>_<i>``) from ``model.tf_shadow.TF_SHADOW.table``;
@@ -27,10 +27,11 @@ images, swallowed int3) are mirrored too.
 
 from __future__ import annotations
 
+from model import lifecycle
 from model import tf_shadow as tfs_mod
-from model import vcpu as lifecycle
 from model.actions import Cap
 from model.machine import MachineSpec
+from model.resume import CONTINUE_ALL, Resume, ResumeRequest
 from proofs.config import INT3, NOP, POPF, POPF0, POPF1, PUSHF, Config
 from proofs.env import (
     BPT,
@@ -51,6 +52,8 @@ from proofs.env import (
     VCAPS,
     WAITING,
     System,
+    step_alone,
+    step_others_continue,
 )
 
 PHASES = ("det", "query", "qwait", "wait", "stopped", "exited")
@@ -68,7 +71,7 @@ def encode(sys: System, state) -> dict[str, int]:
     lstates = lifecycle.VCPU.states
     tstates = tfs_mod.TF_SHADOW.states
     v = {
-        "bpt": sum(1 << i for i in s.bpt), "want": sum(1 << i for i in s.want_stopped),
+        "bpt": sum(1 << i for i in s.bpt_exit_on), "want": sum(1 << i for i in s.want_stopped),
         "release_new": int(s.release_new), "owner": NONE if s.owner is None else s.owner,
         "reply_owed": int(s.reply_owed), "why": {None: 0, "halt": 1, "sigint": 2}[s.why],
         "cbps": sum(1 << g for g in s.breakpoints), "attached": int(s.attached),
@@ -521,27 +524,28 @@ class Generator:
                         "if\n:: attached && !cended && reply_owed ->\n"
                         "   if\n   :: owner == NONE -> why = 2\n   :: else -> skip\n   fi;\n"
                         "   stop_all();\n   finish_stop()\n:: else -> skip\nfi")))
-        out.append(("cont", "phase == P_stopped && ACTIVE != 0", self.resume({}, "c")))
+        out.append(("cont", "phase == P_stopped && ACTIVE != 0", self.resume(CONTINUE_ALL)))
         if cfg.gdb_step and self.can_step:
             for i in range(n):
                 out.append((f"step_{i}", f"phase == P_stopped && {self.active(i)}",
-                            self.resume({i: "s"}, None)))
+                            self.resume(step_alone(i))))
             if cfg.gdb_vcont and n > 1:
                 many = " + ".join(f"({self.active(j)} -> 1 : 0)" for j in range(n))
                 for i in range(n):
                     out.append((f"vcont_{i}", (f"phase == P_stopped && {self.active(i)} && "
-                                f"({many}) > 1"), self.resume({i: "s"}, "c")))
+                                f"({many}) > 1"), self.resume(step_others_continue(i))))
         for g in cfg.bp_gpas:
             out.append((f"insert_{g}", "phase == P_stopped", self.insert(g)))
             out.append((f"remove_{g}", "phase == P_stopped", self.remove(g)))
         return out
 
-    def resume(self, plan: dict[int, str], others: str | None) -> str:
+    def resume(self, request: ResumeRequest) -> str:
         n = self.n
+        plan, others = dict(request.actions), request.default
         code = ["phase = P_wait", "ctrlc = 0"]
-        code += [f"step_{i} = 1" for i, how in plan.items() if how == "s"]
+        code += [f"step_{i} = 1" for i in sorted(request.steps)]
         code.append("assert(attached && !reply_owed && ALL_PARKED && !cended)")
-        code.append(f"release_new = {int(others == 'c')}")
+        code.append(f"release_new = {int(others is Resume.CONTINUE)}")
         consume = [f":: owner == {j} ->\n   if\n   :: "
                    f"{self.in_set(f'vs_{j}', lifecycle.EVENT_STATES)} -> consume_{j}()\n"
                    "   :: else -> skip\n   fi" for j in range(n)]
@@ -567,7 +571,7 @@ class Generator:
             if member == "false":
                 continue
             how = plan.get(j, others)
-            trig = "release_step" if how == "s" else "release_continue"
+            trig = "release_step" if how is Resume.STEP else "release_continue"
             release.append(f"if\n:: {member} -> want = want & {255 ^ (1 << j)};\n"
                            f"{self.fire(j, trig)};\nsusp_{j} = 0\n:: else -> skip\nfi")
         chain = ";\n".join(release) or "skip"

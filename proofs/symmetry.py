@@ -42,7 +42,7 @@ class Canon:
         s = self.sys.snaps[cid]
         keys = []
         for i, cpu in enumerate(cpus):
-            part = (s.states[i], s.caps[i], i in s.bpt, i in s.want_stopped, i == s.owner,
+            part = (s.states[i], s.caps[i], i in s.bpt_exit_on, i in s.want_stopped, i == s.owner,
                     s.pending_hits[i])
             keys.append((self._id(part), self._id(cpu), i))
         keys.sort()

@@ -86,20 +86,22 @@ def run(cfg: VmConfig, host: str, port: int, wait: bool) -> int:
     # Imported here so that configuration errors answer fast.
     from stub.runtime import Runtime
     from stub.server import ListenError, Server, open_listener
+    from stub.vmm import backends
     from stub.vmm.api import VmmError
-    from stub.vmm.emulated import create_vm
 
+    # The VM first: a broken kernel is reported as broken even while the port is busy.
+    try:
+        vm = backends.create_vm(cfg.backend, kernel=cfg.kernel, vcpus=cfg.vcpus,
+                                memory=cfg.memory, cpu=cfg.cpu, timer_hz=cfg.timer_hz,
+                                console=_console)
+    except (VmmError, OSError, ValueError) as err:
+        print(f"stub: error: {cfg.source or cfg.name}: cannot boot: {err}", file=sys.stderr)
+        return 2
     try:
         listener = open_listener(host, port)
     except ListenError as err:
+        vm.shutdown()
         print(f"stub: error: {err}", file=sys.stderr)
-        return 2
-    try:
-        vm = create_vm(cfg.kernel, vcpus=cfg.vcpus, memory=cfg.memory, personality=cfg.cpu,
-                       timer_hz=cfg.timer_hz, console=_console)
-    except (VmmError, OSError, ValueError) as err:
-        listener.close()
-        print(f"stub: error: {cfg.source or cfg.name}: cannot boot: {err}", file=sys.stderr)
         return 2
     # vCPU threads take and drop the GIL thousands of times a second (every hook, every
     # exit); with the default 5 ms switch interval the server thread, woken by gdb's

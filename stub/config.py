@@ -23,9 +23,10 @@ import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from model.caps import VM_PERSONALITIES as PERSONALITIES
+from stub.vmm.backends import BACKENDS
+
 CATALOG = Path(__file__).resolve().parent / "vms"
-PERSONALITIES = ("intel", "amd", "amd-nomask", "none")
-BACKENDS = ("emulated",)
 MAX_VCPUS = 16
 KEYS = {"name", "kernel", "vcpus", "memory_mb", "cpu", "backend", "timer_hz", "description"}
 

@@ -46,14 +46,15 @@ from model.actions import (
     SetCap,
     Stop,
 )
-from model.actions import Cap as ModelCap
 from model.coordinator import Coordinator
-from model.errors import NotStopped, ProtocolError
+from model.errors import ProtocolError
+from model.executor import execute
+from model.resume import ResumeRequest
 from model.step_mode import StepConfig, probe_step_config
 from stub.vmm.api import (
-    Cap,
     CapabilityUnsupported,
     ExitKind,
+    Feature,
     MemoryFault,
     TranslationFault,
     Vcpu,
@@ -67,16 +68,11 @@ log = logging.getLogger("stub.runtime")
 INT3 = b"\xcc"
 PAGE = 4096
 SIGSEGV = 11
-EXPEDITED = ("rbp", "rsp", "rip")
-# The model names capabilities with its own enum (it does not import the stub); looking
-# a VMM one up by value costs ~1 us, and a step sets four.
-VMM_CAP = {cap: Cap(cap.value) for cap in ModelCap}
 
 
 @dataclass(frozen=True)
 class StopEvent:
     stop: Stop
-    registers: dict[str, int]  # expedited registers of the stopped vCPU
 
 
 @dataclass(frozen=True)
@@ -94,15 +90,15 @@ def probe_step(vcpu0: Vcpu) -> StepConfig:
 
     def has(cap) -> bool:
         try:
-            vcpu0.get_capability(VMM_CAP[cap])
+            vcpu0.get_capability(cap)
             return True
         except CapabilityUnsupported:
             return False
 
     def can_set(cap) -> bool:
         try:
-            vcpu0.set_capability(VMM_CAP[cap], True)
-            vcpu0.set_capability(VMM_CAP[cap], False)
+            vcpu0.set_capability(cap, True)
+            vcpu0.set_capability(cap, False)
             return True
         except CapabilityUnsupported:
             return False
@@ -123,20 +119,24 @@ class Runtime:
         self._released = [threading.Condition(self.lock) for _ in vm.vcpus]
         self.outbox: queue.Queue[StopEvent | ExitEvent] = queue.Queue()
         self.on_output: Callable[[], None] = lambda: None  # wakes the server loop
-        self.saved: dict[int, bytes] = {}  # breakpoint GPA -> original byte
+        # The bytes under the breakpoints. Which GPAs are breakpoints is the
+        # coordinator's to say; these are only the guest's bytes it cannot hold.
+        self.originals: dict[int, bytes] = {}
         self.finished = threading.Event()  # the guest ended or the VM was killed
         self.ended_how: str = ""
         self._threads: list[threading.Thread] = []
         self._stopping = False
         self._lent = [False] * len(vm.vcpus)  # the vCPU runs on a borrowing thread
-        self._lending = False  # only with vCPU threads (start()); a driver steps itself
+        # Only with vCPU threads (start()) and a backend that can lend; a
+        # deterministic driver steps every vCPU itself.
+        self._lending = False
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         # The boot vCPU exists from the start: register it before any gdb can attach,
         # so a '?' always has a vCPU to name (proofs/ found the race otherwise).
         self.vcpu_started(0)
-        self._lending = True
+        self._lending = Feature.LEND in self.vm.features
         for vcpu in self.vm.vcpus:
             t = threading.Thread(target=self._vcpu_main, args=(vcpu,),
                                  name=f"vcpu{vcpu.index}", daemon=True)
@@ -244,31 +244,47 @@ class Runtime:
     # ---------------------------------------------------------------- actions
     def _apply(self, actions: Iterable[Action]) -> None:
         """Carry out the model's actions in order. Called with the lock held."""
-        for action in actions:
-            match action:
-                case SetCap(vcpu=i, cap=cap, on=on, best_effort=best_effort):
-                    self._set_cap(i, cap, on, best_effort)
-                case RequestSuspend(vcpu=i):
-                    self.vm.vcpus[i].request_suspend()
-                case ClearSuspend(vcpu=i):
-                    self.vm.vcpus[i].clear_suspend()
-                case PatchBreakpoint(gpa=gpa):
-                    self.saved[gpa] = self.vm.read_phys(gpa, 1)
-                    self.vm.write_phys(gpa, INT3)
-                case RestoreBreakpoint(gpa=gpa):
-                    self.vm.write_phys(gpa, self.saved.pop(gpa))
-                case ReinjectBreakpoint(vcpu=i):
-                    self._reinject(i)
-                case SendStop(stop=stop):
-                    self.outbox.put(StopEvent(stop, self._expedited(stop.vcpu)))
-                    self.on_output()
-                case SendExit(kind=kind, code=code):
-                    self.outbox.put(ExitEvent(kind, code))
-                    self.on_output()
+        execute(actions, self)
         self._wake_released()
         if self.coord.finished and not self.finished.is_set():
             self.finished.set()
             self.on_output()
+
+    # The ActionExecutor (model.executor): one method per action, lock held.
+    def set_cap(self, action: SetCap) -> None:
+        try:
+            self.vm.vcpus[action.vcpu].set_capability(action.cap, action.on)
+        except CapabilityUnsupported:
+            if not action.best_effort:
+                raise
+            log.debug("vCPU %d: %s unavailable, ignored", action.vcpu, action.cap.value)
+
+    def request_suspend(self, action: RequestSuspend) -> None:
+        self.vm.vcpus[action.vcpu].request_suspend()
+
+    def clear_suspend(self, action: ClearSuspend) -> None:
+        self.vm.vcpus[action.vcpu].clear_suspend()
+
+    def patch_breakpoint(self, action: PatchBreakpoint) -> None:
+        self.originals[action.gpa] = self.vm.read_phys(action.gpa, 1)
+        self.vm.write_phys(action.gpa, INT3)
+
+    def restore_breakpoint(self, action: RestoreBreakpoint) -> None:
+        self.vm.write_phys(action.gpa, self.originals.pop(action.gpa))
+
+    def reinject_breakpoint(self, action: ReinjectBreakpoint) -> None:
+        try:
+            self.vm.vcpus[action.vcpu].inject_exception(3, inst_length=1)
+        except VmmError as err:
+            self._guest_ended_locked("X", SIGSEGV, f"guest int3 could not be delivered: {err}")
+
+    def send_stop(self, action: SendStop) -> None:
+        self.outbox.put(StopEvent(action.stop))
+        self.on_output()
+
+    def send_exit(self, action: SendExit) -> None:
+        self.outbox.put(ExitEvent(action.kind, action.code))
+        self.on_output()
 
     def _wake_released(self) -> None:
         """Wake the vCPU threads that may run now (all of them when stopping)."""
@@ -276,24 +292,6 @@ class Runtime:
         for i, cond in enumerate(self._released):
             if self._stopping or not (self.coord.parked(i) or self._lent[i]):
                 cond.notify()
-
-    def _set_cap(self, i: int, cap, on: bool, best_effort: bool) -> None:
-        try:
-            self.vm.vcpus[i].set_capability(VMM_CAP[cap], on)
-        except CapabilityUnsupported:
-            if not best_effort:
-                raise
-            log.debug("vCPU %d: %s unavailable, ignored", i, cap.value)
-
-    def _reinject(self, i: int) -> None:
-        try:
-            self.vm.vcpus[i].inject_exception(3, inst_length=1)
-        except VmmError as err:
-            self._guest_ended_locked("X", SIGSEGV, f"guest int3 could not be delivered: {err}")
-
-    def _expedited(self, i: int) -> dict[str, int]:
-        vcpu = self.vm.vcpus[i]
-        return {name: vcpu.get_register(name) for name in EXPEDITED}
 
     # ------------------------------------------------------ requests from gdb
     def attach(self) -> None:
@@ -308,9 +306,14 @@ class Runtime:
         with self.lock:
             self._apply(self.coord.query_halt())
 
-    def resume(self, plan: dict[int, str], others: str | None) -> None:
+    def resume(self, request: ResumeRequest, at: tuple[int, int] | None = None) -> None:
+        """Carry out ``request``; ``at`` = (vCPU, address) resumes that vCPU there
+        (``c ADDR``, ``s ADDR``), only if the coordinator accepts the request."""
         with self.lock:
-            actions = self.coord.resume(plan, others)
+            if at is not None:
+                self.coord.check_resume(request)
+                self._write_registers(at[0], {"rip": at[1]})
+            actions = self.coord.resume(request)
             lone = self._lone_step()
             if lone is not None:
                 self._lent[lone] = True  # before _apply, so its thread is not woken
@@ -321,17 +324,14 @@ class Runtime:
     def _lone_step(self) -> int | None:
         """The vCPU this resume armed for a step, if it is the only one. Called right
         after ``coord.resume``: every vCPU was parked, so every vCPU thread waits."""
-        if not self._lending:
-            return None
-        armed = [i for i, state in enumerate(self.coord.states) if state == "armed"]
-        return armed[0] if len(armed) == 1 else None
+        return self.coord.lone_step() if self._lending else None
 
     def _step_here(self, i: int) -> None:
         """Run vCPU i's step on this thread, then give the vCPU back to its own."""
         vcpu = self.vm.vcpus[i]
         try:
-            exit_ = vcpu.run(max_instructions=1)
-            if exit_.kind is not ExitKind.BUDGET:  # BUDGET: halted, its thread waits on
+            exit_ = vcpu.run_lent()
+            if exit_ is not None:  # None: halted, its own thread waits on
                 self.vcpu_exited(vcpu, exit_)
         except Exception:  # the same guard as a vCPU thread's: gdb must hear of it
             log.exception("vCPU %d step failed", i)
@@ -347,13 +347,13 @@ class Runtime:
 
     def insert_breakpoint(self, vcpu: int, gva: int) -> None:
         with self.lock:
-            self._need_stopped()
+            self.coord.require_stopped()
             gpa = self._breakpoint_gpa(vcpu, gva)
             self._apply(self.coord.insert_breakpoint(gpa))
 
     def remove_breakpoint(self, vcpu: int, gva: int) -> None:
         with self.lock:
-            self._need_stopped()
+            self.coord.require_stopped()
             gpa = self._breakpoint_gpa(vcpu, gva)
             self._apply(self.coord.remove_breakpoint(gpa))
 
@@ -373,22 +373,22 @@ class Runtime:
 
     def read_registers(self, i: int, names: Iterable[str]) -> dict[str, int]:
         with self.lock:
-            self._need_stopped()
-            vcpu = self.vm.vcpus[i]
-            return {name: vcpu.get_register(name) for name in names}
+            self.coord.require_stopped()
+            return self.vm.vcpus[i].get_registers(names)
 
     def write_registers(self, i: int, values: dict[str, int]) -> None:
         with self.lock:
-            self._need_stopped()
-            vcpu = self.vm.vcpus[i]
-            for name, value in values.items():
-                vcpu.set_register(name, value)
+            self.coord.require_stopped()
+            self._write_registers(i, values)
+
+    def _write_registers(self, i: int, values: dict[str, int]) -> None:
+        self.vm.vcpus[i].set_registers(values)
 
     def read_memory(self, i: int, gva: int, size: int) -> bytes:
         """Read through vCPU i's page tables. A fault part-way gives a short read;
         a fault on the first byte raises. Breakpoint bytes read as the original."""
         with self.lock:
-            self._need_stopped()
+            self.coord.require_stopped()
             out = bytearray()
             for gpa, chunk in self._pages(i, gva, size):
                 if gpa is None:
@@ -397,7 +397,7 @@ class Runtime:
                     data = bytearray(self.vm.read_phys(gpa, chunk))
                 except MemoryFault:
                     break
-                for bp, orig in self.saved.items():
+                for bp, orig in self.originals.items():
                     if gpa <= bp < gpa + chunk:
                         data[bp - gpa] = orig[0]
                 out += data
@@ -409,16 +409,16 @@ class Runtime:
         """Write through vCPU i's page tables; a byte under a breakpoint updates the
         saved original, so the breakpoint stays and removing it keeps the new byte."""
         with self.lock:
-            self._need_stopped()
+            self.coord.require_stopped()
             plan = list(self._pages(i, gva, len(data)))
             if any(gpa is None for gpa, _ in plan):
                 raise MemoryAccessError(f"cannot write memory at {gva:#x}: not mapped")
             offset = 0
             for gpa, chunk in plan:
                 piece = bytearray(data[offset:offset + chunk])
-                for bp in self.saved:
+                for bp in self.originals:
                     if gpa <= bp < gpa + chunk:
-                        self.saved[bp] = bytes([piece[bp - gpa]])
+                        self.originals[bp] = bytes([piece[bp - gpa]])
                         piece[bp - gpa] = INT3[0]
                 try:
                     self.vm.write_phys(gpa, bytes(piece))
@@ -438,10 +438,6 @@ class Runtime:
                 yield None, chunk
                 return
             gva += chunk
-
-    def _need_stopped(self) -> None:
-        if not self.coord.is_stopped:
-            raise NotStopped("the guest is running")
 
 
 __all__ = ["ExitEvent", "MemoryAccessError", "Runtime", "StopEvent"]

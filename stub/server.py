@@ -1,9 +1,10 @@
 """The server: the only place with sockets. One thread, one select loop.
 
-It accepts one gdb at a time (a second connection is refused and closed), feeds the
-client's bytes through the RSP framing into the session, and writes the replies. Stop
-replies produced by vCPU threads arrive through the runtime's outbox; the runtime wakes
-this loop through a self-pipe, so no other thread ever writes to the socket. Output
+It accepts one gdb at a time (a second connection is refused and closed), hands the
+client's bytes to its :class:`~stub.connection.GdbConnection` (which does everything
+else, without I/O) and writes back what that returns. Stop replies produced by vCPU
+threads arrive through the runtime's outbox; the runtime wakes this loop through a
+self-pipe, so no other thread ever writes to the socket. Output
 made by the loop's own work (a lone step runs here) needs no wake-up: the loop flushes
 the outbox before it waits again. (A signal handler runs on this thread too, but may
 interrupt the wait itself: it still writes the pipe.)
@@ -20,13 +21,10 @@ import socket
 import struct
 import threading
 
-from stub.rsp import packets as P
-from stub.rsp.framing import BadPacket, Interrupt, Packet, RspConnection
+from stub.connection import GdbConnection
 from stub.runtime import Runtime
-from stub.session import Session
 
 log = logging.getLogger("stub.server")
-packet_log = logging.getLogger("stub.packets")
 
 RECV_SIZE = 65536
 SEND_TIMEOUT = 30.0
@@ -56,13 +54,12 @@ def open_listener(host: str, port: int) -> socket.socket:
 
 
 class Client:
-    """One connected gdb: its socket, its framing state and its session."""
+    """One connected gdb: its socket and its connection."""
 
     def __init__(self, sock: socket.socket, peer, runtime: Runtime):
         self.sock = sock
         self.peer = peer
-        self.rsp = RspConnection()
-        self.session = Session(runtime)
+        self.conn = GdbConnection(runtime)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # A gdb that stops reading must not hold the stub forever: a write that cannot
         # finish in this time drops the client (like a disconnect: the guest runs on).
@@ -78,10 +75,6 @@ class Client:
     def write(self, data: bytes) -> None:
         if data:
             self.sock.sendall(data)
-
-    def send(self, payload: bytes, no_ack: bool = False) -> None:
-        packet_log.debug("<- %r", payload[:200])
-        self.write(self.rsp.send(payload, then_no_ack=no_ack))
 
 
 class Server:
@@ -169,7 +162,7 @@ class Server:
             return
         log.info("debugger connected from %s:%s", peer[0], peer[1])
         self.client = Client(sock, peer, self.rt)
-        self.rt.attach()
+        self.client.conn.connected()
 
     def _client_closed(self) -> bool:
         # Poll first: the socket has a send timeout, so a recv would wait for data.
@@ -191,55 +184,22 @@ class Server:
             log.info("debugger disconnected; the guest runs on")
             self._drop_client()
             return
-        events, immediate = client.rsp.receive(data)
         try:
-            client.write(immediate)
-            for event in events:
-                if self.client is not client:
-                    break  # detached or killed by an earlier packet in this read
-                self._on_event(client, event)
+            client.write(client.conn.receive(data))
         except (ConnectionError, OSError):
+            self._drop_client()
+        if client.conn.closed:
             self._drop_client()
         self._flush_outbox()
 
-    def _on_event(self, client: Client, event) -> None:
-        match event:
-            case Interrupt():
-                packet_log.debug("-> ^C")
-                self.rt.interrupt()
-            case BadPacket(reason=reason) as bad:
-                log.warning("bad packet from gdb: %s", reason)
-                if bad.needs_reply:  # oversize or undecodable: an error, not a resend
-                    client.send(P.error_reply(0x07))  # E2BIG / unusable
-            case Packet(payload=payload):
-                packet_log.debug("-> %r", payload[:200])
-                self._on_packet(client, payload)
-
-    def _on_packet(self, client: Client, payload: bytes) -> None:
-        try:
-            outcome = client.session.handle(P.parse(payload))
-        except Exception:  # a stub bug: answer gdb, keep the VM and the server alive
-            log.exception("internal error on packet %r", payload[:60])
-            client.send(P.error_reply(0x05))  # EIO
-            return
-        if outcome.reply is not None:
-            client.send(outcome.reply, no_ack=outcome.no_ack)
-        if outcome.detach:
-            self._drop_client(reason="detached")
-        elif outcome.kill:
-            self._drop_client(reason="killed")
-            self.rt.shutdown("killed by the debugger")
-
-    def _drop_client(self, reason: str = "disconnected") -> None:
-        """A detach, a kill or a dropped connection: the guest resumes (the model
-        restores breakpoints and releases every vCPU) and we listen again."""
+    def _drop_client(self) -> None:
+        """A detach, a kill or a dropped connection: the connection has told the
+        runtime (or is told now); we close the socket and listen again."""
         client, self.client = self.client, None
         if client is None:
             return
-        if reason == "detached":
-            log.info("debugger detached; the guest runs on")
+        client.conn.lost()  # nothing if it detached or was killed already
         client.sock.close()
-        self.rt.detach()
         self._discard_outbox()
 
     def _flush_outbox(self) -> None:
@@ -251,12 +211,7 @@ class Server:
             if self.client is None:
                 continue  # nobody to tell: the stop belonged to a gone session
             try:
-                reply = self.client.session.format_event(event)
-            except Exception:  # never lose the reply gdb waits for: send it plain
-                log.exception("formatting %s failed", event)
-                reply = self.client.session.format_event(event, expedite=False)
-            try:
-                self.client.send(reply)
+                self.client.write(self.client.conn.stop_event(event))
             except (ConnectionError, OSError):
                 self._drop_client()
 

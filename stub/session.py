@@ -1,13 +1,15 @@
-"""The session: one gdb client's packets turned into requests on the runtime.
+"""The session: one gdb client's parsed packets turned into requests on the target.
 
 It owns what is gdb's view rather than the VM's: negotiated features, the selected
 threads (``Hg``/``Hc``), how gdb's thread ids map to vCPUs (vCPU i is thread i+1), and
-the formatting of replies. It makes no protocol decision: every resume, stop, Ctrl-C
-and breakpoint goes to the runtime, which hands it to ``model.Coordinator``.
+the formatting of replies. It makes no protocol decision: a resume becomes a
+``model.resume.ResumeRequest`` (the one place gdb's resume packets get their meaning),
+and every resume, stop, Ctrl-C and breakpoint goes to the target (the runtime), which
+hands it to ``model.Coordinator``, where every precondition is checked.
 
 ``handle(command)`` returns an :class:`Outcome`: the reply to send now (``None`` for a
-resume, whose stop reply comes later through the runtime's outbox) and what the server
-must do after writing it.
+resume, whose stop reply comes later through the runtime's outbox) and what the
+connection (``stub.connection``) must do after it. The session does no I/O.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from dataclasses import dataclass
 
 from model.actions import Stop
 from model.errors import NotStopped, ProtocolError, StepUnavailable
+from model.resume import from_legacy, from_vcont
 from stub.rsp import packets as P
 from stub.rsp.framing import DEFAULT_MAX_PACKET
 from stub.rsp.hexutil import hex_encode
 from stub.rsp.registers import (
+    EXPEDITED,
     by_number,
     decode_g,
     decode_register,
@@ -30,7 +34,7 @@ from stub.rsp.registers import (
     feature_document,
     vmm_names,
 )
-from stub.runtime import ExitEvent, MemoryAccessError, Runtime, StopEvent
+from stub.runtime import ExitEvent, MemoryAccessError, Runtime
 from stub.vmm.api import VmmError
 
 log = logging.getLogger("stub.session")
@@ -43,6 +47,7 @@ EOPNOTSUPP = 0x2D
 MAX_MEMORY_REPLY = (DEFAULT_MAX_PACKET - 16) // 2  # hex doubles the bytes
 MAX_BINARY_REPLY = (DEFAULT_MAX_PACKET - 16) // 2  # escaping may double them too
 ALL_REGISTER_NAMES = vmm_names()
+EXPEDITED_NAMES = vmm_names(EXPEDITED)
 
 
 @dataclass(frozen=True)
@@ -81,19 +86,25 @@ class Session:
             return Outcome(P.error_reply(EFAULT))
         return reply if isinstance(reply, Outcome) else Outcome(reply)
 
-    def format_event(self, event: StopEvent | ExitEvent, expedite: bool = True) -> bytes:
-        if isinstance(event, ExitEvent):
-            return P.exit_reply(event.code) if event.kind == "W" else P.terminated_reply(
-                event.code)
-        return self.format_stop(event.stop, event.registers if expedite else None)
-
-    def format_stop(self, stop: Stop, registers: dict[str, int] | None) -> bytes:
-        # Like bhyve: every asynchronous stop selects the vCPU it is about.
+    def select_stopped(self, stop: Stop) -> None:
+        """Like bhyve: every asynchronous stop selects the vCPU it is about."""
         self.g_vcpu = stop.vcpu
         self.c_vcpu = None
+
+    def expedited(self, stop: Stop) -> dict[str, int]:
+        """The registers a stop reply carries, so gdb need not ask for them."""
+        return self.rt.read_registers(stop.vcpu, EXPEDITED_NAMES)
+
+    def format_stop(self, stop: Stop, registers: dict[str, int] | None) -> bytes:
         reason = stop.reason if (stop.reason != "swbreak" or self.swbreak) else None
         expedited = expedited_registers(registers) if registers else None
         return P.stop_reply(stop.signal, stop.vcpu + 1, reason, expedited)
+
+    @staticmethod
+    def format_exit(event: ExitEvent) -> bytes:
+        if event.kind == "W":
+            return P.exit_reply(event.code)
+        return P.terminated_reply(event.code)
 
     # -------------------------------------------------------------- negotiation
     def _QuerySupported(self, cmd: P.QuerySupported) -> bytes:
@@ -176,38 +187,21 @@ class Session:
         return P.vcont_supported_reply(kinds)
 
     def _Continue(self, cmd: P.Continue) -> None:
-        self._resume_at(cmd.addr)
-        self.rt.resume({}, "c")
+        self._resume(from_legacy("c", self.c_vcpu, self.g_vcpu), cmd.addr)
 
     def _Step(self, cmd: P.Step) -> None:
-        if cmd.addr is not None and not self.rt.step.can_step:
-            # Refuse before _resume_at moves RIP: a refused packet must change nothing.
-            # (The model refuses the step with this same error, but only after.)
-            raise StepUnavailable("this VM has no single-step mechanism")
-        self._resume_at(cmd.addr)
-        vcpu = self.c_vcpu if self.c_vcpu is not None else self.g_vcpu
-        self.rt.resume({vcpu: "s"}, None)
-
-    def _resume_at(self, addr: int | None) -> None:
-        if addr is not None:
-            self.rt.write_registers(self.g_vcpu, {"rip": addr})
+        self._resume(from_legacy("s", self.c_vcpu, self.g_vcpu), cmd.addr)
 
     def _VCont(self, cmd: P.VCont) -> None:
-        plan: dict[int, str] = {}
-        others: str | None = None
-        for action in cmd.actions:  # the leftmost action that names a thread wins
-            kind = {"c": "c", "C": "c", "s": "s", "S": "s"}.get(action.kind)
-            if kind is None:
-                raise ProtocolError(f"vCont action {action.kind!r} is not supported")
-            if action.thread is None or action.thread.is_all:
-                if others is None and kind == "c":
-                    others = "c"
-                elif kind == "s":
-                    for v in self._threads():
-                        plan.setdefault(v, "s")
-                continue
-            plan.setdefault(self._vcpu_of(action.thread), kind)
-        self.rt.resume(plan, others)
+        threads = self._threads()
+        items = [(a.kind, None if a.thread is None or a.thread.is_all
+                  else self._vcpu_of(a.thread)) for a in cmd.actions]
+        self._resume(from_vcont(items, threads), None)
+
+    def _resume(self, request, addr: int | None) -> None:
+        # ``c ADDR``/``s ADDR`` resume the current thread at ADDR, once the request
+        # has been accepted: a refused packet changes nothing.
+        self.rt.resume(request, at=None if addr is None else (self.g_vcpu, addr))
 
     def _VCtrlC(self, cmd) -> bytes:
         self.rt.interrupt()

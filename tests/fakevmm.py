@@ -14,6 +14,7 @@ from stub.vmm.api import (
     Cap,
     CapabilityUnsupported,
     ExitKind,
+    Feature,
     MemoryFault,
     TranslationFault,
     Vcpu,
@@ -38,11 +39,11 @@ class FakeVcpu(Vcpu):
         if index == 0:
             self.started.set()
 
-    def get_register(self, name):
-        return self.regs.get(name, 0)
+    def get_registers(self, names):
+        return {name: self.regs.get(name, 0) for name in names}
 
-    def set_register(self, name, value):
-        self.regs[name] = value
+    def set_registers(self, values):
+        self.regs.update(values)
 
     def get_capability(self, cap):
         if cap not in self.caps:
@@ -71,6 +72,10 @@ class FakeVcpu(Vcpu):
                     return VmExit(ExitKind.BUDGET, rip=self.regs["rip"])
                 self.vm.cond.wait()
 
+    def run_lent(self):
+        exit_ = self.run(max_instructions=1)
+        return None if exit_.kind is ExitKind.BUDGET else exit_
+
     def inject_exception(self, vector, inst_length=0):
         self.regs["rip"] += inst_length
 
@@ -94,6 +99,8 @@ class FakeVcpu(Vcpu):
 
 
 class FakeVm(Vm):
+    features = frozenset({Feature.LEND, Feature.BOUNDED_RUN})
+
     def __init__(self, vcpus=2, personality="amd", ram=0x10000):
         self.personality = personality
         self.ram = bytearray(ram)
@@ -118,7 +125,3 @@ class FakeVm(Vm):
             self.cond.notify_all()
         for v in self.vcpus:
             v.started.set()
-
-    @property
-    def console_output(self):
-        return b""

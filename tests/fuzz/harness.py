@@ -1,16 +1,17 @@
-"""A real Session over a real Runtime over FakeVm, in-process: the server's job, minus
-sockets, with every reply checked against what the protocol allows.
+"""The real GdbConnection (session included) over a real Runtime over FakeVm,
+in-process: the server minus its sockets, with every reply checked against what the
+protocol allows.
 
-``SessionHarness.packet(payload)`` does what ``stub.server`` does with one packet
-(parse, ``Session.handle``, act on the Outcome: reply, detach, kill) and what a careful
-gdb does after it: wait, bounded, until the runtime is quiescent, then collect the stop
+``SessionHarness.packet(payload)`` hands one packet to ``GdbConnection.packet`` (the
+path the server's bytes take once framing has decoded them: parse, ``Session.handle``,
+reply, detach, kill) and does what a careful gdb does after it: wait, bounded, until the runtime is quiescent, then collect the stop
 reply if one came. Quiescence is observed under the runtime's lock through its
 condition variable (notified after every batch of actions), so there are no sleeps and
 no races in what the checks see: FakeVm's steps finish on their own, and its free
 running vCPUs block until they are suspended.
 
 Checks (``HarnessError`` on violation):
-- ``Session.handle`` returns an Outcome for every parsed command (nothing escapes);
+- nothing escapes the connection (an internal error is logged at ERROR: caught below);
 - ``Malformed`` -> ``Exx``, ``Unknown`` -> empty reply, resume refused -> an error;
   only resumes, ``?`` and ``k`` are silent, and a resume is never silently refused: a
   resume sent while the guest runs gets an error;
@@ -31,7 +32,7 @@ import re
 from model.invariants import violations
 from stub.rsp import packets as P
 from stub.runtime import ExitEvent, Runtime
-from stub.session import Outcome, Session
+from stub.connection import GdbConnection
 from tests.fakevmm import FakeVcpu, FakeVm
 
 WAIT = 10.0  # seconds; generous, only ever reached when something is broken
@@ -134,7 +135,7 @@ class SessionHarness:
         if not self.owed and not isinstance(events[0], ExitEvent):
             raise HarnessError(f"unasked stop reply after {context[:60]!r}: {events[0]}")
         self.owed = False
-        reply = self.session.format_event(events[0])
+        reply = self.conn.stop_reply(events[0])
         if not (_STOP.fullmatch(reply) or _EXIT.fullmatch(reply)):
             raise HarnessError(f"bad stop reply {reply!r}")
         return reply
@@ -159,19 +160,19 @@ class SessionHarness:
         return (
             [dict(v.regs) for v in self.vm.vcpus],
             bytes(self.vm.ram),
-            dict(self.rt.saved),
+            dict(self.rt.originals),
             frozenset(self.rt.coord.breakpoints),
-            (self.session.g_vcpu, self.session.c_vcpu),
+            (self.conn.session.g_vcpu, self.conn.session.c_vcpu),
         )
 
     def _connect(self) -> None:
         """What the server does on accept, then gdb's ``?``."""
-        self.rt.attach()
-        self.session = Session(self.rt)
+        self.conn = GdbConnection(self.rt)
+        self.conn.connected()
         self._wait(self._quiescent, "the attach stop")
-        out = self.session.handle(P.QueryHalt())
-        if out.reply is not None:
-            raise HarnessError(f"? answered {out.reply!r} at once")
+        reply = self.conn.packet(b"?")
+        if reply is not None:
+            raise HarnessError(f"? answered {reply!r} at once")
         self.owed = True
         if self._settle(b"?") is None:
             raise HarnessError("no stop reply for ? after attach")
@@ -183,7 +184,8 @@ class SessionHarness:
         if self.killed:
             return None
         was_stopped = self.stopped
-        self.rt.interrupt()
+        if self.conn.receive(b"\x03"):
+            raise HarnessError("^C answered at once")
         reply = self._settle(b"\x03")
         if was_stopped and reply is not None:
             raise HarnessError(f"^C while stopped answered {reply!r}")
@@ -199,25 +201,19 @@ class SessionHarness:
         cmd = P.parse(payload)
         stopped = self.stopped
         before = self._vm_state() if stopped else None
-        out = self.session.handle(cmd)
-        if not isinstance(out, Outcome):
-            raise HarnessError(f"handle({cmd!r}) returned {out!r}")
-        reply = out.reply
+        reply = self.conn.packet(payload)
         self.replies.append((payload, reply))
-        self._check_reply(payload, cmd, out, stopped)
+        self._check_reply(payload, cmd, reply, stopped)
         if before is not None and is_error(reply) and self._vm_state() != before:
             raise HarnessError(f"{payload[:60]!r} was refused ({reply!r}) but changed state")
         if isinstance(cmd, RESUMES) and reply is None:
             self.owed = True
         if isinstance(cmd, P.QueryHalt) and stopped:
             self.owed = True
-        if out.kill:
-            self.rt.detach()
-            self.rt.shutdown("killed by the debugger")
+        if self.conn.closed == "killed":
             self.killed = True
             return reply
-        if out.detach:
-            self.rt.detach()
+        if self.conn.closed == "detached":
             self._drain()
             self.owed = False
             self._connect()
@@ -228,8 +224,7 @@ class SessionHarness:
         self._check_stopped_state(payload)
         return reply
 
-    def _check_reply(self, payload: bytes, cmd, out: Outcome, stopped: bool) -> None:
-        reply = out.reply
+    def _check_reply(self, payload: bytes, cmd, reply: bytes | None, stopped: bool) -> None:
         what = f"{payload[:60]!r} -> {cmd!r:.120} -> {reply!r:.60}"
         if isinstance(cmd, P.Malformed):
             ok = is_error(reply)
@@ -242,7 +237,7 @@ class SessionHarness:
         elif isinstance(cmd, P.QueryHalt):
             ok = reply is None  # the stop reply comes through the outbox
         elif isinstance(cmd, P.Kill):
-            ok = reply is None and out.kill
+            ok = reply is None and self.conn.closed == "killed"
         else:
             ok = reply is not None
         if not ok:

@@ -17,13 +17,21 @@ from model.actions import (
     SetCap,
 )
 from model.coordinator import Coordinator
+from model.executor import execute
 from model.invariants import violations
+from model.resume import Resume, ResumeRequest
 from model.step_mode import StepConfig, StepMode
 
 INTEL = StepConfig(StepMode.MTRAP, True)
 AMD = StepConfig(StepMode.RFLAGS_TF, True)
 AMD_NOMASK = StepConfig(StepMode.RFLAGS_TF, False)
 NONE = StepConfig(StepMode.NONE, False)
+
+
+def request(plan: dict[int, str], others: str | None = None) -> ResumeRequest:
+    """A resume written the short way: ``{vcpu: "c" or "s"}`` and the default."""
+    return ResumeRequest(tuple(sorted((i, Resume(how)) for i, how in plan.items())),
+                         Resume(others) if others else None)
 
 
 class Scenario:
@@ -40,32 +48,40 @@ class Scenario:
 
     def do(self, event, *args):
         actions = getattr(self.c, event)(*args)
-        for a in actions:
-            self.apply(a)
+        execute(actions, self)
         bad = violations(self.c)
         assert not bad, (event, args, bad)
         return actions
 
-    def apply(self, a):
-        match a:
-            case SetCap(vcpu=i, cap=cap, on=on):
-                (self.vmm_caps[i].add if on else self.vmm_caps[i].discard)(cap)
-            case RequestSuspend(vcpu=i):
-                self.suspend_requested.add(i)
-            case ClearSuspend(vcpu=i):
-                self.suspend_requested.discard(i)
-            case PatchBreakpoint(gpa=g):
-                assert g not in self.memory_cc
-                self.memory_cc.add(g)
-            case RestoreBreakpoint(gpa=g):
-                self.memory_cc.discard(g)
-            case ReinjectBreakpoint(vcpu=i):
-                self.reinjected.append(i)
-            case SendStop(stop=s):
-                assert self.c.all_parked, "stop reply before every vCPU is parked"
-                self.stops.append(s)
-            case SendExit() as e:
-                self.exits.append(e)
+    def resume(self, plan, others=None):
+        return self.do("resume", request(plan, others))
+
+    # The ActionExecutor (model.executor), applying actions the way the runtime does.
+    def set_cap(self, a: SetCap):
+        (self.vmm_caps[a.vcpu].add if a.on else self.vmm_caps[a.vcpu].discard)(a.cap)
+
+    def request_suspend(self, a: RequestSuspend):
+        self.suspend_requested.add(a.vcpu)
+
+    def clear_suspend(self, a: ClearSuspend):
+        self.suspend_requested.discard(a.vcpu)
+
+    def patch_breakpoint(self, a: PatchBreakpoint):
+        assert a.gpa not in self.memory_cc
+        self.memory_cc.add(a.gpa)
+
+    def restore_breakpoint(self, a: RestoreBreakpoint):
+        self.memory_cc.discard(a.gpa)
+
+    def reinject_breakpoint(self, a: ReinjectBreakpoint):
+        self.reinjected.append(a.vcpu)
+
+    def send_stop(self, a: SendStop):
+        assert self.c.all_parked, "stop reply before every vCPU is parked"
+        self.stops.append(a.stop)
+
+    def send_exit(self, a: SendExit):
+        self.exits.append(a)
 
     # gdb-side conveniences --------------------------------------------------
     def attach_and_halt(self):

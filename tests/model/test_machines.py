@@ -8,7 +8,7 @@ from transitions import MachineError
 from model.errors import InvalidTransition
 from model.machine import run_effects, select
 from model.tf_shadow import TF_SHADOW
-from model.vcpu import VCPU
+from model.lifecycle import VCPU
 
 SPECS = [VCPU, TF_SHADOW]
 

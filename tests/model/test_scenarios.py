@@ -5,7 +5,7 @@ import pytest
 from model.actions import SIGINT, SIGTRAP, Cap, SendExit, Stop
 from model.errors import InvalidTransition, NotStopped, ProtocolError, StepUnavailable
 
-from .harness import AMD, AMD_NOMASK, INTEL, NONE, Scenario
+from .harness import AMD, AMD_NOMASK, INTEL, NONE, Scenario, request
 
 BP = 0x10_0040
 BP2 = 0x10_0080
@@ -34,7 +34,7 @@ def test_attach_is_silent_until_asked_and_answers_once_all_are_parked():
 def test_continue_then_breakpoint_gives_exactly_one_reply():
     s = stopped(3)
     s.do("insert_breakpoint", BP)
-    s.do("resume", {0: "c", 1: "c", 2: "c"})
+    s.resume({0: "c", 1: "c", 2: "c"})
     s.do("vcpu_breakpoint", 2, BP, True)
     assert s.suspend_requested == {0, 1}
     s.do("vcpu_exit_debug", 0)
@@ -47,9 +47,9 @@ def test_continue_then_breakpoint_gives_exactly_one_reply():
 
 def test_resume_while_running_is_refused():
     s = stopped()
-    s.do("resume", {0: "c", 1: "c"})
+    s.resume({0: "c", 1: "c"})
     with pytest.raises(NotStopped):
-        s.c.resume({0: "c"})
+        s.c.resume(request({0: "c"}))
 
 
 # -- 2. One owner; other events pend; removed breakpoints drop their event -----------
@@ -57,11 +57,11 @@ def test_second_breakpoint_pends_and_is_reported_on_the_next_resume():
     s = stopped(2)
     s.do("insert_breakpoint", BP)
     s.do("insert_breakpoint", BP2)
-    s.do("resume", {0: "c", 1: "c"})
+    s.resume({0: "c", 1: "c"})
     s.do("vcpu_breakpoint", 0, BP, True)
     s.do("vcpu_breakpoint", 1, BP2, True)  # before its suspend request arrived
     assert s.stops == [Stop(SIGTRAP, 0, "swbreak")]
-    s.do("resume", {0: "c", 1: "c"})
+    s.resume({0: "c", 1: "c"})
     # vCPU 1's event is this resume's stop: reported at once, nobody enters the guest.
     assert s.stops[-1] == Stop(SIGTRAP, 1, "swbreak")
     assert s.c.states == ["suspended", "at_breakpoint"]
@@ -70,11 +70,11 @@ def test_second_breakpoint_pends_and_is_reported_on_the_next_resume():
 def test_pending_hit_of_a_removed_breakpoint_is_dropped():
     s = stopped(2)
     s.do("insert_breakpoint", BP)
-    s.do("resume", {0: "c", 1: "c"})
+    s.resume({0: "c", 1: "c"})
     s.do("vcpu_breakpoint", 0, BP, True)
     s.do("vcpu_breakpoint", 1, BP, True)
     s.do("remove_breakpoint", BP)
-    s.do("resume", {0: "c", 1: "c"})
+    s.resume({0: "c", 1: "c"})
     assert len(s.stops) == 1
     assert s.c.states == ["running", "running"]
 
@@ -84,12 +84,12 @@ def test_gdb_removing_and_reinserting_around_a_stop_keeps_the_pending_hit():
     # and inserts them again before resuming.
     s = stopped(2)
     s.do("insert_breakpoint", BP)
-    s.do("resume", {0: "c", 1: "c"})
+    s.resume({0: "c", 1: "c"})
     s.do("vcpu_breakpoint", 0, BP, True)
     s.do("vcpu_breakpoint", 1, BP, True)
     s.do("remove_breakpoint", BP)
     s.do("insert_breakpoint", BP)
-    s.do("resume", {0: "c", 1: "c"})
+    s.resume({0: "c", 1: "c"})
     assert s.stops[-1] == Stop(SIGTRAP, 1, "swbreak")
 
 
@@ -97,11 +97,11 @@ def test_gdb_removing_and_reinserting_around_a_stop_keeps_the_pending_hit():
 def test_vcpu_with_pending_event_is_not_released_by_a_plan_that_omits_it():
     s = stopped(3)
     s.do("insert_breakpoint", BP)
-    s.do("resume", {0: "c", 1: "c", 2: "c"})
+    s.resume({0: "c", 1: "c", 2: "c"})
     s.do("vcpu_breakpoint", 0, BP, True)
     s.do("vcpu_breakpoint", 2, BP, True)
     s.do("vcpu_exit_debug", 1)
-    s.do("resume", {1: "s"})  # vCont;s:2 leaves vCPU 3 (index 2) stopped
+    s.resume({1: "s"})  # vCont;s:2 leaves vCPU 3 (index 2) stopped
     assert s.c.states[2] == "at_breakpoint"
     assert 2 not in {a.vcpu for a in s.do("vcpu_step_trap", 1, False) if hasattr(a, "vcpu")}
     assert s.stops[-1] == Stop(SIGTRAP, 1)
@@ -117,7 +117,7 @@ def test_vcpu_with_pending_event_is_not_released_by_a_plan_that_omits_it():
 ])
 def test_step_arms_only_the_stepped_vcpu_and_disarms_at_the_trap(step, caps):
     s = stopped(2, step)
-    s.do("resume", {1: "s"})
+    s.resume({1: "s"})
     assert s.step_caps(1) == caps and s.step_caps(0) == set()
     s.do("vcpu_step_trap", 1, step is INTEL)
     assert s.step_caps(1) == set()
@@ -127,7 +127,7 @@ def test_step_arms_only_the_stepped_vcpu_and_disarms_at_the_trap(step, caps):
 
 def test_interrupted_step_is_cancelled_and_disarmed():
     s = stopped(2)
-    s.do("resume", {0: "s", 1: "c"})
+    s.resume({0: "s", 1: "c"})
     s.do("interrupt")
     s.do("vcpu_exit_debug", 0)  # suspended before its instruction ran
     s.do("vcpu_exit_debug", 1)
@@ -138,39 +138,39 @@ def test_interrupted_step_is_cancelled_and_disarmed():
 def test_step_on_a_vm_without_a_mechanism_is_refused():
     s = stopped(1, NONE)
     with pytest.raises(StepUnavailable):
-        s.c.resume({0: "s"})
-    s.do("resume", {0: "c"})  # continue still works
+        s.c.resume(request({0: "s"}))
+    s.resume({0: "c"})  # continue still works
 
 
 # -- vCont: one vCPU steps while the others continue ----------------------------------
 def test_vcont_breakpoint_wins_and_the_late_step_trap_is_superseded():
     s = stopped(2)
     s.do("insert_breakpoint", BP)
-    s.do("resume", {0: "s", 1: "c"})
+    s.resume({0: "s", 1: "c"})
     s.do("vcpu_breakpoint", 1, BP, True)
     assert s.suspend_requested == {0}
     s.do("vcpu_step_trap", 0, False)  # the instruction ran before the request landed
     assert s.stops == [Stop(SIGTRAP, 1, "swbreak")]
     assert s.c.states[0] == "suspended"  # no event: gdb already forgot this step
-    s.do("resume", {0: "c", 1: "c"})
+    s.resume({0: "c", 1: "c"})
     assert len(s.stops) == 1  # nothing stale is reported
 
 
 def test_vcont_step_wins_and_the_breakpoint_pends():
     s = stopped(2)
     s.do("insert_breakpoint", BP)
-    s.do("resume", {0: "s", 1: "c"})
+    s.resume({0: "s", 1: "c"})
     s.do("vcpu_step_trap", 0, False)
     s.do("vcpu_breakpoint", 1, BP, True)
     assert s.stops == [Stop(SIGTRAP, 0)]
-    s.do("resume", {0: "s", 1: "c"})
+    s.resume({0: "s", 1: "c"})
     assert s.stops[-1] == Stop(SIGTRAP, 1, "swbreak")
 
 
 def test_ctrl_c_racing_a_breakpoint_gets_one_reply_from_the_event():
     s = stopped(2)
     s.do("insert_breakpoint", BP)
-    s.do("resume", {0: "c", 1: "c"})
+    s.resume({0: "c", 1: "c"})
     s.do("interrupt")
     s.do("vcpu_breakpoint", 1, BP, True)
     s.do("vcpu_exit_debug", 0)
@@ -182,7 +182,7 @@ def test_ctrl_c_racing_a_breakpoint_gets_one_reply_from_the_event():
 # -- 5. The guest never sees the debugger's TF: model.tf_shadow (test_tf_shadow.py) --
 def test_amd_step_uses_the_tf_capability_that_the_shadow_machine_guards():
     s = stopped(1, AMD)
-    s.do("resume", {0: "s"})
+    s.resume({0: "s"})
     assert Cap.RFLAGS_TF in s.vmm_caps[0]
     s.do("vcpu_step_trap", 0, False)
     assert Cap.RFLAGS_TF not in s.vmm_caps[0]
@@ -205,7 +205,7 @@ def test_new_vcpu_inherits_bpt_exits():
     s = Scenario(3, start=1)
     s.attach_and_halt()
     s.do("insert_breakpoint", BP)
-    s.do("resume", {}, "c")
+    s.resume({}, "c")
     s.do("vcpu_started", 2)
     assert Cap.BPT_EXIT in s.vmm_caps[2]
 
@@ -213,7 +213,7 @@ def test_new_vcpu_inherits_bpt_exits():
 def test_foreign_int3_goes_back_to_the_guest_and_stale_one_is_absorbed():
     s = stopped(1)
     s.do("insert_breakpoint", BP)
-    s.do("resume", {0: "c"})
+    s.resume({0: "c"})
     s.do("vcpu_breakpoint", 0, 0x200000, True)
     assert s.reinjected == [0] and s.stops == []
     s.do("vcpu_breakpoint", 0, 0x300000, False)  # our 0xCC, removed while in flight
@@ -230,7 +230,7 @@ def test_every_resume_kind_reaches_a_reply():
         ({0: "c", 1: "c"}, lambda: (s.do("interrupt"), s.park_all_requested())),
     ]:
         before = len(s.stops)
-        s.do("resume", plan)
+        s.resume(plan)
         finish()
         assert len(s.stops) == before + 1 and s.c.is_stopped
 
@@ -239,7 +239,7 @@ def test_every_resume_kind_reaches_a_reply():
 def test_ap_started_during_a_single_step_is_held():
     s = Scenario(3, start=1)
     s.attach_and_halt()
-    s.do("resume", {0: "s"})  # others (none started) stay stopped; vCPU 0 starts AP 1
+    s.resume({0: "s"})  # others (none started) stay stopped; vCPU 0 starts AP 1
     s.do("vcpu_started", 1)
     assert s.c.states[1] == "suspended"
     s.do("vcpu_step_trap", 0, False)
@@ -252,7 +252,7 @@ def test_wait_mode_holds_the_boot_vcpu_before_its_first_instruction():
     s.do("attach")
     s.do("query_halt")
     assert s.stops == [Stop(SIGTRAP, 0)]
-    s.do("resume", {}, "c")  # 'c': every vCPU, those not started yet included
+    s.resume({}, "c")  # 'c': every vCPU, those not started yet included
     s.do("vcpu_started", 1)
     assert s.c.states[1] == "running"
 
@@ -260,7 +260,7 @@ def test_wait_mode_holds_the_boot_vcpu_before_its_first_instruction():
 def test_ap_started_after_a_continue_of_only_some_vcpus_is_held():
     s = Scenario(2, start=1)
     s.attach_and_halt()
-    s.do("resume", {0: "c"})  # vCont;c:1 - every other thread stays stopped
+    s.resume({0: "c"})  # vCont;c:1 - every other thread stays stopped
     s.do("vcpu_started", 1)
     assert s.c.states[1] == "suspended"
 
@@ -275,7 +275,7 @@ def test_ap_started_while_everything_runs_runs():
 def test_detach_restores_breakpoints_releases_everyone_and_abandons_a_step():
     s = stopped(2)
     s.do("insert_breakpoint", BP)
-    s.do("resume", {0: "s", 1: "c"})
+    s.resume({0: "s", 1: "c"})
     s.do("vcpu_breakpoint", 1, BP, True)
     s.do("detach")
     assert s.memory_cc == set() and s.suspend_requested == set()
@@ -287,7 +287,7 @@ def test_detach_restores_breakpoints_releases_everyone_and_abandons_a_step():
 
 def test_abandoned_step_trap_during_a_new_attach_is_not_reported():
     s = stopped(2)
-    s.do("resume", {0: "s"})
+    s.resume({0: "s"})
     s.do("detach")
     s.do("attach")
     s.do("query_halt")
@@ -299,7 +299,7 @@ def test_abandoned_step_trap_during_a_new_attach_is_not_reported():
 
 def test_power_off_reports_exit_once():
     s = stopped(1)
-    s.do("resume", {0: "c"})
+    s.resume({0: "c"})
     s.do("guest_ended", "W", 0)
     s.do("guest_ended", "W", 0)
     assert s.exits == [SendExit("W", 0)]
@@ -314,7 +314,7 @@ def test_second_attach_is_refused():
 def test_snapshot_restore_round_trip():
     s = stopped(2)
     s.do("insert_breakpoint", BP)
-    s.do("resume", {0: "s", 1: "c"})
+    s.resume({0: "s", 1: "c"})
     snap = s.c.snapshot()
     hash(snap)
     again = type(s.c).restore(snap, AMD)

@@ -2,7 +2,7 @@
 
 Runs the state machine of test_stub_machine.py for each personality with its settings
 (derandomized) and prints counters: moves by kind and gdb state, stop replies by kind,
-exits, and which transitions of the vCPU lifecycle (``model/vcpu.py``) were taken, out
+exits, and which transitions of the vCPU lifecycle (``model/lifecycle.py``) were taken, out
 of those the personality can take. Not a test: numbers for tuning and for the
 docstring of test_stub_machine.py.
 """

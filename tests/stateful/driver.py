@@ -11,7 +11,7 @@ What it is made of:
   between two ``run()`` calls, and a vCPU the protocol parked is not run. An exit may
   stay *in flight* (its thread left ``run()`` but has not taken the lock yet) while
   other moves happen, which is how the threaded stub's races are reached here;
-- the real :class:`stub.session.Session`: packets are parsed with ``stub.rsp.packets``
+- the real :class:`stub.connection.GdbConnection` (and its session): packets are parsed with ``stub.rsp.packets``
   and their outcome carried out as ``stub.server`` does (reply, detach, the outbox
   drained into formatted stop replies after every move, discarded after a detach);
 - a model of gdb: what it asked for, what it may do next, what it must be told;
@@ -68,14 +68,16 @@ from model.actions import (
 )
 from model.coordinator import Coordinator
 from model.errors import ProtocolError
+from model.executor import execute
 from model.invariants import violations
+from model.resume import from_vcont
 from model.tf_shadow import TfShadow
-from model.vcpu import STEP_ARMED
+from model.lifecycle import STEP_ARMED
 from stub.rsp import packets as P
 from stub.rsp.hexutil import hex_decode
 from stub.rsp.registers import G_SIZE, decode_g
+from stub.connection import GdbConnection
 from stub.runtime import Runtime
-from stub.session import Session
 from stub.vmm.api import Cap as VmmCap
 from stub.vmm.api import ExitKind, VmExit, VmmError
 from stub.vmm.cpu import TF
@@ -155,7 +157,7 @@ class Rig:
             self.rt.coord = coordinator(vcpus, self.rt.step)
         self.shadow = shadow(vcpus, self.rt.step)
         self.n = vcpus
-        self.session: Session | None = None
+        self.conn: GdbConnection | None = None
         self.gdb = Gdb()
         # The VMM state the shadow's actions imply.
         self.exp_caps: list[set[Cap]] = [set() for _ in range(vcpus)]
@@ -300,14 +302,14 @@ class Rig:
 
     # ============================================================== gdb packets
     def packet(self, payload: bytes) -> bytes | None:
-        """One packet through ``stub.rsp.packets.parse`` and ``Session.handle``, and its
-        outcome as the server carries it out."""
-        assert self.session is not None
-        outcome = self.session.handle(P.parse(payload))
-        if outcome.detach:
-            self._drop()
-        assert not outcome.kill
-        return outcome.reply
+        """One packet through the real GdbConnection (parse, ``Session.handle``, and
+        what the server would do after it: detach, kill)."""
+        assert self.conn is not None
+        reply = self.conn.packet(payload)
+        assert self.conn.closed != "killed"
+        if self.conn.closed == "detached":
+            self._forget_session()
+        return reply
 
     def ask(self, payload: bytes, derived=None) -> bytes | None:
         """Send a packet that the shadow sees as ``derived`` (if any): the reply is an
@@ -329,8 +331,8 @@ class Rig:
 
     def attach(self) -> None:
         assert not self.gdb.attached
-        self._event(lambda c: c.attach(), self.rt.attach)
-        self.session = Session(self.rt)
+        self.conn = GdbConnection(self.rt)
+        self._event(lambda c: c.attach(), self.conn.connected)
         self.gdb = Gdb(attached=True)
         assert b"swbreak+" in self.packet(b"qSupported:swbreak+;xmlRegisters=i386")
         self.gdb.waiting = "halt"
@@ -342,6 +344,8 @@ class Rig:
         if others:
             parts.append(others.encode())
         payload = b";".join(parts)
+        request = from_vcont([(how, i) for i, how in plan.items()] + [(others, None)] * bool(
+            others), sorted(self.rt.coord.active))
         self.gdb.waiting = "resume"
         self.gdb.interrupted = False
         self.gdb.stepped = frozenset(i for i, how in plan.items() if how == "s")
@@ -352,7 +356,7 @@ class Rig:
         self.resumes += 1
         live = set(self.gdb.breakpoints.values())
         self.unreported_hit = {i: g for i, g in self.unreported_hit.items() if g in live}
-        reply = self.ask(payload, lambda c: c.resume(plan, others))
+        reply = self.ask(payload, lambda c: c.resume(request))
         if reply is not None:
             raise Violation(f"{payload!r} answered {reply!r} at once")
 
@@ -378,13 +382,13 @@ class Rig:
     def ctrl_c(self) -> None:
         assert self.gdb.attached and self.gdb.waiting
         self.gdb.interrupted = True
-        self._event(lambda c: c.interrupt(), self.rt.interrupt)
+        self._event(lambda c: c.interrupt(), lambda: self.conn.receive(b"\x03"))
 
     def late_ctrl_c(self) -> None:
         """A Ctrl-C that crossed the stop reply on the wire: it reaches the stub when
         the guest is already stopped. Nothing may answer it."""
         assert self.stopped
-        self._event(lambda c: c.interrupt(), self.rt.interrupt)
+        self._event(lambda c: c.interrupt(), lambda: self.conn.receive(b"\x03"))
 
     def query(self) -> None:
         assert self.stopped
@@ -404,9 +408,12 @@ class Rig:
         self._event(lambda c: c.detach(), self._drop)
 
     def _drop(self) -> None:
-        self.session = None
+        self.conn.lost()
+        self._forget_session()
+
+    def _forget_session(self) -> None:
+        self.conn = None
         self.gdb = Gdb()
-        self.rt.detach()
         while not self.rt.outbox.empty():  # Server._discard_outbox
             self.rt.outbox.get_nowait()
         self.exp_stops.clear()
@@ -500,30 +507,15 @@ class Rig:
             raise Violation(f"the model refuses an event the stub took: {refused}")
 
     def _expect(self, actions) -> None:
-        for a in actions:
-            match a:
-                case SetCap(vcpu=i, cap=cap, on=on):
-                    (self.exp_caps[i].add if on else self.exp_caps[i].discard)(cap)
-                case RequestSuspend(vcpu=i):
-                    self.exp_suspend[i] = True
-                case ClearSuspend(vcpu=i):
-                    self.exp_suspend[i] = False
-                case PatchBreakpoint(gpa=gpa):
-                    self.exp_patched.add(gpa)
-                case RestoreBreakpoint(gpa=gpa):
-                    self.exp_patched.discard(gpa)
-                case SendStop(stop=stop):
-                    self.exp_stops.append(stop)
-                case SendExit():
-                    raise Violation(f"the guest ended: {a}")
+        execute(actions, _Expectation(self))
 
     def pump(self) -> None:
         """Server._flush_outbox: every stop reply the runtime produced goes to gdb."""
         while not self.rt.outbox.empty():
             event = self.rt.outbox.get_nowait()
-            if self.session is None:
+            if self.conn is None:
                 continue
-            self._stop_reply(parse_stop(self.session.format_event(event)))
+            self._stop_reply(parse_stop(self.conn.stop_reply(event)))
         if self.exp_stops:
             raise Violation(f"the model sent {self.exp_stops} but gdb got no reply")
 
@@ -617,7 +609,7 @@ class Rig:
                     if v._caps[VmmCap(cap.value)]}
             if v._tf.is_on:
                 have.add(Cap.RFLAGS_TF)
-            model_caps = set(c.caps[i]) | ({Cap.BPT_EXIT} if i in c.bpt else set())
+            model_caps = set(c.caps[i]) | ({Cap.BPT_EXIT} if i in c.bpt_exit_on else set())
             if have != self.exp_caps[i] or have != model_caps:
                 bad.append(f"vCPU {i} ({c.states[i]}) has {_names(have)} on; the model "
                            f"says {_names(model_caps)}, its actions {_names(self.exp_caps[i])}")
@@ -683,6 +675,38 @@ class Rig:
         if self.gdb.waiting:
             raise Violation(f"deadlock: gdb still waits ({self.gdb.waiting}) after a Ctrl-C "
                             f"and {rounds} fair rounds; states {self.rt.coord.states}")
+
+
+class _Expectation:
+    """The ActionExecutor (model.executor) for the shadow's actions: what the VMM
+    and gdb must see once the stub has carried out the same event."""
+
+    def __init__(self, rig: Rig):
+        self.rig = rig
+
+    def set_cap(self, a: SetCap) -> None:
+        (self.rig.exp_caps[a.vcpu].add if a.on else self.rig.exp_caps[a.vcpu].discard)(a.cap)
+
+    def request_suspend(self, a: RequestSuspend) -> None:
+        self.rig.exp_suspend[a.vcpu] = True
+
+    def clear_suspend(self, a: ClearSuspend) -> None:
+        self.rig.exp_suspend[a.vcpu] = False
+
+    def patch_breakpoint(self, a: PatchBreakpoint) -> None:
+        self.rig.exp_patched.add(a.gpa)
+
+    def restore_breakpoint(self, a: RestoreBreakpoint) -> None:
+        self.rig.exp_patched.discard(a.gpa)
+
+    def reinject_breakpoint(self, a) -> None:
+        pass  # the guest's #BP handler count is checked on the guest's side
+
+    def send_stop(self, a: SendStop) -> None:
+        self.rig.exp_stops.append(a.stop)
+
+    def send_exit(self, a: SendExit) -> None:
+        raise Violation(f"the guest ended: {a}")
 
 
 def _names(caps) -> list[str]:

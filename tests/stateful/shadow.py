@@ -1,5 +1,5 @@
 """The model the stateful tests run in lockstep with the stub: the same Coordinator, but
-every vCPU's lifecycle is a real ``transitions.Machine`` built from ``model.vcpu.VCPU``.
+every vCPU's lifecycle is a real ``transitions.Machine`` built from ``model.lifecycle.VCPU``.
 
 The runtime fires the compiled table (``model.machine.select``); this shadow fires the
 library machines the table was compiled from, and is fed the events the *test* derives
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from transitions import MachineError
 
-from model import vcpu as lifecycle
+from model import lifecycle
 from model.coordinator import Coordinator
 from model.errors import InvalidTransition
 

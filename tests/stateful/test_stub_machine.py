@@ -19,7 +19,7 @@ Numbers (hypothesis 6.170.17, this machine, ``CI=true``: derandomized, no databa
   exits held in flight while other moves happen, ~350 steps cancelled by a suspend
   request, 65-140 vCPUs started while gdb held the others, 8-32 guest int3s
   re-injected, up to ~17 int3s of removed breakpoints. vCPU lifecycle transitions
-  (model/vcpu.py) taken: 19-21 of the 23 a personality can take. Not taken: a step
+  (model/lifecycle.py) taken: 19-21 of the 23 a personality can take. Not taken: a step
   over the guest's own int3 while a breakpoint exists (``armed``/``abandoned`` x
   ``foreign_int3``), sometimes the stale int3 of a step abandoned by a detach. Three
   more are unreachable by design (coverage.py says why).

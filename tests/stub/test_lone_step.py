@@ -11,6 +11,7 @@ import pytest
 
 from model.actions import SIGINT, SIGTRAP
 from stub.runtime import Runtime, StopEvent
+from tests.model.harness import request
 from tests.vmm.conftest import make_vm  # noqa: F401 - the fixture
 
 WAIT = 10.0
@@ -44,6 +45,7 @@ def runtime(make_vm):  # noqa: F811 - pytest fixture injection
         threads_in_run: list[str] = []
         for vcpu in vm.vcpus:
             vcpu.run = _recording(vcpu.run, threads_in_run)
+            vcpu.run_lent = _recording(vcpu.run_lent, threads_in_run)
         rt.start()
         made.append(rt)
         return vm, sym, rt, threads_in_run
@@ -52,6 +54,10 @@ def runtime(make_vm):  # noqa: F811 - pytest fixture injection
     for rt in made:
         rt.shutdown()
         rt.join()
+
+
+def rip(rt: Runtime, event: StopEvent) -> int:
+    return rt.read_registers(event.stop.vcpu, ["rip"])["rip"]
 
 
 def _recording(run, names: list[str]):
@@ -68,8 +74,8 @@ def stop_at(vm, sym, rt: Runtime, where: str) -> Stops:
     rt.query_halt()
     stops.next()
     rt.insert_breakpoint(0, sym[where])
-    rt.resume({}, "c")
-    assert stops.next().registers["rip"] == sym[where]
+    rt.resume(request({}, "c"))
+    assert rip(rt, stops.next()) == sym[where]
     rt.remove_breakpoint(0, sym[where])
     return stops
 
@@ -79,9 +85,9 @@ def test_a_lone_step_runs_on_the_callers_thread(runtime, personality):
     vm, sym, rt, in_run = runtime(HALTER, personality)
     stops = stop_at(vm, sym, rt, "t")
     del in_run[:]
-    rt.resume({0: "s"}, None)  # hlt: the instruction runs and the vCPU halts
+    rt.resume(request({0: "s"}))  # hlt: the instruction runs and the vCPU halts
     event = stops.next()
-    assert event.stop.vcpu == 0 and event.registers["rip"] == sym["t"] + 1
+    assert event.stop.vcpu == 0 and rip(rt, event) == sym["t"] + 1
     assert in_run == [threading.current_thread().name]
 
 
@@ -89,10 +95,10 @@ def test_a_lone_step_runs_on_the_callers_thread(runtime, personality):
 def test_a_step_in_hlt_goes_back_to_the_vcpu_thread(runtime, personality):
     vm, sym, rt, in_run = runtime(HALTER, personality)
     stops = stop_at(vm, sym, rt, "t")
-    rt.resume({0: "s"}, None)
+    rt.resume(request({0: "s"}))
     stops.next()  # halted after the hlt
     del in_run[:]
-    rt.resume({0: "s"}, None)  # must return at once: the server has to keep reading gdb
+    rt.resume(request({0: "s"}))  # must return at once: the server has to keep reading gdb
     vcpu = vm.vcpus[0]
     assert vcpu.waiting.wait(WAIT), "the vCPU's own thread should wait in hlt"
     assert rt.outbox.empty()  # the step is not over: nothing ran yet
@@ -100,12 +106,12 @@ def test_a_step_in_hlt_goes_back_to_the_vcpu_thread(runtime, personality):
     if personality == "amd-nomask":
         event = stops.next()
         assert event.stop.signal == SIGTRAP
-        assert event.registers["rip"] == sym["h_timer"]  # the interrupt was the step
+        assert rip(rt, event) == sym["h_timer"]  # the interrupt was the step
     else:
         # MASK_HWINTR holds the tick back during a step: only Ctrl-C ends it.
         rt.interrupt()
         event = stops.next()
-        assert event.stop.signal == SIGINT and event.registers["rip"] == sym["t"] + 1
+        assert event.stop.signal == SIGINT and rip(rt, event) == sym["t"] + 1
     assert in_run == [threading.current_thread().name, "vcpu0"]
 
 
@@ -127,10 +133,10 @@ def test_a_step_with_the_others_continuing_is_lent_too(runtime):
     del in_run[:]
     rips = []
     for _ in range(50):  # gdb's stepi with scheduler-locking off: vCont;s:1;c
-        rt.resume({0: "s"}, "c")
+        rt.resume(request({0: "s"}, "c"))
         event = stops.next()
         assert event.stop.vcpu == 0
-        rips.append(event.registers["rip"])
+        rips.append(rip(rt, event))
     assert rips == [sym["spin0"] + 2, sym["spin0"]] * 25, [hex(r) for r in rips[:6]] + [hex(sym["spin0"])]
     assert threading.current_thread().name in in_run
     assert "vcpu0" not in in_run  # every step of vCPU 0 ran here

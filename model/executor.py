@@ -1,0 +1,71 @@
+"""The one way the model's actions are carried out.
+
+Whoever drives the coordinator (the runtime against a real VMM, the model checker
+against its abstract hardware, the test harnesses against their expectations)
+implements :class:`ActionExecutor`, one method per action, and hands each list of
+actions to :func:`execute`. A new action type is then added in three places that the
+type checker and :func:`execute` point at: ``model.actions``, this protocol, and every
+executor. An action nobody knows how to carry out raises :class:`UnknownAction`; it
+is never skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+from model.actions import (
+    Action,
+    ClearSuspend,
+    PatchBreakpoint,
+    ReinjectBreakpoint,
+    RequestSuspend,
+    RestoreBreakpoint,
+    SendExit,
+    SendStop,
+    SetCap,
+)
+
+
+class UnknownAction(TypeError):
+    """An action type :func:`execute` has no executor method for."""
+
+
+class ActionExecutor(Protocol):
+    def set_cap(self, action: SetCap) -> None: ...
+
+    def request_suspend(self, action: RequestSuspend) -> None: ...
+
+    def clear_suspend(self, action: ClearSuspend) -> None: ...
+
+    def patch_breakpoint(self, action: PatchBreakpoint) -> None: ...
+
+    def restore_breakpoint(self, action: RestoreBreakpoint) -> None: ...
+
+    def reinject_breakpoint(self, action: ReinjectBreakpoint) -> None: ...
+
+    def send_stop(self, action: SendStop) -> None: ...
+
+    def send_exit(self, action: SendExit) -> None: ...
+
+
+METHODS: dict[type, str] = {
+    SetCap: "set_cap",
+    RequestSuspend: "request_suspend",
+    ClearSuspend: "clear_suspend",
+    PatchBreakpoint: "patch_breakpoint",
+    RestoreBreakpoint: "restore_breakpoint",
+    ReinjectBreakpoint: "reinject_breakpoint",
+    SendStop: "send_stop",
+    SendExit: "send_exit",
+}
+
+
+def execute(actions: Iterable[Action], executor: ActionExecutor) -> None:
+    """Carry out ``actions`` in order on ``executor``."""
+    for action in actions:
+        try:
+            name = METHODS[type(action)]
+        except KeyError:
+            raise UnknownAction(f"no executor method for {action!r}") from None
+        getattr(executor, name)(action)
