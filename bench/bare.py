@@ -20,15 +20,15 @@ from bench import elf
 from stub.cli import SWITCH_INTERVAL
 from stub.config import resolve
 from stub.vmm.api import ExitKind
-from stub.vmm.emulated import create_vm
+from stub.vmm.backends import create_vm
 
 
 def main() -> int:
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 3.0
     sys.setswitchinterval(SWITCH_INTERVAL)
     cfg = resolve("demo")
-    vm = create_vm(cfg.kernel, vcpus=cfg.vcpus, memory=cfg.memory, personality=cfg.cpu,
-                   timer_hz=cfg.timer_hz, console=None)
+    vm = create_vm("emulated", kernel=cfg.kernel, vcpus=cfg.vcpus, memory=cfg.memory,
+                   cpu=cfg.cpu, timer_hz=cfg.timer_hz, console=None)
     n = cfg.vcpus
 
     def drive(vcpu) -> None:

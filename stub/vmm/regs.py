@@ -147,6 +147,7 @@ class RegisterFile:
             words = w[:]
             for name, decode in plan.other:
                 out[name] = decode(words)
+            return {name: out[name] for name in key}  # in the order asked
         return out
 
     def write(self, values: Mapping[str, int]) -> None:

@@ -5,6 +5,8 @@ prelude that sets up a stack and an IDT whose default handlers count what they s
 (the prelude clobbers rax and r11 only; rdi/rsi/rdx keep the boot values),
 links it at 1 MiB into an ELF and returns it with its symbols. Tests skip when
 binutils are missing. ``make_elf`` builds an ELF in Python for loader tests.
+``Runner`` (run() on a thread of its own) and ``Console`` (an event per output) let the
+cross-thread tests synchronise on events, with bounded waits and no sleeps.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import struct
 import subprocess
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -234,3 +237,45 @@ def step(vcpu, mask: bool = False) -> VmExit:
 
 def u64(vm, gpa: int) -> int:
     return struct.unpack("<Q", vm.read_phys(gpa, 8))[0]
+
+
+WAIT = 5.0
+
+
+class Runner:
+    """Calls vcpu.run() in its own thread (the vCPU's owner), once per go()."""
+
+    def __init__(self, vcpu):
+        self.vcpu = vcpu
+        self.exit = None
+        self.returned_at = 0.0
+        self.done = threading.Event()
+
+    def go(self):
+        self.done.clear()
+        threading.Thread(target=self._run, daemon=True).start()
+        return self
+
+    def _run(self):
+        self.exit = self.vcpu.run()
+        self.returned_at = time.perf_counter()
+        self.done.set()
+
+    def result(self):
+        assert self.done.wait(WAIT), "run() did not return"
+        return self.exit
+
+
+class Console:
+    def __init__(self):
+        self.data = bytearray()
+        self.events: dict[bytes, threading.Event] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, data: bytes):
+        with self.lock:
+            self.data += data
+            self.event(data).set()
+
+    def event(self, data: bytes) -> threading.Event:
+        return self.events.setdefault(data, threading.Event())

@@ -115,3 +115,47 @@ def test_capabilities(make_vm, personality):
         else:
             with pytest.raises(CapabilityUnsupported):
                 v.set_capability(cap, True)
+
+
+def test_bulk_reads_agree_with_single_reads(make_vm):
+    vm, _ = make_vm(FLD)
+    v = vm.vcpus[0]
+    run_to_stop(v)
+    v.set_register("xmm3", (1 << 127) | 0xABCD)
+    v.set_register("rflags", 0x246)
+    every = v.get_registers(NAMES)
+    assert list(every) == list(NAMES)
+    assert every == {name: v.get_register(name) for name in reversed(NAMES)}
+    assert every["eflags"] == 0x246 and every["xmm3"] == (1 << 127) | 0xABCD
+    assert v.get_registers(["st1", "rip", "st0"]) == {
+        "st1": every["st1"], "rip": every["rip"], "st0": every["st0"]}
+    assert v.get_registers(iter(("rsp",))) == {"rsp": every["rsp"]}
+
+
+def test_bulk_writes_check_every_value_first(make_vm):
+    vm, _ = make_vm(FLD)
+    v = vm.vcpus[0]
+    v.set_registers({"rax": 1, "r9": 2, "xmm1": 1 << 100, "st3": 7 << 64 | 5})
+    assert v.get_registers(("rax", "r9", "xmm1", "st3")) == {
+        "rax": 1, "r9": 2, "xmm1": 1 << 100, "st3": 7 << 64 | 5}
+    with pytest.raises(ValueError, match="does not fit"):
+        v.set_registers({"rax": 3, "cs": 1 << 16})
+    with pytest.raises(KeyError, match="unknown register"):
+        v.set_registers({"rax": 3, "zmm0": 0})
+    with pytest.raises(KeyError, match="unknown register"):
+        v.get_registers(("rax", "zmm0"))
+    assert v.get_register("rax") == 1  # nothing of a refused write was written
+
+
+def test_bulk_rflags_writes_keep_the_debuggers_tf(make_vm):
+    vm, _ = make_vm(FLD, personality="amd")
+    v = vm.vcpus[0]
+    v.set_capability(Cap.RFLAGS_TF, True)
+    v.set_registers({"rax": 5, "eflags": 0x302})
+    assert v.get_registers(("eflags", "rflags")) == {"eflags": 0x302, "rflags": 0x302}
+    state = v.inspect()
+    assert state.raw_rflags & 0x100 and state.guest_tf and state.tf_shadow == "on"
+    v.set_registers({"rflags": 0x202})
+    assert not v.inspect().guest_tf and v.inspect().raw_rflags & 0x100
+    v.set_capability(Cap.RFLAGS_TF, False)
+    assert v.get_register("rflags") == 0x202 and v.inspect().raw_rflags == 0x202

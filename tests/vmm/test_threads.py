@@ -10,49 +10,7 @@ import threading
 import time
 
 from stub.vmm.api import Cap, ExitKind
-from tests.vmm.conftest import run_to_stop
-
-WAIT = 5.0
-
-
-class Runner:
-    """Calls vcpu.run() in its own thread (the vCPU's owner), once per go()."""
-
-    def __init__(self, vcpu):
-        self.vcpu = vcpu
-        self.exit = None
-        self.returned_at = 0.0
-        self.done = threading.Event()
-
-    def go(self):
-        self.done.clear()
-        threading.Thread(target=self._run, daemon=True).start()
-        return self
-
-    def _run(self):
-        self.exit = self.vcpu.run()
-        self.returned_at = time.perf_counter()
-        self.done.set()
-
-    def result(self):
-        assert self.done.wait(WAIT), "run() did not return"
-        return self.exit
-
-
-class Console:
-    def __init__(self):
-        self.data = bytearray()
-        self.events: dict[bytes, threading.Event] = {}
-        self.lock = threading.Lock()
-
-    def __call__(self, data: bytes):
-        with self.lock:
-            self.data += data
-            self.event(data).set()
-
-    def event(self, data: bytes) -> threading.Event:
-        return self.events.setdefault(data, threading.Event())
-
+from tests.vmm.conftest import WAIT, Console, Runner, run_to_stop
 
 TIGHT = """
 main:
