@@ -38,7 +38,7 @@ What the coordinator holds
   the middle of its handshake).
 - ``step``: the StepConfig probed once at start-up.
 
-Semantics (DESIGN.md §5), as this code keeps them
+Semantics (docs/design.md §5), as this code keeps them
 -------------------------------------------------
 1. One stop reply per resume (a ``c``/``s``/``vCont``, or a ``?`` after attach), sent
    only when every vCPU in ``want_stopped`` is parked. A stop always wants every

@@ -1,4 +1,4 @@
-"""State invariants of DESIGN.md §5 that hold in *every* coordinator state.
+"""State invariants of docs/design.md §5 that hold in *every* coordinator state.
 
 Shared by the unit tests, the hypothesis stateful tests and the model checker. Each
 check returns a list of violations (empty when the state is fine) so a caller can print

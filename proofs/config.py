@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from model.actions import Cap
+from model.caps import PERSONALITIES, Personality
 
 # Instructions of the abstract guest program. Addresses are 0..K-1 and the program
 # loops (pc mod K); every vCPU runs the same program from address 0.
@@ -20,34 +20,6 @@ POPF1 = "popf1"  # pops a flags image with TF=1 (the guest single-steps itself)
 INT3 = "int3"  # the guest's own breakpoint instruction, handled by its #BP handler
 INSTRUCTIONS = (NOP, PUSHF, POPF, POPF0, POPF1, INT3)
 
-
-@dataclass(frozen=True)
-class Personality:
-    """What a VMM offers. ``settable``: capabilities ``set_capability`` accepts;
-    ``readable``: those ``get_capability`` answers (VMX cannot read MASK_HWINTR)."""
-
-    name: str
-    settable: frozenset[Cap]
-    readable: frozenset[Cap]
-
-
-def _p(name: str, *caps: Cap, unreadable: tuple[Cap, ...] = ()) -> Personality:
-    return Personality(name, frozenset(caps), frozenset(caps) - frozenset(unreadable))
-
-
-PERSONALITIES = {
-    p.name: p
-    for p in (
-        _p("intel", Cap.MTRAP_EXIT, Cap.MASK_HWINTR, Cap.BPT_EXIT, unreadable=(Cap.MASK_HWINTR,)),
-        _p("amd", Cap.RFLAGS_TF, Cap.MASK_HWINTR, Cap.BPT_EXIT),
-        _p("amd-nomask", Cap.RFLAGS_TF, Cap.BPT_EXIT),
-        # Not a real vendor: a VMM offering both mechanisms, where the probe order
-        # decides whether the guest's RFLAGS are ever touched.
-        _p("both", Cap.MTRAP_EXIT, Cap.RFLAGS_TF, Cap.MASK_HWINTR, Cap.BPT_EXIT,
-           unreadable=(Cap.MASK_HWINTR,)),
-        _p("none", Cap.BPT_EXIT),
-    )
-}
 
 # Properties that can be switched off for one run (see README.md for each).
 # "5d": the guest's own single-step #DB is handed back to it after a debugger step of

@@ -1,4 +1,4 @@
-"""Properties 1-8 of DESIGN.md §5 on every configuration of ``proofs.suite``: every
+"""Properties 1-8 of docs/design.md §5 on every configuration of ``proofs.suite``: every
 reachable state and move checked, no deadlock, and (where marked) liveness under the
 fairness of README.md."""
 

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -178,18 +179,25 @@ def test_port_already_in_use(stub):
 
 
 def test_broken_vm_file_values(tmp_path):
-    bad = tmp_path / "bad.toml"
-    bad.write_text(f'kernel = "{DEMO_ELF}"\nvcpus = 2\nmemory_mb = 1\n')
-    r = subprocess.run([sys.executable, "-m", "stub", "--vm", str(bad)],
-                       capture_output=True, text=True, timeout=60, check=False)
-    assert r.returncode == 2 and "memory_mb must be" in r.stderr, r.stderr
-    notelf = tmp_path / "kernel.toml"
-    (tmp_path / "k.bin").write_bytes(b"\x7fELF" + b"\0" * 60)
-    notelf.write_text('kernel = "k.bin"\n')
-    r = subprocess.run([sys.executable, "-m", "stub", "--vm", str(notelf)],
-                       capture_output=True, text=True, timeout=60, check=False)
-    assert r.returncode == 2 and "cannot boot" in r.stderr, r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    """A broken VM is reported as broken, even while the port it would listen on is
+    busy (a stub left running): the VM is checked before the port is bound. The busy
+    port is one this test holds, never a fixed one."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        listen = ["--listen", "127.0.0.1:%d" % busy.getsockname()[1]]
+        bad = tmp_path / "bad.toml"
+        bad.write_text(f'kernel = "{DEMO_ELF}"\nvcpus = 2\nmemory_mb = 1\n')
+        r = subprocess.run([sys.executable, "-m", "stub", "--vm", str(bad), *listen],
+                           capture_output=True, text=True, timeout=60, check=False)
+        assert r.returncode == 2 and "memory_mb must be" in r.stderr, r.stderr
+        notelf = tmp_path / "kernel.toml"
+        (tmp_path / "k.bin").write_bytes(b"\x7fELF" + b"\0" * 60)
+        notelf.write_text('kernel = "k.bin"\n')
+        r = subprocess.run([sys.executable, "-m", "stub", "--vm", str(notelf), *listen],
+                           capture_output=True, text=True, timeout=60, check=False)
+        assert r.returncode == 2 and "cannot boot" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_ctrl_c_in_the_stub_terminal_shuts_down_cleanly(stub):

@@ -1,4 +1,4 @@
-"""Scripted scenarios, at least one per property of DESIGN.md §5 (and the vCont case)."""
+"""Scripted scenarios, at least one per property of docs/design.md §5 (and the vCont case)."""
 
 import pytest
 

@@ -21,7 +21,7 @@ What it is made of:
 What :meth:`Rig.check` (after every move) and the reply handling check, each failure a
 :class:`Violation`:
 
-- ``model.invariants.violations`` of the runtime's coordinator (DESIGN.md §5);
+- ``model.invariants.violations`` of the runtime's coordinator (docs/design.md §5);
 - lockstep: the runtime's coordinator and the shadow have equal snapshots, the VMM has
   what the shadow's actions imply and what the model says: step capabilities and
   BPT_EXIT per vCPU, suspend requests (and a vCPU in the guest has one exactly when the
