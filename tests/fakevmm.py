@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 
+from model.caps import personality
 from stub.vmm.api import (
     Cap,
     CapabilityUnsupported,
@@ -22,18 +23,12 @@ from stub.vmm.api import (
     VmExit,
 )
 
-CAPS = {
-    "intel": {Cap.MTRAP_EXIT, Cap.BPT_EXIT, Cap.MASK_HWINTR},
-    "amd": {Cap.RFLAGS_TF, Cap.BPT_EXIT, Cap.MASK_HWINTR},
-    "none": {Cap.BPT_EXIT},
-}
-
 
 class FakeVcpu(Vcpu):
     def __init__(self, vm: FakeVm, index: int):
         self.vm, self.index = vm, index
         self.regs = {"rip": 0x1000, "rsp": 0x8000, "rbp": 0, "rflags": 2}
-        self.caps: dict[Cap, bool] = {c: False for c in CAPS[vm.personality]}
+        self.caps: dict[Cap, bool] = dict.fromkeys(personality(vm.personality).settable, False)
         self.suspend = False
         self.started = threading.Event()
         if index == 0:
