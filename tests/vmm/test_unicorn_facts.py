@@ -1,5 +1,5 @@
 """The Unicorn 2.1 behaviour the emulated VMM is built on, re-checked on the installed
-version (DESIGN.md §4 lists what was measured on 2.1; the rest was found here).
+version (docs/design.md §4 lists what was measured on 2.1; the rest was found here).
 
 Each test uses a bare ``Cpu`` (a Unicorn instance in long mode over the boot page
 tables) and raw hooks, not the VMM's run loop, so a Unicorn change shows up here first.
