@@ -80,17 +80,23 @@ def verdict(row: Row) -> str:
     return {True: "**met**", False: "**not met**", None: "n/a"}[m]
 
 
-def markdown(rows: list[Row]) -> str:
-    head = ("| measurement | ours | QEMU TCG | QEMU KVM | udbserver | reference | target | |\n"
-            "|---|---:|---:|---:|---:|---:|---|---|\n")
+def columns(base: str = "") -> list[tuple[str, str]]:
+    """(key, label) of the value columns; "base" (``--baseline``) only when there is one."""
+    return [("ours", "ours"), *([("base", base)] if base else []), *PEERS]
+
+
+def markdown(rows: list[Row], base: str = "") -> str:
+    cols = columns(base)
+    head = ("| measurement | " + " | ".join(label for _, label in cols)
+            + " | reference | target | |\n|---|" + "---:|" * (len(cols) + 1) + "---|---|\n")
     lines = []
     for r in rows:
         ref = cell(r, "ref") if ("ref" in r.samples or "ref" in r.notes) else ""
         if ref and r.ref_label:
             ref = f"{r.ref_label}: {ref}"
         title = f"{r.title} [{r.unit}{', lower is better' if not r.higher_better else ''}]"
-        lines.append(f"| {title} | {cell(r, 'ours')} | {cell(r, 'tcg')} | {cell(r, 'kvm')} | "
-                     f"{cell(r, 'udb')} | {ref} | {r.target} | {verdict(r)} |")
+        values = " | ".join(cell(r, c) for c, _ in cols)
+        lines.append(f"| {title} | {values} | {ref} | {r.target} | {verdict(r)} |")
     return head + "\n".join(lines) + "\n"
 
 
@@ -106,16 +112,16 @@ def samples_markdown(rows: list[Row]) -> str:
     return "\n".join(out) + "\n"
 
 
-def text_table(rows: list[Row]) -> str:
-    cols = ["measurement", "ours", "QEMU TCG", "QEMU KVM", "udbserver", "reference", "target"]
+def text_table(rows: list[Row], base: str = "") -> str:
+    cols = columns(base)
+    head = ["measurement", *(label for _, label in cols), "reference", "target"]
     data = []
     for r in rows:
         ref = cell(r, "ref") if ("ref" in r.samples or "ref" in r.notes) else ""
         target = f"{r.target} {verdict(r).strip('*')}".strip()
-        data.append([f"{r.title} [{r.unit}]", cell(r, "ours"), cell(r, "tcg"), cell(r, "kvm"),
-                     cell(r, "udb"), ref, target])
-    widths = [min(max(len(str(x[i])) for x in [cols, *data]), 58) for i in range(len(cols))]
-    line = "  ".join(c.ljust(w) for c, w in zip(cols, widths))
+        data.append([f"{r.title} [{r.unit}]", *(cell(r, c) for c, _ in cols), ref, target])
+    widths = [min(max(len(str(x[i])) for x in [head, *data]), 58) for i in range(len(head))]
+    line = "  ".join(c.ljust(w) for c, w in zip(head, widths))
     out = [line, "-" * len(line)]
     for d in data:
         out.append("  ".join(str(x)[:58].ljust(w) for x, w in zip(d, widths)))

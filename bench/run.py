@@ -11,11 +11,15 @@ C. 4 vCPUs: Ctrl-C latency (round-robin again), continue-to-breakpoint, gdb ``st
    with the other vCPUs continuing, and the free-running guest with the stub attached,
    trial by trial against the bare VMM (``bench/bare.py``) in turn.
 D. the model checker against SPIN (if proofs/ and its SPIN cross-check exist).
+
+``--baseline REV`` adds our stub at git revision REV (bench/baseline.py) as one more
+column in the stepping, memory-read and breakpoint rows, in turn with ours at every trial.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import subprocess
@@ -25,7 +29,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import checker, gdbbench, measure, report, sysinfo, targets
+from bench import baseline, checker, gdbbench, measure, report, sysinfo, targets
 from bench.report import Row
 
 HERE = Path(__file__).resolve().parent
@@ -54,6 +58,11 @@ QUICK = Plan(trials=3, seconds=0.4, ctrl_c=12, speed_trials=2, speed_seconds=1.0
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def col_of(key: str) -> str:
+    """The column of a debuggee: ours-intel -> ours, base-intel -> base, tcg -> tcg."""
+    return key.split("-")[0]
 
 
 def attempt(row: Row, col: str, what: str, fn) -> None:
@@ -118,16 +127,18 @@ def make_rows(p: Plan) -> dict[str, Row]:
 
 
 # ------------------------------------------------------------------ phases
-def phase_raw(p: Plan, rows: dict[str, Row], peers: dict[str, bool]):
+def phase_raw(p: Plan, rows: dict[str, Row], peers: dict[str, bool], base=None):
     """Phase A. Returns the debuggees and their sessions, still stopped, for phase B."""
     starters = {"ours": lambda: targets.start_ours("amd", 1),
+                "base": lambda: targets.start_base(base, "amd", 1),
                 "ours-intel": lambda: targets.start_ours("intel", 1, key="ours-intel"),
+                "base-intel": lambda: targets.start_base(base, "intel", 1, key="base-intel"),
                 "tcg": lambda: targets.start_qemu("tcg"), "kvm": lambda: targets.start_qemu("kvm"),
                 "udb": targets.start_udb}
     live: dict[str, targets.Target] = {}
     sessions: dict[str, targets.Session] = {}
     for key, start in starters.items():
-        col = "ours" if key.startswith("ours") else key
+        col = col_of(key)
         if not peers.get(col, True):
             continue
         try:
@@ -141,9 +152,6 @@ def phase_raw(p: Plan, rows: dict[str, Row], peers: dict[str, bool]):
             for r in rows.values():
                 if col != "ours":
                     r.na(col, "did not start")
-
-    def col_of(key: str) -> str:
-        return "ours" if key.startswith("ours") else key
 
     def fresh_udb() -> None:
         """udbserver slows down with every step of a session (see targets.py): each
@@ -160,7 +168,7 @@ def phase_raw(p: Plan, rows: dict[str, Row], peers: dict[str, bool]):
             live.pop("udb")
 
     def step_row(key: str, packet: bytes) -> Row:
-        if key == "ours-intel":
+        if key.endswith("-intel"):
             return rows["s-intel"]
         return rows["s" if packet == b"s" else "vcont"]
 
@@ -169,7 +177,7 @@ def phase_raw(p: Plan, rows: dict[str, Row], peers: dict[str, bool]):
         fresh_udb()
         for key, s in list(sessions.items()):
             for packet in (b"s", b"vCont;s:{t}"):
-                if key == "ours-intel" and packet != b"s":
+                if key.endswith("-intel") and packet != b"s":
                     continue
                 row = step_row(key, packet)
                 attempt(row, col_of(key), f"{key} {packet!r}",
@@ -180,8 +188,10 @@ def phase_raw(p: Plan, rows: dict[str, Row], peers: dict[str, bool]):
             rows["s-intel"].samples[col] = rows["s"].samples.get(col, [])
             if col in rows["s"].notes:
                 rows["s-intel"].notes[col] = rows["s"].notes[col]
-        sessions.pop("ours-intel").close()
-        live.pop("ours-intel").stop()
+    for key in ("ours-intel", "base-intel"):
+        if key in sessions:
+            sessions.pop(key).close()
+            live.pop(key).stop()
 
     # Memory: fill 1 MiB with random bytes, then m (and x) with the largest packets.
     sizes: dict[str, int] = {}
@@ -224,14 +234,17 @@ def phase_raw(p: Plan, rows: dict[str, Row], peers: dict[str, bool]):
 
 
 def phase_gdb(p: Plan, rows: dict[str, Row], live, sessions) -> None:
-    """Phase B: one debuggee at a time; the others stay stopped under their raw session."""
+    """Phase B: one debuggee at a time (ours and the baseline's `stepi` in turn); the
+    others stay stopped under their raw session."""
     if gdbbench.GDB is None:
         for key in ("stepi", "dump"):
             rows[key].na("ours", "gdb not installed")
         return
+    ours = {k: live[k] for k in ("ours", "base") if k in live}
+    gdb_in_turn(rows["stepi"], ours, sessions, p.stepi, p.stepi_reps)
     for key in list(live):
         t = live[key]
-        col = "ours" if key.startswith("ours") else key
+        col = col_of(key)
         if key == "udb":
             t.stop()  # it serves one connection in its life: a fresh one for gdb
             try:
@@ -241,26 +254,49 @@ def phase_gdb(p: Plan, rows: dict[str, Row], live, sessions) -> None:
                 continue
         else:
             sessions[key].close()
-        attempt(rows["stepi"], col, f"{t.label} gdb stepi",
-                lambda t=t: gdbbench.stepi_rates(t, p.stepi, p.stepi_reps))
+        if key not in ours:
+            attempt(rows["stepi"], col, f"{t.label} gdb stepi",
+                    lambda t=t: gdbbench.stepi_rates(t, p.stepi, p.stepi_reps))
         if key == "udb":
             rows["dump"].na("udb", "not measured (~0.4 MB/s)")
-        else:
+        elif key != "base":
             attempt(rows["dump"], col, f"{t.label} gdb dump",
                     lambda t=t: gdbbench.dump_rates(t, p.dump_bytes, p.dump_reps))
         t.stop()
         log(f"{t.label}: gdb rows done")
 
 
-def phase_four(p: Plan, rows: dict[str, Row], peers: dict[str, bool]) -> None:
+def gdb_in_turn(row: Row, debuggees: dict[str, targets.Target],
+                held: dict[str, targets.Session], steps: int, reps: int) -> None:
+    """gdb `stepi`, one timed command per gdb run, our stub now and at the baseline in
+    turn. Between runs each waits under a raw session in ``held`` (keyed like
+    ``debuggees``): our stub resumes its guest when gdb leaves."""
+    for _ in range(reps):
+        for key, t in debuggees.items():
+            held.pop(key).close()
+            attempt(row, col_of(key), f"{t.label} gdb stepi",
+                    lambda t=t: gdbbench.stepi_rates(t, steps, 1))
+            held[key] = t.connect()
+
+
+def start_four(start) -> tuple[targets.Target, targets.Session]:
+    """A 4-vCPU debuggee, connected (so stopped) once all its vCPUs are online."""
+    t = start()
+    try:
+        s = t.connect()
+        measure.wait_online(s, 4)
+        return t, s
+    except BaseException:
+        t.stop()
+        raise
+
+
+def phase_four(p: Plan, rows: dict[str, Row], peers: dict[str, bool], base=None) -> None:
     """Phase C: the rows that need 4 vCPUs."""
     rng = random.Random(4)
     live: dict[str, targets.Session] = {}
     try:
-        ours = targets.start_ours("amd", 4)
-        s = ours.connect()
-        measure.wait_online(s, 4)
-        live["ours"] = s
+        ours, live["ours"] = start_four(lambda: targets.start_ours("amd", 4))
     except Exception as err:  # noqa: BLE001
         log(f"ours, 4 vCPUs: cannot start: {err}")
         return
@@ -309,15 +345,32 @@ def phase_four(p: Plan, rows: dict[str, Row], peers: dict[str, bool]) -> None:
         rows[key].detail = "ratio: median of back-to-back pairs " + ", ".join(
             f"{x:.2f}" for x in rows[key].pairs)
     log("guest speed done")
-    # Continue to a breakpoint with 4 vCPUs (whichever hits reports).
-    s.run_to(targets.CPU_LOOP)
-    attempt(rows["bp4"], "ours", "4-vCPU breakpoint cycle",
-            lambda: measure.bp_cycle_rates(s, p.trials, p.seconds / 1.5))
-    s.close()
-    attempt(rows["stepi4"], "ours", "4-vCPU gdb stepi",
-            lambda: gdbbench.stepi_rates(ours, p.stepi // 2, p.stepi_reps))
-    ours.stop()
+    four_in_turn(p, rows, {"ours": ours}, {"ours": s}, base)
     log("4-vCPU rows done")
+
+
+def four_in_turn(p: Plan, rows: dict[str, Row], debuggees: dict[str, targets.Target],
+                 held: dict[str, targets.Session], base) -> None:
+    """Breakpoint cycles and gdb `stepi` with 4 vCPUs (whichever vCPU hits reports),
+    our stub now and (with ``--baseline``) at the baseline, trial by trial in turn."""
+    if base is not None:
+        try:
+            debuggees["base"], held["base"] = start_four(
+                lambda: targets.start_base(base, "amd", 4))
+        except Exception as err:  # noqa: BLE001
+            log(f"{base.label}, 4 vCPUs: cannot start: {err}")
+            for key in ("bp4", "stepi4"):
+                rows[key].na("base", "did not start")
+    for s in held.values():
+        s.run_to(targets.CPU_LOOP)
+    for _ in range(p.trials):
+        for key, s in held.items():
+            attempt(rows["bp4"], key, f"{debuggees[key].label} breakpoint cycle",
+                    lambda s=s: measure.bp_cycle_rates(s, 1, p.seconds / 1.5))
+    gdb_in_turn(rows["stepi4"], debuggees, held, p.stepi // 2, p.stepi_reps)
+    for key, t in debuggees.items():
+        held[key].close()
+        t.stop()
 
 
 def bare_speed(seconds: float) -> float:
@@ -362,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-kvm", action="store_true")
     ap.add_argument("--no-udbserver", action="store_true")
     ap.add_argument("--no-checker", action="store_true")
+    ap.add_argument("--baseline", metavar="REV",
+                    help="also measure our stub at git revision REV, side by side")
     ap.add_argument("--out", type=Path, default=RESULTS, help=f"Markdown (default {RESULTS})")
     ap.add_argument("--profile", action="store_true",
                     help="instead: profile our stub's step and memory-read paths (py-spy)")
@@ -375,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     info = sysinfo.collect()
     load_before = sysinfo.load()
     peers = {"tcg": targets.qemu_available() and not a.no_qemu,
-             "kvm": not a.no_qemu and not a.no_kvm, "udb": not a.no_udbserver}
+             "kvm": not a.no_qemu and not a.no_kvm, "udb": not a.no_udbserver,
+             "base": bool(a.baseline)}
     rows = make_rows(plan)
     if peers["kvm"]:
         ok, why = targets.kvm_available()
@@ -389,9 +445,12 @@ def main(argv: list[str] | None = None) -> int:
                 r.notes.setdefault(col, "skipped")
     t0 = time.monotonic()
     log(f"{'quick' if a.quick else 'full'} run; load average {load_before}")
-    live, sessions = phase_raw(plan, rows, peers)
-    phase_gdb(plan, rows, live, sessions)
-    phase_four(plan, rows, peers)
+    with baseline.checkout(a.baseline) if a.baseline else contextlib.nullcontext() as base:
+        if base:
+            log(f"baseline: {base.label}, checked out in {base.path}")
+        live, sessions = phase_raw(plan, rows, peers, base)
+        phase_gdb(plan, rows, live, sessions)
+        phase_four(plan, rows, peers, base)
     if not a.no_checker:
         phase_checker(plan, rows)
     else:
@@ -401,29 +460,32 @@ def main(argv: list[str] | None = None) -> int:
 
     ordered = [rows[k] for k in ("s", "s-intel", "vcont", "stepi", "stepi4", "m", "x", "dump",
                                  "bp", "bp4", "ctrlc", "speed", "speed-d", "checker")]
+    label = base.label if base else ""
     print()
-    print(report.text_table(ordered))
+    print(report.text_table(ordered, label))
     print(f"\nload average before {load_before}, after {load_after}; {elapsed:.0f} s")
-    md = render(ordered, info, plan, a.quick, load_before, load_after, elapsed)
+    md = render(ordered, info, plan, a.quick, load_before, load_after, elapsed, base)
     a.out.write_text(md)
     print(f"wrote {a.out}")
     return 0
 
 
-def render(rows, info, plan: Plan, quick: bool, load_before, load_after, elapsed) -> str:
+def render(rows, info, plan: Plan, quick: bool, load_before, load_after, elapsed,
+           base=None) -> str:
     machine = "\n".join(f"- {k}: {v}" for k, v in info.items())
     when = time.strftime("%Y-%m-%d %H:%M %Z")
+    flags = (" --quick" if quick else "") + (f" --baseline {base.rev}" if base else "")
     return f"""# Benchmark results
 
-`python -m bench{' --quick' if quick else ''}` on {when}, {elapsed:.0f} s; load average
+`python -m bench{flags}` on {when}, {elapsed:.0f} s; load average
 (1/5/15 min) {load_before} before, {load_after} after (a shared 2-core machine: other
 people's tests were running).
 
 Medians of {plan.trials} trials (gdb rows: {plan.stepi_reps} timed commands; Ctrl-C:
 {plan.ctrl_c} interrupts; guest speed: {plan.speed_trials} trials of {plan.speed_seconds:g} s).
 Peer cells read `value (×ours/peer)`. Higher is better unless the row says otherwise.
-
-{report.markdown(rows)}
+{base_note(base)}
+{report.markdown(rows, base.label if base else "")}
 Targets met: {sum(r.met() is True for r in rows)} of {sum(bool(r.target) and r.check is not None for r in rows)}.
 
 ## Machine
@@ -450,6 +512,14 @@ Targets met: {sum(r.met() is True for r in rows)} of {sum(bool(r.target) and r.c
 ## Samples
 
 {report.samples_markdown(rows)}"""
+
+
+def base_note(base) -> str:
+    if base is None:
+        return ""
+    return (f"\nColumn `{base.label}`: our stub at git revision {base.rev} (`--baseline`),"
+            f" measured in turn with ours (the working tree, {base.current}) trial by"
+            f" trial; its ratio is ×ours/{base.label}.\n")
 
 
 if __name__ == "__main__":

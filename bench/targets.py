@@ -20,6 +20,8 @@ Peer quirks handled here, each measured on this machine:
 from __future__ import annotations
 
 import os
+import queue
+import re
 import shutil
 import socket
 import subprocess
@@ -27,6 +29,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bench import elf
 from bench.client import Rsp
@@ -157,6 +160,64 @@ def start_ours(cpu: str = "amd", vcpus: int = 1, key: str = "ours") -> Target:
     sp = start_stub("--vm", "demo", "--cpu", cpu, "--vcpus", str(vcpus))
     label = f"ours ({cpu}, {vcpus} vCPU{'s' if vcpus > 1 else ''})"
     return Target(key, label, sp.proc, sp.port, has_x=True, _stub=sp)
+
+
+# ``--baseline``: REV's stub runs from its worktree (cwd and PYTHONPATH), and the venv's
+# editable install of this tree (a meta-path finder mapping stub, model, ... here) is
+# taken out first: with it, a module missing at REV would still be found in this tree.
+BASE_LAUNCHER = """import runpy, sys
+sys.meta_path[:] = [f for f in sys.meta_path
+                    if not getattr(f, '__module__', '').startswith('__editable__')]
+sys.path[:] = [p for p in sys.path if '__editable__' not in p]
+import stub
+print('bench: stub from', stub.__file__, file=sys.stderr, flush=True)
+runpy.run_module('stub', run_name='__main__', alter_sys=True)
+"""
+
+
+def start_base(base, cpu: str = "amd", vcpus: int = 1, key: str = "base") -> Target:
+    """Like start_ours, for our stub at the baseline (a ``baseline.Base``)."""
+    cmd = [PYTHON, "-c", BASE_LAUNCHER, "--listen", "127.0.0.1:0", "--vm", "demo",
+           "--cpu", cpu, "--vcpus", str(vcpus)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(base.path)}
+    proc = subprocess.Popen(cmd, cwd=base.path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    _drain(proc.stdout)
+    try:
+        port = _base_port(proc, base.path)
+    except RuntimeError:
+        proc.kill()
+        raise
+    label = f"{base.label} ({cpu}, {vcpus} vCPU{'s' if vcpus > 1 else ''})"
+    return Target(key, label, proc, port, has_x=True)
+
+
+def _base_port(proc: subprocess.Popen, tree: Path, timeout: float = 30.0) -> int:
+    """The port from the stub's gdb command line, once it said that its ``stub``
+    package is the worktree's."""
+    found: queue.Queue = queue.Queue()
+    lines: list[bytes] = []
+
+    def read() -> None:
+        for line in proc.stderr:
+            lines.append(line)
+            if m := re.search(rb"target remote [\d.]+:(\d+)", line):
+                found.put(int(m.group(1)))
+        found.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        port = found.get(timeout=timeout)
+    except queue.Empty:
+        port = None
+    err = b"".join(lines).decode(errors="replace")
+    if port is None:
+        raise RuntimeError(f"base stub did not start:\n{err[-800:]}")
+    origin = next((ln.split("from ", 1)[1].strip() for ln in err.splitlines()
+                   if ln.startswith("bench: stub from ")), "?")
+    if not Path(origin).is_relative_to(tree):
+        raise RuntimeError(f"base stub imported {origin}, not the worktree's")
+    return port
 
 
 def _drain(stream) -> None:
