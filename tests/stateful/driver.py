@@ -70,15 +70,14 @@ from model.coordinator import Coordinator
 from model.errors import ProtocolError
 from model.executor import execute
 from model.invariants import violations
+from model.lifecycle import STEP_ARMED
 from model.resume import from_vcont
 from model.tf_shadow import TfShadow
-from model.lifecycle import STEP_ARMED
+from stub.connection import GdbConnection
 from stub.rsp import packets as P
 from stub.rsp.hexutil import hex_decode
 from stub.rsp.registers import G_SIZE, decode_g
-from stub.connection import GdbConnection
 from stub.runtime import Runtime
-from stub.vmm.api import Cap as VmmCap
 from stub.vmm.api import ExitKind, VmExit, VmmError
 from stub.vmm.cpu import TF
 from stub.vmm.emulated import create_vm
@@ -149,10 +148,10 @@ class Rig:
                  tf_shadow: type[TfShadow] = TfShadow):
         self.demo = D.demo()
         self.vm = create_vm(D.DEMO_ELF, vcpus=vcpus, memory=D.MEMORY,
-                            personality=PERSONALITY[personality], timer_hz=0, ticker=False)
+                            cpu=PERSONALITY[personality], timer_hz=0, ticker=False)
         self.rt = Runtime(self.vm)  # probes StepMode on vCPU 0 first, as the stub does
         for v in self.vm.vcpus:
-            v._tf = tf_shadow()  # a mutant TF shadow takes over after the probe
+            v.replace_tf_shadow(tf_shadow())  # a mutant TF shadow takes over after the probe
         if coordinator is not Coordinator:
             self.rt.coord = coordinator(vcpus, self.rt.step)
         self.shadow = shadow(vcpus, self.rt.step)
@@ -227,7 +226,7 @@ class Rig:
         exit_ = self.vm.vcpus[i].run(max_instructions=k)
         if exit_.kind in (ExitKind.POWEROFF, ExitKind.TRIPLE_FAULT):
             raise Violation(f"the guest ended on vCPU {i}: {exit_} "
-                            f"console {self.vm.console_output[-300:]!r}")
+                            f"console {self.vm.console.output[-300:]!r}")
         if exit_.kind is ExitKind.BUDGET:  # no event: the thread just calls run() again
             assert self.rt.vcpu_exited(self.vm.vcpus[i], exit_)
             return exit_.kind
@@ -282,7 +281,7 @@ class Rig:
             if now != rip:
                 raise Violation(f"vCPU {i}: stale int3 at {rip:#x} left RIP at {now:#x}")
             return
-        frame_rip = D.u64(vcpu.cpu.read(vcpu.get_register("rsp"), 8))
+        frame_rip = D.u64(vcpu.read_virtual(vcpu.get_register("rsp"), 8))
         if now != self.demo.sym("bp_isr") or frame_rip != rip + 1:
             raise Violation(f"vCPU {i}: the guest's int3 at {rip:#x} went to {now:#x} "
                             f"(frame rip {frame_rip:#x}), not to bp_isr")
@@ -366,7 +365,7 @@ class Rig:
         when the instruction transfers control (then any RIP is plausible)."""
         vcpu = self.vm.vcpus[i]
         rip = vcpu.get_register("rip")
-        code = vcpu.cpu.read_upto(rip, 30)
+        code = vcpu.read_virtual(rip, 30, partial=True)
         ins = list(_DISASM.disasm(code, rip, 2))
         if not ins or set(ins[0].groups) & _CONTROL_FLOW:
             return rip, None
@@ -605,25 +604,23 @@ class Rig:
     def _check_vmm(self, c: Coordinator) -> list[str]:
         bad = []
         for i, v in enumerate(self.vm.vcpus):
-            have = {cap for cap in (Cap.MTRAP_EXIT, Cap.MASK_HWINTR, Cap.BPT_EXIT)
-                    if v._caps[VmmCap(cap.value)]}
-            if v._tf.is_on:
-                have.add(Cap.RFLAGS_TF)
+            state = v.inspect()
+            have = set(state.caps)
             model_caps = set(c.caps[i]) | ({Cap.BPT_EXIT} if i in c.bpt_exit_on else set())
             if have != self.exp_caps[i] or have != model_caps:
                 bad.append(f"vCPU {i} ({c.states[i]}) has {_names(have)} on; the model "
                            f"says {_names(model_caps)}, its actions {_names(self.exp_caps[i])}")
-            if v._suspend != self.exp_suspend[i]:
-                bad.append(f"vCPU {i}: VMM suspend request {v._suspend}, "
+            if state.suspend_requested != self.exp_suspend[i]:
+                bad.append(f"vCPU {i}: VMM suspend request {state.suspend_requested}, "
                            f"expected {self.exp_suspend[i]}")
             in_guest = c.states[i] != "absent" and not c.parked(i)
-            if in_guest and v._suspend != (i in c.want_stopped):
-                bad.append(f"vCPU {i} runs with suspend={v._suspend}, "
+            if in_guest and state.suspend_requested != (i in c.want_stopped):
+                bad.append(f"vCPU {i} runs with suspend={state.suspend_requested}, "
                            f"want_stopped={sorted(c.want_stopped)}")
             if c.states[i] not in STEP_ARMED:
-                if v._tf.state != "off":
-                    bad.append(f"vCPU {i} is {c.states[i]} with the TF shadow {v._tf.state}")
-                if v.cpu.rflags & TF:
+                if state.tf_shadow != "off":
+                    bad.append(f"vCPU {i} is {c.states[i]} with the TF shadow {state.tf_shadow}")
+                if state.raw_rflags & TF:
                     bad.append(f"vCPU {i} is {c.states[i]} with RFLAGS.TF set")
             for (j, name), value in self.scratch_regs.items():
                 if j == i and v.get_register(name) != value:
@@ -635,8 +632,8 @@ class Rig:
             want = 0xCC if gpa in c.breakpoints else orig
             if byte != want:
                 bad.append(f"byte at {gva:#x} is {byte:#x}, expected {want:#x}")
-        if set(self.rt.saved) != set(c.breakpoints) or self.exp_patched != set(c.breakpoints):
-            bad.append(f"patched {sorted(self.rt.saved)}, model {sorted(c.breakpoints)}, "
+        if set(self.rt.originals) != set(c.breakpoints) or self.exp_patched != set(c.breakpoints):
+            bad.append(f"patched {sorted(self.rt.originals)}, model {sorted(c.breakpoints)}, "
                        f"actions {sorted(self.exp_patched)}")
         return bad
 

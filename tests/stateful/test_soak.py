@@ -80,7 +80,7 @@ class Served:
 
     def __init__(self, name: str):
         cfg = resolve(name)
-        self.vm = create_vm(cfg.kernel, vcpus=VCPUS, memory=cfg.memory, personality=cfg.cpu,
+        self.vm = create_vm(cfg.kernel, vcpus=VCPUS, memory=cfg.memory, cpu=cfg.cpu,
                             timer_hz=cfg.timer_hz)
         self.rt = Runtime(self.vm)
         self.server = Server(self.rt, open_listener("127.0.0.1", 0))
