@@ -1,4 +1,4 @@
-"""VMM backends by name: what ``--vmm`` / ``vmm =`` choose from.
+"""VMM backends by name: what a VM definition's ``backend =`` chooses from.
 
 A backend's module is imported only when a VM is made with it, so naming the backends
 (the CLI's choices, config checks) needs none of them installed: importing this module
