@@ -24,7 +24,7 @@ import logging
 from stub.rsp import packets as P
 from stub.rsp.framing import BadPacket, Interrupt, Packet, RspConnection
 from stub.runtime import ExitEvent, Runtime, StopEvent
-from stub.session import Outcome, Session
+from stub.session import EXPEDITED_NAMES, Outcome, Session
 
 log = logging.getLogger("stub.connection")
 packet_log = logging.getLogger("stub.packets")
@@ -43,8 +43,9 @@ class GdbConnection:
 
     # ----------------------------------------------------------------- inputs
     def connected(self) -> None:
-        """A debugger connected: the target stops everything (gdb asks with ``?``)."""
-        self.target.attach()
+        """A debugger connected: the target stops everything (gdb asks with ``?``),
+        and will read these registers of the vCPU each stop reply names."""
+        self.target.attach(expedite=EXPEDITED_NAMES)
 
     def receive(self, data: bytes) -> bytes:
         """Bytes from gdb; returns the bytes to send back, in order."""
@@ -65,12 +66,7 @@ class GdbConnection:
         if isinstance(event, ExitEvent):
             return self.session.format_exit(event)
         self.session.select_stopped(event.stop)
-        try:
-            registers = self.session.expedited(event.stop)
-        except Exception:  # never lose the reply gdb waits for: send it plain
-            log.exception("reading the expedited registers of %s failed", event.stop)
-            registers = None
-        return self.session.format_stop(event.stop, registers)
+        return self.session.format_stop(event.stop, event.registers)
 
     def lost(self) -> None:
         """The connection dropped: like ``D``, the guest runs on."""

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from model.actions import (
@@ -73,6 +73,9 @@ SIGSEGV = 11
 @dataclass(frozen=True)
 class StopEvent:
     stop: Stop
+    # The registers the debugger asked to have with every stop (``attach``), read
+    # under the lock when the stop was made; None if they could not be read.
+    registers: dict[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,7 @@ class Runtime:
         self.ended_how: str = ""
         self._threads: list[threading.Thread] = []
         self._stopping = False
+        self._expedite: tuple[str, ...] = ()
         self._lent = [False] * len(vm.vcpus)  # the vCPU runs on a borrowing thread
         # Only with vCPU threads (start()) and a backend that can lend; a
         # deterministic driver steps every vCPU itself.
@@ -279,8 +283,17 @@ class Runtime:
             self._guest_ended_locked("X", SIGSEGV, f"guest int3 could not be delivered: {err}")
 
     def send_stop(self, action: SendStop) -> None:
-        self.outbox.put(StopEvent(action.stop))
+        self.outbox.put(StopEvent(action.stop, self._stop_registers(action.stop.vcpu)))
         self.on_output()
+
+    def _stop_registers(self, i: int) -> dict[str, int] | None:
+        if not self._expedite:
+            return None
+        try:
+            return self.vm.vcpus[i].get_registers(self._expedite)
+        except VmmError:  # never lose the reply gdb waits for: send it plain
+            log.exception("reading the stop registers of vCPU %d failed", i)
+            return None
 
     def send_exit(self, action: SendExit) -> None:
         self.outbox.put(ExitEvent(action.kind, action.code))
@@ -294,8 +307,10 @@ class Runtime:
                 cond.notify()
 
     # ------------------------------------------------------ requests from gdb
-    def attach(self) -> None:
+    def attach(self, expedite: Sequence[str] = ()) -> None:
+        """A debugger connected. ``expedite``: registers every stop reply carries."""
         with self.lock:
+            self._expedite = tuple(expedite)
             self._apply(self.coord.attach())
 
     def detach(self) -> None:

@@ -91,10 +91,6 @@ class Session:
         self.g_vcpu = stop.vcpu
         self.c_vcpu = None
 
-    def expedited(self, stop: Stop) -> dict[str, int]:
-        """The registers a stop reply carries, so gdb need not ask for them."""
-        return self.rt.read_registers(stop.vcpu, EXPEDITED_NAMES)
-
     def format_stop(self, stop: Stop, registers: dict[str, int] | None) -> bytes:
         reason = stop.reason if (stop.reason != "swbreak" or self.swbreak) else None
         expedited = expedited_registers(registers) if registers else None
@@ -136,9 +132,12 @@ class Session:
     def _threads(self) -> list[int]:
         return self.rt.active_vcpus()
 
-    def _vcpu_of(self, thread: P.ThreadId, allow_all: bool = False) -> int | None:
-        """vCPU index for a thread id; None for "all" where allowed."""
-        threads = self._threads()  # one look under the runtime's lock
+    def _vcpu_of(self, thread: P.ThreadId, allow_all: bool = False,
+                 threads: list[int] | None = None) -> int | None:
+        """vCPU index for a thread id; None for "all" where allowed. ``threads``: the
+        started vCPUs, if the caller has looked already (one look under the lock)."""
+        if threads is None:
+            threads = self._threads()
         if not threads:
             # A gdb that connects before vCPU 0's thread has started (the listener is
             # open before runtime.start()) sends Hg0 at once: refuse it (EINVAL) rather
@@ -195,7 +194,7 @@ class Session:
     def _VCont(self, cmd: P.VCont) -> None:
         threads = self._threads()
         items = [(a.kind, None if a.thread is None or a.thread.is_all
-                  else self._vcpu_of(a.thread)) for a in cmd.actions]
+                  else self._vcpu_of(a.thread, threads=threads)) for a in cmd.actions]
         self._resume(from_vcont(items, threads), None)
 
     def _resume(self, request, addr: int | None) -> None:
