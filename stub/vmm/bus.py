@@ -48,6 +48,29 @@ class PowerOff:
 IoEffect = PowerOff  # what an ``out`` may ask of the vCPU that made it
 
 
+class IrqLine:
+    """One interrupt request line from a device to an interrupt controller input.
+    The device drives its level; an edge-triggered input sees the rising edge. The
+    machine wires lines when it is built; an unwired line goes nowhere."""
+
+    def __init__(self, sink: Callable[[bool], None] | None = None):
+        self._sink = sink
+        self.level = False
+
+    def connect(self, sink: Callable[[bool], None]) -> None:
+        self._sink = sink
+
+    def set(self, level: bool) -> None:
+        self.level = bool(level)
+        if self._sink is not None:
+            self._sink(self.level)
+
+    def pulse(self) -> None:
+        """An edge: raise and lower (the PIT's channel 0 output in mode 2)."""
+        self.set(True)
+        self.set(False)
+
+
 class PortDevice:
     """A device on I/O ports. The defaults behave like an unclaimed port, so a device
     implements only the direction it has."""
