@@ -119,7 +119,7 @@ def run(cfg: VmConfig, host: str, port: int, wait: bool) -> int:
         runtime.shutdown()
         runtime.join()
     log.info("%s", runtime.ended_how or "stopped")
-    return 0
+    return runtime.exit_status
 
 
 def _console(data: bytes) -> None:

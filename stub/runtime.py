@@ -68,6 +68,7 @@ log = logging.getLogger("stub.runtime")
 INT3 = b"\xcc"
 PAGE = 4096
 SIGSEGV = 11
+TRIPLE_FAULT_STATUS = 1
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,8 @@ class Runtime:
         self.originals: dict[int, bytes] = {}
         self.finished = threading.Event()  # the guest ended or the VM was killed
         self.ended_how: str = ""
+        # What the stub's process exits with (docs/platform.md, "Exit status").
+        self.exit_status = 0
         self._threads: list[threading.Thread] = []
         self._stopping = False
         self._expedite: tuple[str, ...] = ()
@@ -213,9 +216,12 @@ class Runtime:
             case ExitKind.BPT:
                 self._on_breakpoint(vcpu, exit_)
             case ExitKind.POWEROFF:
+                self.exit_status = 0 if exit_.status is None else exit_.status
                 self._guest_ended_locked("W", exit_.code & 0xFF,
-                                         f"guest powered off (code {exit_.code})")
+                                         f"guest powered off (code {exit_.code}"
+                                         f"{f', exit status {exit_.status}' if exit_.status else ''})")
             case ExitKind.TRIPLE_FAULT:
+                self.exit_status = TRIPLE_FAULT_STATUS
                 self._guest_ended_locked("X", SIGSEGV, f"guest triple fault: {exit_.detail}")
             case ExitKind.BUDGET:
                 pass  # a bounded run() (deterministic driver) ended: still in the guest

@@ -90,7 +90,10 @@ class VmExit:
     pushf_intercept: bool = False
     tf_shadow_val: bool = False
     inst_length: int = 0
-    code: int = 0  # power-off exit code
+    code: int = 0  # power-off exit code: what gdb's W reply carries
+    # The exit status the guest asked the stub's process to end with (QEMU's
+    # isa-debug-exit convention, (V<<1)|1); None: the stub's own (0 for a power-off).
+    status: int | None = None
     detail: str = ""  # human-readable reason (triple fault cause, ...)
 
 
