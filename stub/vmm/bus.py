@@ -39,13 +39,33 @@ class Requester:
 
 @dataclass(frozen=True)
 class PowerOff:
-    """An ``out`` asked to power the machine off: the vCPU that made it ends the VM
-    with exit code ``code``."""
+    """An ``out`` asked to power the machine off: the vCPU that made it ends the VM.
+    ``code`` is what gdb's ``W`` reply carries (``code & 0xFF``); ``status`` is the
+    stub's process exit status. Left out, ``status`` is QEMU's isa-debug-exit
+    convention, ``(code << 1) | 1``, cut to the 8 bits a process status keeps."""
 
     code: int
+    status: int | None = None  # None: derived from code (never None once built)
+
+    def __post_init__(self) -> None:
+        if self.status is None:
+            object.__setattr__(self, "status", ((self.code << 1) | 1) & 0xFF)
 
 
-IoEffect = PowerOff  # what an ``out`` may ask of the vCPU that made it
+@dataclass(frozen=True)
+class Reset(PowerOff):
+    """An ``out`` asked for a system reset (i8042 command 0xFE, port 0x92 bit 0). The
+    machine does not reboot (QEMU's ``-no-reboot``): a reset ends the VM as a power-off
+    with gdb's ``W00`` and exit status 0. It *is* a ``PowerOff``, so a vCPU that knows
+    only power-offs ends the VM right; one that tells them apart tests ``Reset`` first.
+    ``reason`` names the device and write, for the log."""
+
+    code: int = 0
+    status: int = 0
+    reason: str = ""
+
+
+IoEffect = PowerOff | Reset  # what an ``out`` may ask of the vCPU that made it
 
 
 class IrqLine:
