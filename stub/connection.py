@@ -23,8 +23,9 @@ import logging
 
 from stub.rsp import packets as P
 from stub.rsp.framing import BadPacket, Interrupt, Packet, RspConnection
+from stub.rsp.registers import DEFAULT_LAYOUT, RegisterLayout, layout_for
 from stub.runtime import ExitEvent, Runtime, StopEvent
-from stub.session import EXPEDITED_NAMES, Outcome, Session
+from stub.session import Outcome, Session
 
 log = logging.getLogger("stub.connection")
 packet_log = logging.getLogger("stub.packets")
@@ -33,11 +34,32 @@ EIO = 0x05
 E2BIG = 0x07
 
 
+def target_layout(target: Runtime) -> RegisterLayout:
+    """The register layout for a session on ``target``: the one place the choice is
+    made (the rule is in ``stub.rsp.registers``). The VM's boot information says which
+    (``vm.boot.arch``: ``"i386"`` for a kernel booted from an ELF32 image); a VM
+    without it, or a runtime without a VM (test doubles), gets the x86-64 layout."""
+    boot = getattr(getattr(target, "vm", None), "boot", None)
+    arch = getattr(boot, "arch", None)
+    if arch is None:
+        return DEFAULT_LAYOUT
+    try:
+        return layout_for(arch)
+    except ValueError:
+        log.warning("the VM's boot architecture %r is not one gdb is served; using %s",
+                    arch, DEFAULT_LAYOUT.arch)
+        return DEFAULT_LAYOUT
+
+
 class GdbConnection:
-    def __init__(self, target: Runtime):
+    """``layout``: the session's register layout; by default the target's
+    (``target_layout``)."""
+
+    def __init__(self, target: Runtime, layout: RegisterLayout | None = None):
         self.target = target
         self.rsp = RspConnection()
-        self.session = Session(target)
+        self.layout = target_layout(target) if layout is None else layout
+        self.session = Session(target, self.layout)
         self.closed: str | None = None  # "detached", "killed" or "lost"
         self._out: list[bytes] = []
 
@@ -45,7 +67,7 @@ class GdbConnection:
     def connected(self) -> None:
         """A debugger connected: the target stops everything (gdb asks with ``?``),
         and will read these registers of the vCPU each stop reply names."""
-        self.target.attach(expedite=EXPEDITED_NAMES)
+        self.target.attach(expedite=self.layout.expedited_vmm_names)
 
     def receive(self, data: bytes) -> bytes:
         """Bytes from gdb; returns the bytes to send back, in order."""

@@ -23,17 +23,7 @@ from model.resume import from_legacy, from_vcont
 from stub.rsp import packets as P
 from stub.rsp.framing import DEFAULT_MAX_PACKET
 from stub.rsp.hexutil import hex_encode
-from stub.rsp.registers import (
-    EXPEDITED,
-    by_number,
-    decode_g,
-    decode_register,
-    encode_g,
-    encode_register,
-    expedited_registers,
-    feature_document,
-    vmm_names,
-)
+from stub.rsp.registers import DEFAULT_LAYOUT, RegisterLayout
 from stub.runtime import ExitEvent, MemoryAccessError, Runtime
 from stub.vmm.api import VmmError
 
@@ -46,8 +36,9 @@ EBUSY = 0x10
 EOPNOTSUPP = 0x2D
 MAX_MEMORY_REPLY = (DEFAULT_MAX_PACKET - 16) // 2  # hex doubles the bytes
 MAX_BINARY_REPLY = (DEFAULT_MAX_PACKET - 16) // 2  # escaping may double them too
-ALL_REGISTER_NAMES = vmm_names()
-EXPEDITED_NAMES = vmm_names(EXPEDITED)
+# The default (x86-64) layout's; a session reads its own layout's.
+ALL_REGISTER_NAMES = DEFAULT_LAYOUT.vmm_names
+EXPEDITED_NAMES = DEFAULT_LAYOUT.expedited_vmm_names
 
 
 @dataclass(frozen=True)
@@ -59,8 +50,12 @@ class Outcome:
 
 
 class Session:
-    def __init__(self, runtime: Runtime):
+    """``layout``: the register layout (and target description) of this session,
+    fixed for its life (``stub.rsp.registers``); the x86-64 one by default."""
+
+    def __init__(self, runtime: Runtime, layout: RegisterLayout = DEFAULT_LAYOUT):
         self.rt = runtime
+        self.layout = layout
         self.swbreak = False
         self.g_vcpu = 0  # thread for register and memory access (Hg)
         self.c_vcpu: int | None = None  # thread for legacy s/c (Hc); None: all
@@ -93,7 +88,7 @@ class Session:
 
     def format_stop(self, stop: Stop, registers: dict[str, int] | None) -> bytes:
         reason = stop.reason if (stop.reason != "swbreak" or self.swbreak) else None
-        expedited = expedited_registers(registers) if registers else None
+        expedited = self.layout.expedited_registers(registers) if registers else None
         return P.stop_reply(stop.signal, stop.vcpu + 1, reason, expedited)
 
     @staticmethod
@@ -120,7 +115,7 @@ class Session:
         return P.EMPTY
 
     def _QueryXferFeatures(self, cmd: P.QueryXferFeatures) -> bytes:
-        document = feature_document(cmd.annex)  # a fixed set of names: no paths
+        document = self.layout.feature_document(cmd.annex)  # a fixed set of names: no paths
         if document is None:
             return P.error_reply(EINVAL)
         return P.xfer_chunk(document, cmd.offset, min(cmd.length, DEFAULT_MAX_PACKET - 16))
@@ -217,22 +212,32 @@ class Session:
 
     # ---------------------------------------------------------------- registers
     def _ReadRegisters(self, cmd) -> bytes:
-        values = self.rt.read_registers(self.g_vcpu, ALL_REGISTER_NAMES)
-        return hex_encode(encode_g(values))
+        values = self.rt.read_registers(self.g_vcpu, self.layout.vmm_names)
+        return hex_encode(self.layout.encode_g(values))
 
     def _WriteRegisters(self, cmd: P.WriteRegisters) -> bytes:
-        self.rt.write_registers(self.g_vcpu, decode_g(cmd.data))
+        self._write_registers(self.layout.decode_g(cmd.data))
         return P.OK
 
     def _ReadRegister(self, cmd: P.ReadRegister) -> bytes:
-        reg = by_number(cmd.regnum)
+        reg = self.layout.by_number(cmd.regnum)
         value = self.rt.read_registers(self.g_vcpu, [reg.vmm])[reg.vmm]
-        return hex_encode(encode_register(reg.name, value))
+        return hex_encode(self.layout.encode_register(reg.name, value))
 
     def _WriteRegister(self, cmd: P.WriteRegister) -> bytes:
-        reg = by_number(cmd.regnum)
-        self.rt.write_registers(self.g_vcpu, {reg.vmm: decode_register(reg.name, cmd.data)})
+        reg = self.layout.by_number(cmd.regnum)
+        self._write_registers({reg.vmm: self.layout.decode_register(reg.name, cmd.data)})
         return P.OK
+
+    def _write_registers(self, values: dict[str, int]) -> None:
+        """A register narrower than the VMM's (i386's ``eax`` of ``rax``) replaces
+        the low bytes and keeps the rest: one read of those, then the write (gdb
+        holds the vCPU stopped in between)."""
+        partial = self.layout.partial_names(values)
+        if partial:
+            current = self.rt.read_registers(self.g_vcpu, partial)
+            values = self.layout.merge(values, current)
+        self.rt.write_registers(self.g_vcpu, values)
 
     # ------------------------------------------------------------------- memory
     def _ReadMemory(self, cmd: P.ReadMemory) -> bytes:
