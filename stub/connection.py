@@ -34,13 +34,19 @@ EIO = 0x05
 E2BIG = 0x07
 
 
+def boot_arch(target: Runtime) -> str | None:
+    """The VM's boot architecture (``vm.boot.arch``: ``"i386"`` for a kernel booted
+    from an ELF32 image, ``"i386:x86-64"`` otherwise), or None when the VM does not say
+    (a VMM without boot information, a runtime without a VM in test doubles)."""
+    boot = getattr(getattr(target, "vm", None), "boot", None)
+    return getattr(boot, "arch", None)
+
+
 def target_layout(target: Runtime) -> RegisterLayout:
     """The register layout for a session on ``target``: the one place the choice is
-    made (the rule is in ``stub.rsp.registers``). The VM's boot information says which
-    (``vm.boot.arch``: ``"i386"`` for a kernel booted from an ELF32 image); a VM
-    without it, or a runtime without a VM (test doubles), gets the x86-64 layout."""
-    boot = getattr(getattr(target, "vm", None), "boot", None)
-    arch = getattr(boot, "arch", None)
+    made (the rule is in ``stub.rsp.registers``): the layout of the VM's boot
+    architecture, x86-64 when it has none or one gdb is not served (a warning)."""
+    arch = boot_arch(target)
     if arch is None:
         return DEFAULT_LAYOUT
     try:
@@ -58,15 +64,25 @@ class GdbConnection:
     def __init__(self, target: Runtime, layout: RegisterLayout | None = None):
         self.target = target
         self.rsp = RspConnection()
-        self.layout = target_layout(target) if layout is None else layout
+        if layout is None:
+            arch = boot_arch(target)
+            self._layout_why = ("the VM reports no boot architecture" if arch is None
+                                else f"the VM's boot architecture is {arch}")
+            layout = target_layout(target)
+        else:
+            self._layout_why = "given"
+        self.layout = layout
         self.session = Session(target, self.layout)
         self.closed: str | None = None  # "detached", "killed" or "lost"
         self._out: list[bytes] = []
+        # -v is decided before any client connects; asking once saves two calls a packet.
+        self._log_packets = packet_log.isEnabledFor(logging.DEBUG)
 
     # ----------------------------------------------------------------- inputs
     def connected(self) -> None:
         """A debugger connected: the target stops everything (gdb asks with ``?``),
         and will read these registers of the vCPU each stop reply names."""
+        log.info("registers: %s (%s)", self.layout.arch, self._layout_why)
         self.target.attach(expedite=self.layout.expedited_vmm_names)
 
     def receive(self, data: bytes) -> bytes:
@@ -115,7 +131,8 @@ class GdbConnection:
                 if bad.needs_reply:  # oversize or undecodable: an error, not a resend
                     self._send(P.error_reply(E2BIG))
             case Packet(payload=payload):
-                packet_log.debug("-> %r", payload[:200])
+                if self._log_packets:
+                    packet_log.debug("-> %r", payload[:200])
                 outcome = self._handle(payload)
                 if outcome.reply is not None:
                     self._send(outcome.reply, no_ack=outcome.no_ack)
@@ -139,12 +156,12 @@ class GdbConnection:
             self.target.shutdown("killed by the debugger")
 
     def _send(self, payload: bytes, no_ack: bool = False) -> None:
-        packet_log.debug("<- %r", payload[:200])
-        self._out.append(self.rsp.send(payload, then_no_ack=no_ack))
+        self._out.append(self._frame(payload, no_ack))
 
-    def _frame(self, payload: bytes) -> bytes:
-        packet_log.debug("<- %r", payload[:200])
-        return self.rsp.send(payload)
+    def _frame(self, payload: bytes, no_ack: bool = False) -> bytes:
+        if self._log_packets:
+            packet_log.debug("<- %r", payload[:200])
+        return self.rsp.send(payload, then_no_ack=no_ack)
 
     def _flush(self) -> bytes:
         out, self._out = b"".join(self._out), []
