@@ -56,7 +56,7 @@ from model.actions import (
 )
 from model.coordinator import Coordinator, Snapshot
 from model.errors import ProtocolError
-from model.executor import execute
+from model.executor import dispatcher
 from model.resume import CONTINUE_ALL, ResumeRequest, from_legacy, from_vcont
 from model.step_mode import StepConfig, probe_step_config
 from model.tf_shadow import FixFlagsImage, ReflectDebugTrap, SetTrapFlag, TfShadow
@@ -152,6 +152,7 @@ class System:
         self._tf_memo: dict = {}
         self._stopped_memo: dict[int, bool] = {}
         self._intern: dict = {}
+        self._execute = dispatcher(self)  # this System is the actions' executor
 
     # ----------------------------------------------------------- real model code
     def _probe(self) -> StepConfig:
@@ -608,11 +609,11 @@ class System:
         w.cid = cid
         self._w, self._before, self._actor, self._reinjected = w, before, actor, False
         if w.log is None:
-            execute(actions, self)
+            self._execute(actions)
         else:
             for a in actions:
                 w.log.append("   " + fmt_action(a))
-                execute((a,), self)
+                self._execute((a,))
         return self._reinjected
 
     # The ActionExecutor, on the World of the event being carried out.

@@ -48,7 +48,7 @@ from model.actions import (
 )
 from model.coordinator import Coordinator
 from model.errors import ProtocolError
-from model.executor import execute
+from model.executor import dispatcher
 from model.resume import ResumeRequest
 from model.step_mode import StepConfig, probe_step_config
 from stub.vmm.api import (
@@ -133,6 +133,7 @@ class Runtime:
         self._threads: list[threading.Thread] = []
         self._stopping = False
         self._expedite: tuple[str, ...] = ()
+        self._execute = dispatcher(self)  # the model's actions, on this runtime
         self._lent = [False] * len(vm.vcpus)  # the vCPU runs on a borrowing thread
         # Only with vCPU threads (start()) and a backend that can lend; a
         # deterministic driver steps every vCPU itself.
@@ -254,7 +255,7 @@ class Runtime:
     # ---------------------------------------------------------------- actions
     def _apply(self, actions: Iterable[Action]) -> None:
         """Carry out the model's actions in order. Called with the lock held."""
-        execute(actions, self)
+        self._execute(actions)
         self._wake_released()
         if self.coord.finished and not self.finished.is_set():
             self.finished.set()
