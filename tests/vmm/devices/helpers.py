@@ -1,8 +1,11 @@
 """Shared by the device tests: a requester with no registers, hypothesis settings for
-the fuzz tests (hypothesis derandomizes itself when CI is set), and an IRQ line that
-records every level it is driven to."""
+the fuzz tests (hypothesis derandomizes itself when CI is set; FUZZ_SCALE=N multiplies
+the examples, as in tests/fuzz), and an IRQ line that records every level it is driven
+to."""
 
 from __future__ import annotations
+
+import os
 
 from hypothesis import HealthCheck, settings
 
@@ -10,7 +13,8 @@ from stub.vmm.bus import IrqLine, Requester
 
 CPU = Requester(0, lambda name: 0)
 
-FUZZ = settings(max_examples=300, deadline=None, database=None,
+SCALE = max(1, int(os.environ.get("FUZZ_SCALE", "1")))
+FUZZ = settings(max_examples=300 * SCALE, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
 
 
