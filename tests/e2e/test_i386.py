@@ -8,8 +8,9 @@
 2. The demo kernel with the i386 layout forced on its connections (the server's
    ``GdbConnection`` made with ``layout=I386``): gdb without a program file takes the
    i386 description, reads every register with no "'g' packet reply is too long", and
-   steps, sets a breakpoint and continues in the demo's identity-mapped boot code, with
-   the low 32 bits of the 64-bit registers it runs with (the long-mode rule).
+   steps, sets a breakpoint and continues in the demo's identity-mapped boot code; once
+   the demo is in long mode gdb still sees the i386 registers, the low 32 bits of the
+   64-bit ones (the rule in stub/rsp/registers.py).
 """
 
 from __future__ import annotations
@@ -149,14 +150,22 @@ def test_mbkernel_session_reference_qemu_i386(tmp_path):
 # ------------------------------------------------------------------ the forced layout
 
 
+#: In the demo's identity-mapped boot code (stub/guests/demo/boot.S, _start): the end
+#: of the first page-table loop, reached in long mode whichever way the demo is entered.
+LOOP_END = 0x100133
+#: The demo's entry points: its own protocol's (long mode, docs/boot-protocol.md) and
+#: Multiboot's (32-bit protected mode, paging off), both starting ``cli; cld``.
+ENTRIES = {0x100110: "_start", 0x1001D4: "mb_entry32"}
+
+
 @pytest.fixture
 def demo_i386(monkeypatch):
-    """The demo VM (one vCPU, held before its first instruction at _start, 0x100110,
-    in long mode) served in-process with every connection in the i386 layout."""
+    """The demo VM (one vCPU, held before its first instruction) served in-process with
+    every connection in the i386 layout, whatever the VM's boot architecture."""
     from stub.config import resolve
     from stub.vmm import backends
 
-    cfg = resolve("demo").with_overrides(vcpus=1, cpu=None, memory_mb=None)
+    cfg = resolve("demo")
     vm = backends.create_vm(cfg.backend, kernel=cfg.kernel, vcpus=1, memory=cfg.memory,
                             cpu=cfg.cpu, timer_hz=cfg.timer_hz, console=None)
     monkeypatch.setattr(server_module, "GdbConnection",
@@ -173,18 +182,21 @@ def demo_i386(monkeypatch):
     assert not thread.is_alive(), "server loop did not end"
 
 
-def test_forced_i386_layout_on_a_long_mode_guest(demo_i386):
-    """gdb with no program file takes the architecture from the description."""
+def test_forced_i386_layout_on_the_demo(demo_i386):
+    """gdb with no program file takes the architecture from the description, reads the
+    registers at the entry (32-bit protected mode or long mode, as the demo was entered)
+    and, in the same layout, after the guest runs on in long mode."""
     r = subprocess.run(
         [GDB, "-nx", "-batch", "-ex", "set confirm off", "-ex", "set pagination off",
          "-ex", f"target remote 127.0.0.1:{demo_i386}",
          "-ex", "show architecture",
          "-ex", "info registers",
+         '-ex', 'printf "ENTRY %#x\\n", $eip',
          "-ex", "x/2xb $pc",
          "-ex", "stepi",
          "-ex", "stepi",
          '-ex', 'printf "AFTER-STEPS %#x\\n", $eip',
-         "-ex", "break *0x100133",
+         "-ex", f"break *{LOOP_END:#x}",
          "-ex", "continue",
          '-ex', 'printf "AT %#x eax %#x ecx %#x\\n", $eip, $eax, $ecx',
          "-ex", "set $edx = 0x12345678",
@@ -197,17 +209,26 @@ def test_forced_i386_layout_on_a_long_mode_guest(demo_i386):
     assert r.returncode == 0, out
     assert TOO_LONG not in out, out
     assert '(currently "i386")' in out, out
-    # All 50 registers, 32-bit: eip at the demo's entry, in long mode (EFER.LMA).
-    assert re.search(r"^eip +0x100110 +0x100110$", out, re.MULTILINE), out
+    m = re.search(r"^ENTRY (0x[0-9a-f]+)$", out, re.MULTILINE)
+    assert m and int(m.group(1), 16) in ENTRIES, out
+    entry = int(m.group(1), 16)
     for reg in ("eax", "esp", "eflags", "cs", "fs_base", "k_gs_base", "cr0", "cr3", "efer"):
         assert re.search(rf"^{reg}\s", out, re.MULTILINE), (reg, out)
+    at_entry = out.split("ENTRY")[0]
+    if ENTRIES[entry] == "mb_entry32":  # Multiboot: 32-bit protected mode, paging off
+        assert re.search(r"^eax +0x2badb002 ", at_entry, re.MULTILINE), out
+        assert re.search(r"^cr0 +0x[0-9a-f]+ +\[ PE( [A-Z ]*)? \]$", at_entry,
+                         re.MULTILINE) and " PG " not in at_entry, out
+    else:  # the demo's own protocol: long mode already
+        assert re.search(r"^efer .*LMA", at_entry, re.MULTILINE), out
     assert re.search(r":\s+0xfa\s+0xfc$", out, re.MULTILINE), out  # cli; cld
-    assert "AFTER-STEPS 0x100112" in out, out
-    assert re.search(r"Breakpoint 1, 0x00100133 in \?\? \(\)", out), out
-    # The page-table loop ran 512 times: rax = 0x83 + 512 * 2 MiB, rcx = 512.
-    assert "AT 0x100133 eax 0x40000083 ecx 0x200" in out, out
+    assert f"AFTER-STEPS {entry + 2:#x}" in out, out
+    assert re.search(rf"Breakpoint 1, 0x{LOOP_END:08x} in \?\? \(\)", out), out
+    # The page-table loop ran 512 times: rax = 0x83 + 512 * 2 MiB, rcx = 512; in long
+    # mode now, gdb still sees the i386 registers.
+    assert f"AT {LOOP_END:#x} eax 0x40000083 ecx 0x200" in out, out
     assert "EDX 0x12345678" in out, out
-    assert re.search(r"\[ .*LMA.* \]", out), out
+    assert re.search(r"^\$1 = \[ .*LMA.* \]$", out, re.MULTILINE), out
     assert re.search(r"^mxcsr +0x1f80 +\[ IM DM ZM OM UM PM \]$", out, re.MULTILINE), out
     assert re.search(r"^st0 +0 ", out, re.MULTILINE), out
     assert re.search(r"^xmm7 +\{v4_float = ", out, re.MULTILINE), out
@@ -220,11 +241,13 @@ def test_forced_i386_layout_raw_packets(demo_i386):
     try:
         c.no_ack()
         stop = c.ask(b"?")
-        assert re.fullmatch(rb"T05thread:01;05:[0-9a-f]{8};04:[0-9a-f]{8};08:10011000;", stop)
+        m = re.fullmatch(rb"T05thread:01;05:[0-9a-f]{8};04:[0-9a-f]{8};08:([0-9a-f]{8});", stop)
+        assert m, stop
+        assert int.from_bytes(bytes.fromhex(m.group(1).decode()), "little") in ENTRIES
         xml = c.ask(b"qXfer:features:read:target.xml:0,ffff")
         assert b"<architecture>i386</architecture>" in xml
         assert len(c.ask(b"g")) == 2 * 344
-        assert c.ask(b"p8") == b"10011000"
+        assert c.ask(b"p8") == m.group(1)
         assert c.ask(b"D") == b"OK"
     finally:
         c.close()
