@@ -21,9 +21,11 @@ still shown the i386 layout: each i386 register is the low 32 bits of the 64-bit
 register (``eax`` of ``rax``, ``eip`` of ``rip``, ``cr3`` of ``cr3``...), ``r8``..
 ``r15`` and ``xmm8``..``xmm15`` are not visible, and code or data above 4 GiB is out
 of gdb's (32-bit) reach. A write through the i386 layout replaces the low 32 bits and
-keeps the upper half (``merge``): in 32-bit protected mode the upper half is not
-architecturally visible, so this is what the guest sees either way, and a ``G`` that
-writes back every register gdb read changes nothing it did not mean to change.
+keeps the upper half (``merge``), rather than zero-extending as a 32-bit ``mov`` in
+64-bit mode would: in 32-bit protected mode the upper half is not architecturally
+visible, so either is what hardware allows; in long mode it keeps what gdb cannot see
+(``set $eip`` in a higher-half kernel stays in the higher half), and a ``G`` that
+writes back every register gdb read changes nothing gdb did not mean to change.
 
 In each layout ``registers`` lists every register of the XML in document order; the
 index is the gdb *remote* register number (what ``p``/``P`` and stop replies use) and
