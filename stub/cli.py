@@ -1,4 +1,4 @@
-"""``python -m stub --vm NAME``: boot a VM and serve gdb on it."""
+"""``python -m stub --vm NAME`` or ``--kernel FILE``: boot a VM and serve gdb on it."""
 
 from __future__ import annotations
 
@@ -8,8 +8,17 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 
-from stub.config import PERSONALITIES, VmConfig, VmConfigError, resolve
+from stub.config import (
+    BOOT_CHOICES,
+    KERNEL_MEMORY_MB,
+    PERSONALITIES,
+    VmConfig,
+    VmConfigError,
+    kernel_vm,
+    resolve,
+)
 
 log = logging.getLogger("stub")
 
@@ -20,8 +29,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m stub",
         description="Boot a VM on the emulated x86-64 VMM and serve the GDB remote protocol.")
-    p.add_argument("--vm", required=True,
+    p.add_argument("--vm",
                    help="a built-in VM (demo, demo-intel, ...), a .toml file or a kernel ELF")
+    p.add_argument("--kernel", metavar="FILE",
+                   help="the kernel to boot, as QEMU's -kernel: without --vm a VM of its "
+                        f"own (1 vCPU, {KERNEL_MEMORY_MB} MiB); with --vm it replaces the "
+                        "VM's kernel (and its boot protocol, unless --boot is given)")
+    p.add_argument("--initrd", metavar="FILE", action="append",
+                   help="a boot module (Multiboot module, PVH module); repeat for more. "
+                        "Its module string is the file's name")
+    p.add_argument("--append", metavar="CMDLINE", help="the kernel's command line")
+    p.add_argument("--boot", choices=BOOT_CHOICES,
+                   help="the boot protocol (default auto: pvh, multiboot2, multiboot, "
+                        "vmstub, the first the kernel speaks)")
     p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="ADDR:PORT",
                    help=f"where gdb connects (default {DEFAULT_LISTEN})")
     p.add_argument("--allow-remote", action="store_true",
@@ -59,8 +79,17 @@ def _is_loopback(host: str) -> bool:
 
 
 def load_config(args: argparse.Namespace) -> VmConfig:
-    cfg = resolve(args.vm)
-    return cfg.with_overrides(cpu=args.cpu, vcpus=args.vcpus, memory_mb=args.memory_mb)
+    if args.vm is None and args.kernel is None:
+        raise VmConfigError("nothing to boot: give --vm NAME or --kernel FILE")
+    if args.vm is None:
+        cfg = kernel_vm(args.kernel)
+    else:
+        cfg = resolve(args.vm)
+        if args.kernel is not None:  # the VM's boot protocol was its own kernel's
+            cfg = cfg.with_overrides(kernel=Path(args.kernel).resolve(), boot="auto")
+    initrd = None if args.initrd is None else tuple(Path(i).resolve() for i in args.initrd)
+    return cfg.with_overrides(cpu=args.cpu, vcpus=args.vcpus, memory_mb=args.memory_mb,
+                              boot=args.boot, initrd=initrd, append=args.append)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +122,8 @@ def run(cfg: VmConfig, host: str, port: int, wait: bool) -> int:
     try:
         vm = backends.create_vm(cfg.backend, kernel=cfg.kernel, vcpus=cfg.vcpus,
                                 memory=cfg.memory, cpu=cfg.cpu, timer_hz=cfg.timer_hz,
-                                console=_console)
+                                console=_console, initrd=cfg.initrd, cmdline=cfg.append,
+                                boot=cfg.boot)
     except (VmmError, OSError, ValueError) as err:
         print(f"stub: error: {cfg.source or cfg.name}: cannot boot: {err}", file=sys.stderr)
         return 2
@@ -110,7 +140,7 @@ def run(cfg: VmConfig, host: str, port: int, wait: bool) -> int:
     sys.setswitchinterval(SWITCH_INTERVAL)
     runtime = Runtime(vm, wait_for_debugger=wait)
     server = Server(runtime, listener)
-    _announce(cfg, runtime, server, wait)
+    _announce(cfg, vm, runtime, server, wait)
     _stop_on_sigint(runtime)
     runtime.start()
     try:
@@ -127,7 +157,7 @@ def _console(data: bytes) -> None:
     sys.stdout.buffer.flush()
 
 
-def _announce(cfg: VmConfig, runtime, server, wait: bool) -> None:
+def _announce(cfg: VmConfig, vm, runtime, server, wait: bool) -> None:
     step = runtime.step
     mech = {"mtrap": "monitor trap flag", "rflags_tf": "hidden RFLAGS.TF",
             "none": "none"}[step.mode.value]
@@ -136,9 +166,20 @@ def _announce(cfg: VmConfig, runtime, server, wait: bool) -> None:
     log.info("booted %s: %d vCPU(s), %d MiB, cpu %s (single-step: %s%s)",
              cfg.name, cfg.vcpus, cfg.memory_mb, cfg.cpu, mech, mask)
     log.info("kernel %s", cfg.kernel)
+    boot = getattr(vm, "boot", None)  # optional backend info (api.Vm)
+    if boot is not None:
+        log.info("boot protocol %s, entry %#x, gdb architecture %s%s", boot.protocol,
+                 boot.entry, boot.arch, _boot_notes(cfg, boot))
     if wait:
         log.info("--wait: every vCPU is held until gdb resumes it")
     log.info("connect with: gdb %s -ex 'target remote %s:%d'", cfg.kernel, host, port)
+
+
+def _boot_notes(cfg: VmConfig, boot) -> str:
+    notes = [f"{len(boot.modules)} module(s)"] if boot.modules else []
+    if boot.protocol != "vmstub" and cfg.vcpus > 1:
+        notes.append(f"only vCPU 0 runs (the other {cfg.vcpus - 1} are never started)")
+    return "".join(f"; {n}" for n in notes)
 
 
 def _stop_on_sigint(runtime) -> None:

@@ -8,12 +8,16 @@ A VM definition is a small TOML file::
     cpu = "amd"                          # intel | amd | amd-nomask | none
     backend = "emulated"
     timer_hz = 100
+    boot = "vmstub"                      # auto | pvh | multiboot2 | multiboot | vmstub
+    initrd = ["initrd.img"]              # boot modules, relative to the TOML file
+    append = "console=ttyS0"             # the kernel's command line
 
 ``--vm NAME`` resolves, in order: ``stub/vms/NAME.toml`` (shipped), then
 ``$VMSTUB_VMS/NAME.toml`` or ``~/.config/vmstub/vms/NAME.toml``, then NAME as a path to
-a TOML file, then NAME as a path to a kernel ELF (with the defaults below). Command-line
-flags override what the file says. Every problem is a :class:`VmConfigError` whose
-message is one line naming the file and the problem.
+a TOML file, then NAME as a path to a kernel ELF (with the defaults below).
+``--kernel FILE`` alone is a VM of its own (``kernel_vm``: one vCPU, 128 MiB, as
+QEMU's -kernel). Command-line flags override what the file says. Every problem is a
+:class:`VmConfigError` whose message is one line naming the file and the problem.
 """
 
 from __future__ import annotations
@@ -25,10 +29,13 @@ from pathlib import Path
 
 from model.caps import VM_PERSONALITIES as PERSONALITIES
 from stub.vmm.backends import BACKENDS
+from stub.vmm.boot import CHOICES as BOOT_CHOICES
 
 CATALOG = Path(__file__).resolve().parent / "vms"
 MAX_VCPUS = 16
-KEYS = {"name", "kernel", "vcpus", "memory_mb", "cpu", "backend", "timer_hz", "description"}
+KERNEL_MEMORY_MB = 128  # --kernel without --vm: what QEMU gives, and what kernels expect
+KEYS = {"name", "kernel", "vcpus", "memory_mb", "cpu", "backend", "timer_hz", "description",
+        "boot", "initrd", "append"}
 
 
 class VmConfigError(Exception):
@@ -45,6 +52,9 @@ class VmConfig:
     backend: str = "emulated"
     timer_hz: float = 100.0
     description: str = ""
+    boot: str = "auto"  # the boot protocol (stub.vmm.boot.CHOICES)
+    initrd: tuple[Path, ...] = ()  # boot modules, in order
+    append: str = ""  # the kernel's command line
     source: str = ""  # where the definition came from, for messages
 
     @property
@@ -80,6 +90,13 @@ def resolve(name: str) -> VmConfig:
     raise VmConfigError(f"{name}: no such VM (built-in: {known}; or give a .toml or ELF path)")
 
 
+def kernel_vm(kernel: str) -> VmConfig:
+    """The VM ``--kernel FILE`` boots without ``--vm``: one vCPU, 128 MiB, protocol auto."""
+    path = Path(kernel)
+    return validate(VmConfig(name=path.stem, kernel=path.resolve(),
+                             memory_mb=KERNEL_MEMORY_MB, source=kernel))
+
+
 def catalog_names() -> list[str]:
     return [p.stem for p in CATALOG.glob("*.toml")]
 
@@ -96,14 +113,20 @@ def load_toml(path: Path) -> VmConfig:
         raise VmConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
     if "kernel" not in data:
         raise VmConfigError(f"{path}: missing 'kernel'")
-    fields = {k: v for k, v in data.items() if k not in ("kernel",)}
+    fields = {k: v for k, v in data.items() if k not in ("kernel", "initrd")}
     fields.setdefault("name", path.stem)
     kernel = (path.parent / str(data["kernel"])).resolve()
     for key, kind in (("vcpus", int), ("memory_mb", int), ("timer_hz", (int, float)),
-                      ("cpu", str), ("backend", str), ("name", str), ("description", str)):
+                      ("cpu", str), ("backend", str), ("name", str), ("description", str),
+                      ("boot", str), ("append", str)):
         if key in fields and (not isinstance(fields[key], kind) or isinstance(fields[key], bool)):
             raise VmConfigError(f"{path}: '{key}' has the wrong type ({fields[key]!r})")
-    return validate(VmConfig(kernel=kernel, source=str(path), **fields))
+    initrd = data.get("initrd", [])
+    if not isinstance(initrd, list) or not all(isinstance(i, str) for i in initrd):
+        raise VmConfigError(f"{path}: 'initrd' must be a list of file names ({initrd!r})")
+    return validate(VmConfig(kernel=kernel, source=str(path),
+                             initrd=tuple((path.parent / i).resolve() for i in initrd),
+                             **fields))
 
 
 def validate(cfg: VmConfig) -> VmConfig:
@@ -119,6 +142,14 @@ def validate(cfg: VmConfig) -> VmConfig:
         raise VmConfigError(f"{where}: backend must be one of {', '.join(BACKENDS)}")
     if not 0 < cfg.timer_hz <= 10000:
         raise VmConfigError(f"{where}: timer_hz must be in (0, 10000], not {cfg.timer_hz}")
+    if cfg.boot not in BOOT_CHOICES:
+        raise VmConfigError(f"{where}: boot must be one of {', '.join(BOOT_CHOICES)}, "
+                            f"not {cfg.boot!r}")
     if not cfg.kernel.is_file():
         raise VmConfigError(f"{where}: kernel {cfg.kernel} does not exist")
+    for module in cfg.initrd:
+        if not module.is_file():
+            raise VmConfigError(f"{where}: initrd {module} does not exist")
+    if "\0" in cfg.append:
+        raise VmConfigError(f"{where}: the command line (append) contains a NUL byte")
     return cfg

@@ -186,7 +186,9 @@ class Vm:
     """A virtual machine as the debugger sees it: vCPUs sharing one guest RAM.
 
     Devices, the console and the vendor personality belong to the backend's machine,
-    not to this interface: the stub never touches them."""
+    not to this interface: the stub never touches them. Optional backend info: ``boot``,
+    the booted kernel (``protocol``; ``arch``, gdb's architecture for it: ``"i386"`` for an
+    ELF32 image, else ``"i386:x86-64"``; ``entry``); absent means an x86-64 kernel."""
 
     vcpus: list[Vcpu]
     ram_size: int

@@ -1,11 +1,22 @@
-"""One Unicorn x86-64 instance set up as a long-mode vCPU of the boot protocol, with the
+"""One Unicorn x86-64 instance set up as a vCPU at a boot protocol's entry (long mode for
+vmstub, 32-bit protected mode with paging off for Multiboot, Multiboot2 and PVH), with the
 helpers the VMM needs on it: guest-virtual memory through the guest's page tables,
 and entering an event handler.
 
-Unicorn facts this relies on (tests/vmm/test_unicorn_facts.py and test_loader.py):
+Unicorn facts this relies on (tests/vmm/test_unicorn_facts.py, test_loader.py and
+tests/vmm/boot/test_unicorn_modes.py):
 - ``UC_MODE_64`` starts with EFER.LMA set but paging off and null selectors; the boot
   state comes from writing GDTR, CR4 (PAE before CR0.PG: QEMU only enters paged long
   mode when PAE is already on), CR3, EFER (an MSR write) and CR0, in that order;
+- the instance stays ``UC_MODE_64`` whatever the guest's mode (the binding reads rax,
+  r8-r15 only in that mode). It leaves long mode when CR0.PG is cleared while EFER.LMA is
+  set (QEMU clears LMA then); an EFER write cannot clear LMA, and a fresh instance, whose
+  PG is already off, cannot leave long mode by a CR0 write. 32-bit code then runs, and
+  the guest can enter long mode again itself (PAE, CR3, EFER.LME, CR0.PG, far jump);
+- in ``UC_MODE_64`` a write of CS, DS, ES or SS sets the selector only (the descriptor
+  cache keeps base 0, limit 0), while FS and GS are loaded from the GDT. So the 32-bit
+  entry loads its segments by running a few instructions of its own (``TRAMPOLINE``):
+  ``mov`` to each data segment and a far jump to the entry;
 - with ``until`` in effect, every ``emu_start`` ends by invalidating the translation at
   ``until - 1``, which walks the page tables and leaves a hidden #GP/#PF as QEMU's
   "exception in flight" (the next fault then becomes a double fault). Enabling exits
@@ -17,13 +28,15 @@ Unicorn facts this relies on (tests/vmm/test_unicorn_facts.py and test_loader.py
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Mapping
 
 from unicorn import UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, Uc, UcError
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
-from stub.vmm import insn, loader, paging
+from stub.vmm import insn, paging
 from stub.vmm.api import VmmError
+from stub.vmm.boot import tables
 from stub.vmm.idt import CpuState, Entered
 from stub.vmm.ram import PAGE, GuestRam
 from stub.vmm.regs import MSR_EFER, RegisterFile
@@ -32,6 +45,7 @@ from stub.vmm.ucenv import ExceptionState
 CR0_BOOT = 0x8001_0033  # PE|MP|ET|NE|WP|PG
 CR4_BOOT = 0x0620  # PAE|OSFXSR|OSXMMEXCPT
 EFER_BOOT = 0x0D01  # SCE|LME|LMA|NXE
+CR0_FLAT32 = 0x11  # PE|ET: the 32-bit protocols' protected mode, paging off
 RFLAGS_BOOT = 0x2
 TF = 1 << 8
 DR6_BS = 1 << 14
@@ -104,16 +118,16 @@ class Cpu:
 
     def _enter_long_mode(self) -> None:
         uc = self.uc
-        uc.reg_write(X.UC_X86_REG_GDTR, (0, loader.GDT, loader.GDT_LIMIT, 0))
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, tables.GDT, tables.GDT_LIMIT, 0))
         uc.reg_write(X.UC_X86_REG_IDTR, (0, 0, 0, 0))
         uc.reg_write(X.UC_X86_REG_CR4, CR4_BOOT)
-        uc.reg_write(X.UC_X86_REG_CR3, loader.PML4)
+        uc.reg_write(X.UC_X86_REG_CR3, tables.PML4)
         uc.msr_write(MSR_EFER, EFER_BOOT)
         uc.reg_write(X.UC_X86_REG_CR0, CR0_BOOT)
         for reg in (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_SS,
                     X.UC_X86_REG_FS, X.UC_X86_REG_GS):
-            uc.reg_write(reg, loader.DATA_SEL)
-        uc.reg_write(X.UC_X86_REG_CS, loader.CODE64_SEL)
+            uc.reg_write(reg, tables.DATA_SEL)
+        uc.reg_write(X.UC_X86_REG_CS, tables.CODE64_SEL)
         # The architectural state after FNINIT/reset; Unicorn leaves these at 0.
         uc.reg_write(X.UC_X86_REG_FPCW, 0x037F)
         uc.reg_write(X.UC_X86_REG_FPTAG, 0xFFFF)
@@ -130,6 +144,45 @@ class Cpu:
         uc.reg_write(X.UC_X86_REG_RFLAGS, RFLAGS_BOOT)
         uc.reg_write(X.UC_X86_REG_RIP, entry)
         self._paging = None
+
+    def enter_protected32(self, entry: int, registers: Mapping[str, int]) -> None:
+        """The 32-bit protocols' entry (Multiboot, Multiboot2, PVH): protected mode, paging
+        off, CS the flat 32-bit code segment, DS/ES/SS/FS/GS flat data, TR a busy 32-bit
+        TSS at 0, CR4 and EFER 0, EFLAGS bit 1 only; ``registers`` (eax, ebx) and every
+        other general register 0. Only before the vCPU first runs."""
+        uc = self.uc
+        uc.reg_write(X.UC_X86_REG_CR0, CR0_FLAT32)  # PG off: leaves long mode
+        uc.msr_write(MSR_EFER, 0)
+        uc.reg_write(X.UC_X86_REG_CR4, 0)
+        uc.reg_write(X.UC_X86_REG_CR3, 0)
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, tables.GDT, tables.GDT32_LIMIT, 0))
+        self._load_flat_segments(entry)
+        uc.reg_write(X.UC_X86_REG_TR, (tables.TSS_SEL, 0, tables.TSS_LIMIT, tables.TSS_FLAGS))
+        for reg in _GPRS:
+            uc.reg_write(reg, 0)
+        for name, value in registers.items():
+            uc.reg_write(getattr(X, f"UC_X86_REG_{name.upper()}"), value)
+        uc.reg_write(X.UC_X86_REG_RFLAGS, RFLAGS_BOOT)
+        self._paging = None
+
+    def _load_flat_segments(self, entry: int) -> None:
+        """Load the segment registers as the CPU does, from the GDT: a selector write does
+        not (module docstring). Runs ``mov`` to DS, ES, SS, FS, GS and a far jump to
+        ``entry`` at TRAMPOLINE, then restores those RAM bytes and drops the translations."""
+        code = (b"\x66\xb8" + tables.DATA_SEL.to_bytes(2, "little")  # mov ax, DATA_SEL
+                + b"\x8e\xd8\x8e\xc0\x8e\xd0\x8e\xe0\x8e\xe8"  # mov ds/es/ss/fs/gs, ax
+                + b"\xea" + entry.to_bytes(4, "little")  # ljmp CODE32_SEL:entry
+                + tables.CODE32_SEL.to_bytes(2, "little"))
+        saved = self.ram.read(tables.TRAMPOLINE, len(code))
+        self.ram.write(tables.TRAMPOLINE, code)
+        try:
+            self.uc.emu_start(tables.TRAMPOLINE, 0, 0, 7)  # its seven instructions
+        finally:
+            self.ram.write(tables.TRAMPOLINE, saved)
+            self.uc.ctl_flush_tb()
+            self.exc.forget()
+        if self.rip != entry or self.reg(X.UC_X86_REG_CS) != tables.CODE32_SEL:
+            raise VmmError(f"the 32-bit entry did not reach {entry:#x} (at {self.rip:#x})")
 
     # -- frequently used registers ----------------------------------------------------
     # The binding's reg_read costs ~1.3 us (register-class lookup); a step reads about

@@ -25,10 +25,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from model.caps import Personality, personality
-from stub.vmm import loader
+from stub.vmm import boot as protocols
 from stub.vmm.api import Feature, Vm
 from stub.vmm.bus import Bus
 from stub.vmm.devices import apstart, debugcon, poweroff
@@ -43,26 +44,32 @@ log = logging.getLogger(__name__)
 
 def create_vm(kernel: str | Path | bytes, vcpus: int, memory: int, cpu: str,
               timer_hz: float, console: Sink | None = None,
-              ticker: bool = True) -> EmulatedVm:
+              ticker: bool = True, initrd: Sequence[bytes | str | Path] = (),
+              cmdline: str = "", boot: str = "auto") -> EmulatedVm:
+    """``initrd``: boot modules (files or bytes); ``boot``: the protocol (stub.vmm.boot:
+    auto, pvh, multiboot2, multiboot, vmstub). The VM's ``boot`` says what was booted."""
     image = kernel if isinstance(kernel, bytes) else Path(kernel).read_bytes()
-    return EmulatedVm(image, vcpus, memory, cpu, timer_hz, console, ticker)
+    return EmulatedVm(image, vcpus, memory, cpu, timer_hz, console, ticker,
+                      modules=protocols.read_modules(initrd), cmdline=cmdline, boot=boot)
 
 
 class EmulatedVm(Vm):
     """``cpu_model``: the personality (not part of the Vm contract); ``console``: the
-    debug console device (its ``output``); ``bus``: every device."""
+    debug console device (its ``output``); ``bus``: every device; ``boot``: the booted
+    kernel (``stub.vmm.boot.BootState``: ``protocol``, ``arch``, ``entry``, ...)."""
 
     features = frozenset({Feature.LEND, Feature.BOUNDED_RUN})
 
     def __init__(self, image: bytes, vcpus: int, memory: int, cpu: str,
-                 timer_hz: float, console: Sink | None = None, ticker: bool = True):
+                 timer_hz: float, console: Sink | None = None, ticker: bool = True,
+                 modules: Sequence[protocols.Module] = (), cmdline: str = "",
+                 boot: str = "auto"):
         if vcpus < 1:
             raise ValueError(f"a VM needs at least one vCPU, not {vcpus}")
         self.cpu_model = _vm_personality(cpu)
         self.ram = GuestRam(memory)
         self.ram_size = memory
-        loader.build_boot_tables(self.ram)
-        entry = loader.load_kernel(self.ram, image)
+        self.boot = protocols.load(self.ram, image, modules, cmdline, boot)
         self.bus = Bus()
         self.console = DebugCon(console)
         self._plug_devices()
@@ -71,7 +78,9 @@ class EmulatedVm(Vm):
         self.timer_period = 1.0 / timer_hz if timer_hz > 0 else None
         self.vcpus = [EmulatedVcpu(self, i) for i in range(vcpus)]
         self.ticker = Ticker(self, timer_hz) if ticker else NoTicker()
-        self.vcpus[0].start(entry)
+        self.vcpus[0].start(self.boot.entry)
+        if not self.boot.long_mode:  # APs stay as they are: only vmstub starts them
+            self.vcpus[0].cpu.enter_protected32(self.boot.entry, self.boot.registers)
         self.ticker.start()
 
     def _plug_devices(self) -> None:

@@ -1,8 +1,13 @@
-"""GVA -> GPA through the guest's own 4-level page tables, read from guest RAM.
+"""GVA -> GPA through the guest's own page tables, read from guest RAM, in every mode a
+kernel passes through: paging off (GVA == GPA: the 32-bit boot protocols enter so),
+32-bit paging (CR4.PAE = 0: two levels, 4 KiB and, with CR4.PSE, 4 MiB pages), PAE
+paging outside long mode (a 4-entry PDPT, then 2 MiB / 4 KiB pages), and 4-level long
+mode (1 GiB, 2 MiB and 4 KiB pages). 5-level paging (CR4.LA57) is refused.
 
 This is the debugger's view (gdb's memory accesses, breakpoint addresses, pushf and
 frame fix-ups), so it reports every failure instead of guessing: a non-canonical
-address, a non-present entry, a reserved PS bit, or a table outside RAM.
+address, an address beyond 4 GiB outside long mode, a non-present entry, a reserved PS
+bit, or a table outside RAM.
 Access rights (W, U/S, NX) are not checked: a debugger may look at any mapped page.
 """
 
@@ -12,6 +17,7 @@ from stub.vmm.api import MemoryFault, TranslationFault
 from stub.vmm.ram import GuestRam
 
 CR0_PG = 1 << 31
+CR4_PSE = 1 << 4
 CR4_PAE = 1 << 5
 CR4_LA57 = 1 << 12
 EFER_LMA = 1 << 10
@@ -31,11 +37,46 @@ def translate(ram: GuestRam, cr0: int, cr4: int, efer: int, cr3: int, gva: int) 
     gva &= (1 << 64) - 1
     if not cr0 & CR0_PG:
         return gva
-    if not (efer & EFER_LMA and cr4 & CR4_PAE) or cr4 & CR4_LA57:
+    if not efer & EFER_LMA:
+        if gva >> 32:
+            raise TranslationFault(gva, "beyond 4 GiB outside long mode")
+        return walk_pae(ram, cr3, gva) if cr4 & CR4_PAE else walk2(ram, cr3, cr4, gva)
+    if not cr4 & CR4_PAE or cr4 & CR4_LA57:
         raise TranslationFault(gva, "only 4-level long-mode paging is supported")
     if not is_canonical(gva):
         raise TranslationFault(gva, "not canonical")
     return walk4(ram, cr3, gva)
+
+
+def walk2(ram: GuestRam, cr3: int, cr4: int, gva: int) -> int:
+    """32-bit paging: a page directory of 4-byte entries, then 4 KiB pages, or 4 MiB
+    pages where the PDE has PS and CR4.PSE is on (bits 13-20 give PA bits 32-39)."""
+    pde = _read_entry32(ram, (cr3 & 0xFFFF_F000) + (gva >> 22) * 4, gva, "PDE")
+    if not pde & _P:
+        raise TranslationFault(gva, "PDE not present")
+    if pde & _PS and cr4 & CR4_PSE:
+        return (pde & 0xFFC0_0000) | ((pde & 0x001F_E000) << 19) | (gva & 0x3F_FFFF)
+    pte = _read_entry32(ram, (pde & 0xFFFF_F000) + ((gva >> 12) & 0x3FF) * 4, gva, "PTE")
+    if not pte & _P:
+        raise TranslationFault(gva, "PTE not present")
+    return (pte & 0xFFFF_F000) | (gva & 0xFFF)
+
+
+def walk_pae(ram: GuestRam, cr3: int, gva: int) -> int:
+    """PAE paging outside long mode: CR3 points at four 8-byte PDPTEs (32-byte aligned),
+    then a page directory and page table like long mode's last two levels."""
+    pdpte = _read_entry(ram, (cr3 & 0xFFFF_FFE0) + (gva >> 30) * 8, gva, "PDPTE")
+    if not pdpte & _P:
+        raise TranslationFault(gva, "PDPTE not present")
+    table = pdpte & _ADDR
+    for shift, name in ((21, "PDE"), (12, "PTE")):
+        entry = _read_entry(ram, table + ((gva >> shift) & 0x1FF) * 8, gva, name)
+        if not entry & _P:
+            raise TranslationFault(gva, f"{name} not present")
+        if shift == 21 and entry & _PS:
+            return (entry & _ADDR & ~0x1F_FFFF) | (gva & 0x1F_FFFF)
+        table = entry & _ADDR
+    return table | (gva & 0xFFF)
 
 
 def walk4(ram: GuestRam, cr3: int, gva: int) -> int:
@@ -53,8 +94,12 @@ def walk4(ram: GuestRam, cr3: int, gva: int) -> int:
     return table | (gva & 0xFFF)
 
 
-def _read_entry(ram: GuestRam, gpa: int, gva: int, name: str) -> int:
+def _read_entry32(ram: GuestRam, gpa: int, gva: int, name: str) -> int:
+    return _read_entry(ram, gpa, gva, name, 4)
+
+
+def _read_entry(ram: GuestRam, gpa: int, gva: int, name: str, size: int = 8) -> int:
     try:
-        return ram.read_u64(gpa)
+        return ram.read_u64(gpa) if size == 8 else int.from_bytes(ram.read(gpa, size), "little")
     except MemoryFault:
         raise TranslationFault(gva, f"{name} at GPA {gpa:#x} is outside RAM") from None

@@ -1,6 +1,7 @@
-"""stub/elf.py, the one ELF reader: the committed demo kernel reads as its contract says,
-and a broken file is an ElfError with a clear message, never an IndexError or
-struct.error (hand-made broken files and a hypothesis property over mutated ones)."""
+"""stub/elf.py, the one ELF reader: the committed demo kernel (ELF64) and mbkernel (ELF32)
+read as their contracts say, notes and object files read, and a broken file is an
+ElfError with a clear message, never an IndexError or struct.error (hand-made broken
+files and a hypothesis property over mutated ones)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stub.elf import PF_R, PF_W, PF_X, PT_LOAD, Elf, ElfError, read_elf, read_elf_file
+from stub.elf import (
+    EM_386,
+    ET_EXEC,
+    ET_REL,
+    PF_R,
+    PF_W,
+    PF_X,
+    PT_LOAD,
+    PT_NOTE,
+    Elf,
+    ElfError,
+    Note,
+    read_elf,
+    read_elf_file,
+)
 from tests.guests.test_demo_kernel import ELF_PATH, KERNEL_VMA
 
 DEMO = ELF_PATH.read_bytes()
+MBKERNEL = ELF_PATH.parents[3] / "tests" / "guests" / "mbkernel" / "mbkernel.elf"
 
 # Field offsets in the ELF64 header and a program header (the ELF spec's layout).
 E_PHOFF, E_SHOFF, E_PHNUM, E_SHNUM = 32, 40, 56, 60
@@ -99,6 +115,65 @@ def test_tiny_elf_reads() -> None:
     assert elf.entry == BASE and len(elf.segments) == 1
     assert list(elf.symbols) == ["f"]
     assert elf.symbol_bytes("f") == CODE
+    assert elf.bits == 64 and elf.notes() == []
+
+
+# ---- ELF32, notes, object files -------------------------------------------------------
+
+def test_mbkernel_reads_as_elf32() -> None:
+    elf = read_elf(MBKERNEL.read_bytes())
+    assert (elf.bits, elf.machine, elf.etype) == (32, EM_386, ET_EXEC)
+    assert elf.entry == elf.symbols["_start"].value
+    text = elf.segment_holding(elf.entry)
+    assert text is not None and text.paddr == 0x10_0000 and text.flags & PF_X
+    assert elf.symbols["kmain"].type == STT_FUNC and elf.symbols["ticks"].size == 4
+    assert elf.symbol_bytes("kmain")  # ELF32 symbols map to their file bytes
+    bss = elf.segment_holding(elf.symbols["ticks"].value, memory=True)
+    assert bss is not None and bss.filesz == 0 and bss.memsz > 0
+
+
+def elf32_with_note(name: bytes, kind: int, desc: bytes) -> bytes:
+    """An ELF32 executable: one PT_LOAD (CODE) and one PT_NOTE with a single note."""
+    ehdr_size, phdr_size = 52, 32
+    note = (struct.pack("<III", len(name) + 1, len(desc), kind) + name + b"\0"
+            + bytes(-(len(name) + 1) % 4) + desc + bytes(-len(desc) % 4))
+    code_off = ehdr_size + 2 * phdr_size
+    note_off = code_off + len(CODE)
+    ident = b"\x7fELF" + bytes([1, 1, 1]) + bytes(9)
+    ehdr = struct.pack("<16sHHIIIIIHHHHHH", ident, ET_EXEC, EM_386, 1, BASE, ehdr_size, 0, 0,
+                       ehdr_size, phdr_size, 2, 40, 0, 0)
+    phdrs = (struct.pack("<IIIIIIII", PT_LOAD, code_off, BASE, BASE, len(CODE), len(CODE),
+                         PF_R | PF_X, 0x1000)
+             + struct.pack("<IIIIIIII", PT_NOTE, note_off, 0, 0, len(note), len(note),
+                           PF_R, 4))
+    return ehdr + phdrs + CODE + note
+
+
+def test_elf32_segments_and_notes() -> None:
+    elf = read_elf(elf32_with_note(b"Xen", 18, struct.pack("<I", BASE)))
+    assert elf.bits == 32 and elf.entry == BASE
+    load = elf.segments[0]
+    assert (load.type, load.vaddr, load.paddr, load.filesz, load.flags) == (
+        PT_LOAD, BASE, BASE, len(CODE), PF_R | PF_X)
+    assert elf.file_bytes(load) == CODE
+    assert elf.notes() == [Note(b"Xen", 18, struct.pack("<I", BASE))]
+
+
+def test_note_running_past_its_area_is_an_elf_error() -> None:
+    data = bytearray(elf32_with_note(b"Xen", 18, bytes(4)))
+    struct.pack_into("<I", data, len(data) - 16, 0x100)  # its descsz
+    with pytest.raises(ElfError, match="note .* runs past"):
+        read_elf(bytes(data)).notes()
+
+
+def test_object_file_without_program_headers() -> None:
+    """An ET_REL file has no program headers and may say e_phentsize 0 (gas does): the
+    reader returns no segments instead of failing on a zero stride."""
+    ident = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9)
+    ehdr = struct.pack("<16sHHIQQQIHHHHHH", ident, ET_REL, 62, 1, 0, 0, 0, 0, 64, 0, 0, 64,
+                       0, 0)
+    elf = read_elf(ehdr)
+    assert (elf.etype, elf.segments, elf.symbols) == (ET_REL, (), {})
 
 
 # ---- Broken files ------------------------------------------------------------------------
@@ -107,7 +182,8 @@ BROKEN = {
     "empty": (b"", "not an ELF file"),
     "wrong magic": (b"MZ" + DEMO[2:], "not an ELF file"),
     "short header": (DEMO[:63], "not an ELF file"),
-    "ELF32 ident": (DEMO[:4] + b"\x01" + DEMO[5:], "not an ELF64 file"),
+    "unknown class": (DEMO[:4] + b"\x03" + DEMO[5:], "not an ELF32 or ELF64 file"),
+    "ELF32 header cut short": (MBKERNEL.read_bytes()[:51], "not an ELF file"),
     "big-endian ident": (DEMO[:5] + b"\x02" + DEMO[6:], "not a little-endian"),
     "program headers past the end": (
         put(DEMO, E_PHOFF, "<Q", len(DEMO) - 8), "program header table is truncated"),
@@ -167,6 +243,7 @@ ANY_INPUT = st.one_of(
     st.integers(0, len(DEMO)).map(lambda n: DEMO[:n]),
     overwritten(DEMO),
     overwritten(tiny_elf()),
+    overwritten(elf32_with_note(b"Xen", 18, bytes(4))),
 )
 
 
@@ -182,6 +259,10 @@ def test_read_elf_returns_or_raises_elf_error(data: bytes) -> None:
     for seg in elf.segments:
         assert len(elf.file_bytes(seg)) == seg.filesz
         elf.segment_holding(seg.vaddr)
+    try:
+        elf.notes()
+    except ElfError:
+        pass
     for name in elf.symbols:
         try:
             elf.symbol_bytes(name)

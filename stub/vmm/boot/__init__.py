@@ -1,0 +1,54 @@
+"""Boot protocols (docs/boot-protocol.md): which one a kernel image speaks, and loading it.
+
+One module per protocol, each with ``detect(image) -> bool`` and
+``load(ram, image, modules, cmdline) -> BootState``. ``select`` tries them in the order
+of ``PROTOCOLS`` (``auto``) or takes the one named by ``--boot`` / ``boot =``;
+``load`` selects, writes the loader region (boot page tables and GDT) and loads.
+
+Importing this package imports no Unicorn: the configuration checks use ``CHOICES``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+from stub.vmm.boot import multiboot, multiboot2, pvh, tables, vmstub
+from stub.vmm.boot.common import ARCH_I386, ARCH_X86_64, BootState, LoaderError, Module, Placed
+from stub.vmm.ram import GuestRam
+
+_MODULES: dict[str, ModuleType] = {m.NAME: m for m in (pvh, multiboot2, multiboot, vmstub)}
+PROTOCOLS: tuple[str, ...] = tuple(_MODULES)  # the order ``auto`` tries them in
+CHOICES: tuple[str, ...] = ("auto", *PROTOCOLS)
+
+
+def select(image: bytes, wanted: str = "auto") -> ModuleType:
+    """The protocol module to boot ``image`` with; LoaderError (one line) if none fits."""
+    if wanted != "auto":
+        if wanted not in _MODULES:
+            raise LoaderError(f"unknown boot protocol {wanted!r} (one of {', '.join(CHOICES)})")
+        return _MODULES[wanted]
+    for module in _MODULES.values():
+        if module.detect(image):
+            return module
+    raise LoaderError("no boot protocol matches the kernel: no PVH note, no Multiboot2 or "
+                      "Multiboot header, and not an ELF64 file")
+
+
+def read_modules(initrd: Sequence[bytes | str | Path]) -> list[Module]:
+    """Modules from files (named by the file's name) or bytes (``module0``, ``module1``...)."""
+    return [Module(f"module{i}", item) if isinstance(item, bytes)
+            else Module(Path(item).name, Path(item).read_bytes())
+            for i, item in enumerate(initrd)]
+
+
+def load(ram: GuestRam, image: bytes, modules: list[Module] | tuple[Module, ...] = (),
+         cmdline: str = "", wanted: str = "auto") -> BootState:
+    protocol = select(image, wanted)
+    tables.build_boot_tables(ram)
+    return protocol.load(ram, image, list(modules), cmdline)
+
+
+__all__ = ["ARCH_I386", "ARCH_X86_64", "CHOICES", "PROTOCOLS", "BootState", "LoaderError",
+           "Module", "Placed", "load", "read_modules", "select"]
