@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from stub.cli import parse_listen
-from stub.config import VmConfigError, catalog_names, resolve
+from stub.config import KERNEL_MEMORY_MB, VmConfigError, catalog_names, kernel_vm, resolve
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 
@@ -19,6 +19,28 @@ def test_builtin_catalog():
     assert resolve("demo-intel").cpu == "intel"
     assert resolve("demo-amd-nomask").cpu == "amd-nomask"
     assert resolve("demo-none").cpu == "none"
+    # the demo also has a Multiboot header (for QEMU): its VMs name their protocol
+    assert {resolve(n).boot for n in catalog_names()} == {"vmstub"}
+
+
+def test_boot_keys(tmp_path):
+    elf = resolve("demo").kernel
+    (tmp_path / "initrd.img").write_bytes(b"x")
+    toml = tmp_path / "mb.toml"
+    toml.write_text(f'kernel = "{elf}"\nboot = "multiboot"\ninitrd = ["initrd.img"]\n'
+                    f'append = "console=ttyS0"\n')
+    cfg = resolve(str(toml))
+    assert (cfg.boot, cfg.initrd, cfg.append) == (
+        "multiboot", (tmp_path / "initrd.img",), "console=ttyS0")
+    assert resolve(str(elf)).boot == "auto"  # a bare ELF: auto, like --kernel
+
+
+def test_kernel_vm_defaults():
+    cfg = kernel_vm(str(resolve("demo").kernel))
+    assert (cfg.vcpus, cfg.memory_mb, cfg.boot, cfg.name) == (1, KERNEL_MEMORY_MB, "auto", "demo")
+    assert KERNEL_MEMORY_MB == 128
+    with pytest.raises(VmConfigError, match="does not exist"):
+        kernel_vm("no/such/kernel")
 
 
 def test_overrides():
@@ -44,6 +66,10 @@ def test_user_directory_and_paths(tmp_path, monkeypatch):
     ('kernel = "x"\ncolour = 1\n', "unknown key"),
     ('kernel = "x"\nvcpus = "four"\n', "wrong type"),
     ('kernel = "x"\ncpu = "arm"\n', "cpu must be one of"),
+    ('kernel = "x"\nboot = "grub"\n', "boot must be one of auto, pvh, multiboot2, multiboot"),
+    ('kernel = "x"\ninitrd = "one.img"\n', "'initrd' must be a list"),
+    ('kernel = "x"\ninitrd = [1]\n', "'initrd' must be a list"),
+    ('kernel = "x"\nappend = 3\n', "'append' has the wrong type"),
 ])
 def test_broken_files_give_one_line(tmp_path, text, message):
     bad = tmp_path / "bad.toml"
