@@ -16,7 +16,7 @@ import struct
 from dataclasses import dataclass
 
 from stub.vmm.boot import layout
-from stub.vmm.boot.common import BootState, LoaderError, Module
+from stub.vmm.boot.common import BootState, LoaderError, Module, Placed
 from stub.vmm.boot.image import (
     Kernel,
     arch_of,
@@ -116,7 +116,8 @@ def _kernel(image: bytes, header: Header) -> Kernel:
     return elf_kernel(read_exec(image))
 
 
-def _info_fields(ram_size: int, area: layout.InfoArea, placed, cmdline: str) -> tuple[int, bytes]:
+def _info_fields(ram_size: int, area: layout.InfoArea, placed: tuple[Placed, ...],
+                 cmdline: str) -> tuple[int, bytes]:
     """The multiboot_info after its flags word (mem, cmdline, mods, mmap, loader name)."""
     cmdline_addr = area.string(cmdline)
     mods = b"".join(struct.pack("<IIII", m.start, m.end, area.string(m.name), 0)
