@@ -36,9 +36,11 @@ def select(image: bytes, wanted: str = "auto") -> ModuleType:
                       "Multiboot header, and not an ELF64 file")
 
 
-def read_modules(initrd: Sequence[bytes | str | Path]) -> list[Module]:
-    """Modules from files (named by the file's name) or bytes (``module0``, ``module1``...)."""
-    return [Module(f"module{i}", item) if isinstance(item, bytes)
+def read_modules(initrd: Sequence[Module | bytes | str | Path]) -> list[Module]:
+    """Modules as given (a ``Module`` names itself), from files (named by the file's
+    name) or from bytes (``module0``, ``module1``, ... by position)."""
+    return [item if isinstance(item, Module)
+            else Module(f"module{i}", item) if isinstance(item, bytes)
             else Module(Path(item).name, Path(item).read_bytes())
             for i, item in enumerate(initrd)]
 

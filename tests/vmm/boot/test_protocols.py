@@ -152,6 +152,12 @@ def test_multiboot_module_strings_are_file_names(boot_vm, tmp_path):
     assert vm.boot.modules[0].name == "initrd.img"
 
 
+def test_module_names_can_be_given(boot_vm):
+    vm = boot_vm(mb1_elf(), initrd=[boot.Module("/boot/initrd root=/dev/ram0", b"x")])
+    (_, _, string, _) = struct.unpack("<IIII", vm.read_phys(mb1_info(vm)["mods_addr"], 16))
+    assert cstring(vm, string) == "/boot/initrd root=/dev/ram0"
+
+
 def test_multiboot_a_out_kludge_loads_the_file_flat(boot_vm):
     image = mb1_kludge(bss=0x3000)
     vm = boot_vm(image)
