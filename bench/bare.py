@@ -28,7 +28,7 @@ def main() -> int:
     sys.setswitchinterval(SWITCH_INTERVAL)
     cfg = resolve("demo")
     vm = create_vm("emulated", kernel=cfg.kernel, vcpus=cfg.vcpus, memory=cfg.memory,
-                   cpu=cfg.cpu, timer_hz=cfg.timer_hz, console=None)
+                   cpu=cfg.cpu, timer_hz=cfg.timer_hz, console=None, boot=cfg.boot)
     n = cfg.vcpus
 
     def drive(vcpu) -> None:

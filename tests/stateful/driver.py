@@ -148,7 +148,8 @@ class Rig:
                  tf_shadow: type[TfShadow] = TfShadow):
         self.demo = D.demo()
         self.vm = create_vm(D.DEMO_ELF, vcpus=vcpus, memory=D.MEMORY,
-                            cpu=PERSONALITY[personality], timer_hz=0, ticker=False)
+                            cpu=PERSONALITY[personality], timer_hz=0, ticker=False,
+                            boot="vmstub")
         self.rt = Runtime(self.vm)  # probes StepMode on vCPU 0 first, as the stub does
         for v in self.vm.vcpus:
             v.replace_tf_shadow(tf_shadow())  # a mutant TF shadow takes over after the probe

@@ -81,7 +81,7 @@ class Served:
     def __init__(self, name: str):
         cfg = resolve(name)
         self.vm = create_vm(cfg.kernel, vcpus=VCPUS, memory=cfg.memory, cpu=cfg.cpu,
-                            timer_hz=cfg.timer_hz)
+                            timer_hz=cfg.timer_hz, boot=cfg.boot)
         self.rt = Runtime(self.vm)
         self.server = Server(self.rt, open_listener("127.0.0.1", 0))
         self.port = self.server.address[1]

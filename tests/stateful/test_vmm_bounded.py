@@ -18,7 +18,7 @@ GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10
 
 def vm(vcpus: int = 1, personality: str = "amd"):
     return create_vm(D.DEMO_ELF, vcpus=vcpus, memory=D.MEMORY, cpu=personality,
-                     timer_hz=0, ticker=False)
+                     timer_hz=0, ticker=False, boot="vmstub")
 
 
 def u64(machine, name: str) -> int:
