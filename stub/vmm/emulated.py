@@ -3,12 +3,16 @@
 ``create_vm`` loads a kernel written to docs/boot-protocol.md and returns a running VM
 (vCPU 0 started; its owner thread drives it with ``run()``). The CPU model (``cpu``:
 a selectable personality of ``model.caps``: ``intel``, ``amd``, ``amd-nomask``,
-``none``) decides the step capabilities. The devices of the boot protocol (console,
-AP start-up, power-off) sit on ``vm.bus``; the console is ``vm.console``.
+``none``) decides the step capabilities. The PC's devices (``stub.vmm.platform``: PIC,
+PIT, UART, CMOS, ..., and the boot protocol's console, AP start-up and exits) sit on
+``vm.bus``, built and wired by ``vm.platform``; the debug console is ``vm.console``.
 
-One daemon thread per VM, the ticker, raises the periodic timer (vector 0x20) on every
-started vCPU and stops free-running vCPUs so they deliver it; it also repeats stop
-requests that Unicorn lost (see ``Mailbox.rekick``). It never runs guest code.
+Guest time is ``vm.clock`` (``stub.vmm.clock``): it runs only while a vCPU is in the
+guest. One daemon thread per VM, the ticker, fires its timers (the PIT's, and for a
+vmstub kernel made with ``timer_hz`` > 0 the paravirtual timer: vector 0x20 on every
+started vCPU, ``PvTimer``); a raised interrupt stops free-running vCPUs so they deliver
+it. The ticker also repeats stop requests that Unicorn lost (see ``Mailbox.rekick``). It
+never runs guest code.
 
 When a vCPU ends the VM (power-off port, triple fault), that vCPU's ``run()`` returns
 POWEROFF / TRIPLE_FAULT (again on every later call) and every other vCPU returns
@@ -18,24 +22,23 @@ SHUTDOWN, so the runtime sees the end exactly once.
 tests): no ticker thread at all, so nothing happens that the driver did not ask for. It
 raises timer interrupts itself (``EmulatedVcpu.post_tick``) and runs vCPUs with
 ``run(max_instructions=k)``; with one thread there is no lost stop request to repeat.
+Its guest clock is a ``ManualClock``: time moves (and timers fire) only when the driver
+calls ``vm.clock.advance``, so no run depends on the wall clock.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from model.caps import Personality, personality
 from stub.vmm import boot as protocols
 from stub.vmm.api import Feature, Vm
-from stub.vmm.bus import Bus
-from stub.vmm.devices import apstart, debugcon, poweroff
-from stub.vmm.devices.apstart import ApStart
-from stub.vmm.devices.debugcon import DebugCon, Sink
-from stub.vmm.devices.poweroff import PowerOffPort
+from stub.vmm.clock import GuestClock, ManualClock
+from stub.vmm.devices.debugcon import Sink
+from stub.vmm.platform import Platform, PvTimer
 from stub.vmm.ram import GuestRam
 from stub.vmm.vcpu import EmulatedVcpu
 
@@ -70,24 +73,23 @@ class EmulatedVm(Vm):
         self.ram = GuestRam(memory)
         self.ram_size = memory
         self.boot = protocols.load(self.ram, image, modules, cmdline, boot)
-        self.bus = Bus()
-        self.console = DebugCon(console)
-        self._plug_devices()
+        self.clock = GuestClock() if ticker else ManualClock()
+        self.platform = Platform(self.clock, memory, console, self.start_ap)
+        self.bus = self.platform.bus
+        self.console = self.platform.console
         self._stopping = False
         self._ended = False
-        self.timer_period = 1.0 / timer_hz if timer_hz > 0 else None
+        # vmstub kernels only; the other protocols' kernels program the PIT instead.
+        self.paravirt_timer = timer_hz > 0 and self.boot.protocol == "vmstub"
+        self.timer_period = 1.0 / timer_hz if self.paravirt_timer else None
         self.vcpus = [EmulatedVcpu(self, i) for i in range(vcpus)]
-        self.ticker = Ticker(self, timer_hz) if ticker else NoTicker()
+        self.ticker = Ticker(self) if ticker else NoTicker()
+        self.pv_timer = PvTimer(self.clock, timer_hz, self._post_ticks) \
+            if self.paravirt_timer else None
         self.vcpus[0].start(self.boot.entry)
         if not self.boot.long_mode:  # APs stay as they are: only vmstub starts them
             self.vcpus[0].cpu.enter_protected32(self.boot.entry, self.boot.registers)
         self.ticker.start()
-
-    def _plug_devices(self) -> None:
-        """The boot protocol's paravirtual ports (docs/boot-protocol.md)."""
-        self.bus.add_ports(self.console, debugcon.PORT)
-        self.bus.add_ports(ApStart(self.start_ap), apstart.PORT)
-        self.bus.add_ports(PowerOffPort(), poweroff.PORT)
 
     @property
     def over(self) -> bool:
@@ -112,6 +114,10 @@ class EmulatedVm(Vm):
     def start_ap(self, index: int, entry: int) -> None:
         if 0 <= index < len(self.vcpus) and self.vcpus[index].start(entry):
             log.info("vCPU %d started at %#x", index, entry)
+
+    def _post_ticks(self) -> None:
+        for vcpu in self.vcpus:
+            vcpu.post_tick()
 
     def end(self) -> None:
         """A vCPU ended the VM (power-off, triple fault): stop every other one."""
@@ -145,24 +151,24 @@ class NoTicker:
 
 
 class Ticker(threading.Thread):
-    """Timer ticks at ``hz`` (none when hz <= 0), and re-kicks vCPUs every
-    ``REKICK`` seconds while a stop request is outstanding."""
+    """The VM's timer thread: fires the guest clock's timers as they come due (it
+    sleeps while guest time stands still), and re-kicks vCPUs every ``REKICK`` seconds
+    while a stop request is outstanding."""
 
     REKICK = 0.001
 
-    def __init__(self, vm: EmulatedVm, hz: float):
+    def __init__(self, vm: EmulatedVm):
         super().__init__(name="vmm-ticker", daemon=True)
         self._vm = vm
-        self._period = 1.0 / hz if hz > 0 else None
-        self._wake = threading.Event()
+        self._clock = vm.clock
         self._done = False
 
     def poke(self) -> None:
-        self._wake.set()
+        self._clock.poke()
 
     def stop(self) -> None:
         self._done = True
-        self._wake.set()
+        self._clock.poke()
 
     def run(self) -> None:
         try:
@@ -171,22 +177,14 @@ class Ticker(threading.Thread):
             log.exception("VMM ticker failed")
 
     def _loop(self) -> None:
-        period = self._period
-        next_tick = time.monotonic() + period if period else None
         rekick = False
         while not self._done:
-            timeout = None if next_tick is None else max(0.0, next_tick - time.monotonic())
-            if rekick:
-                timeout = self.REKICK if timeout is None else min(timeout, self.REKICK)
-            self._wake.wait(timeout)
-            self._wake.clear()
+            due = self._clock.wait_due(self.REKICK if rekick else None)
             if self._done:
                 return
-            now = time.monotonic()
-            if next_tick is not None and now >= next_tick:
-                for vcpu in self._vm.vcpus:
-                    vcpu.post_tick()
-                next_tick += period
-                if next_tick <= now:  # fell behind: skip the missed ticks
-                    next_tick = now + period
+            for timer, deadline in due:
+                try:
+                    timer.fire(deadline)
+                except Exception:  # a device's bug must not stop every other timer
+                    log.exception("VMM timer callback failed")
             rekick = any([vcpu.rekick() for vcpu in self._vm.vcpus])  # noqa: C419 (all of them)

@@ -1,16 +1,25 @@
 """Guest events of one emulated vCPU: what a slice of guest code ended with (an
-exception Unicorn reports, a power-off, an emulator error), the timer interrupt and
-whether it can be taken (the interrupt window), ``hlt``, and delivery through the
+exception Unicorn reports, a power-off, an emulator error), external interrupts and
+whether one can be taken (the interrupt window), ``hlt``, and delivery through the
 guest IDT (idt.py builds the frame).
 
 Unicorn never delivers an exception itself, so every one it reports comes here: an
 int3 the debugger wants (BPT_EXIT) becomes a BPT exit, anything else is delivered.
+
+External interrupts come from the vCPU's *interrupt sources*, asked in order: the
+vmstub paravirtual timer (``PvTick``, every vCPU), then the machine's (the PIC pair
+on vCPU 0, the ExtINT path; a local APIC later). A source answers ``pending()``
+cheaply and without blocking (a stale answer costs one more round of the run loop),
+and ``acknowledge()`` is the INTA cycle: it gives the vector, which the source may
+change between the two (the PIC's spurious IRQ 7 when the request went away). A source
+whose request rises calls the vCPU's ``interrupt_changed``, which kicks it.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from unicorn import UcError
 from unicorn import unicorn_const as U
@@ -20,9 +29,11 @@ from stub.vmm.api import ExitKind, VmExit, VmmError
 from stub.vmm.cpu import DR6_BS, Cpu
 from stub.vmm.hidden_tf import HiddenTf
 from stub.vmm.mailbox import Mailbox
+from stub.vmm.regs import MSR_EFER
 from stub.vmm.slices import HookEvent, HookKind
 
 INT3 = 0xCC
+EFER_LMA = 1 << 10  # long mode active: 64-bit IDT; else 32-bit protected mode
 INT_IMM8, INT_IMM8_3 = 0xCD, 0x03  # "int 3", the two-byte form
 _UNBACKED = frozenset({U.UC_ERR_READ_UNMAPPED, U.UC_ERR_WRITE_UNMAPPED,
                        U.UC_ERR_FETCH_UNMAPPED})
@@ -37,6 +48,31 @@ class IrqWindow(enum.Enum):
     OPEN = "open"
 
 
+class InterruptSource(Protocol):
+    def pending(self) -> bool:
+        """Is an interrupt requested? Thread-safe, never blocks (may be stale)."""
+        ...
+
+    def acknowledge(self) -> int:
+        """INTA: the vector to deliver (called after ``pending()`` said True)."""
+        ...
+
+
+class PvTick:
+    """The vmstub paravirtual timer's tick (docs/boot-protocol.md): vector 0x20,
+    pending until delivered, one at most; posted by ``EmulatedVcpu.post_tick``."""
+
+    def __init__(self, mail: Mailbox):
+        self._mail = mail
+
+    def pending(self) -> bool:
+        return self._mail.tick
+
+    def acknowledge(self) -> int:
+        self._mail.take_tick()
+        return idt.TIMER_VECTOR
+
+
 class Events:
     """Owner-thread state: ``halted`` (in hlt, waiting for an interrupt) and
     ``mask_hwintr`` (the capability in effect)."""
@@ -47,10 +83,29 @@ class Events:
         self._mail = mail
         self._tf = tf
         self._end_vm = end_vm  # records the exit and stops every vCPU; returns the exit
+        self._sources: tuple[InterruptSource, ...] = (PvTick(mail),)
+        self._sampled: InterruptSource | None = None  # what the last window check saw
         self.halted = False
         self.mask_hwintr = False
 
-    # -- the timer interrupt --------------------------------------------------------------
+    def add_sources(self, sources: Sequence[InterruptSource]) -> None:
+        """The machine's sources, after the paravirtual tick (while the vCPU is built)."""
+        self._sources += tuple(sources)
+
+    # -- external interrupts --------------------------------------------------------------
+    def pending_source(self) -> InterruptSource | None:
+        """The first source with a request (INTR sampled), or None."""
+        for source in self._sources:
+            if source.pending():
+                self._sampled = source
+                return source
+        self._sampled = None
+        return None
+
+    def requested(self) -> bool:
+        """Does any source have a request (for inspection: samples nothing)?"""
+        return any(source.pending() for source in self._sources)
+
     def irq_window(self) -> IrqWindow:
         if self.mask_hwintr:
             return IrqWindow.MASKED
@@ -61,25 +116,38 @@ class Events:
             return IrqWindow.SHADOW
         return IrqWindow.OPEN
 
-    def tick_window(self) -> IrqWindow | None:
-        """The window for the pending tick; None when no tick is pending."""
-        return self.irq_window() if self._mail.tick else None
+    def interrupt_window(self) -> IrqWindow | None:
+        """The window for a pending interrupt; None when no source has a request."""
+        return self.irq_window() if self.pending_source() is not None else None
 
     def wakeable(self) -> bool:
         """Would a halted vCPU wake now?"""
-        return self._mail.tick and self.irq_window() in (IrqWindow.OPEN, IrqWindow.SHADOW)
+        return self.pending_source() is not None and \
+            self.irq_window() in (IrqWindow.OPEN, IrqWindow.SHADOW)
 
-    def deliver_tick(self) -> VmExit | None:
-        self._mail.take_tick()
-        return self.deliver(idt.TIMER_VECTOR, None)
+    def deliver_interrupt(self) -> VmExit | None:
+        """Take the interrupt the last window check saw (INTA, then delivery): what
+        the source answers now, as hardware's INTA after sampling INTR."""
+        source = self._sampled or self.pending_source()
+        self._sampled = None
+        if source is None:
+            return None
+        return self.deliver(source.acknowledge(), None)
+
+    # The step mechanisms (steps.py) still call them by the single tick's names.
+    tick_window = interrupt_window
+    deliver_tick = deliver_interrupt
 
     # -- what a slice ended with ------------------------------------------------------------
     def after_slice(self, event: HookEvent | None, error: UcError | None) -> VmExit | None:
         """The exit a slice's first hook event or emulator error leads to, if any."""
         if event is not None:
             if event.kind is HookKind.POWEROFF:
-                return self._end_vm(VmExit(ExitKind.POWEROFF, rip=self._cpu.rip,
-                                           code=event.value))
+                effect = event.effect  # the exit status and, for a reset, the reason
+                return self._end_vm(VmExit(
+                    ExitKind.POWEROFF, rip=self._cpu.rip, code=event.value,
+                    status=effect.status if effect else None,
+                    detail=getattr(effect, "reason", "")))
             if event.kind is HookKind.EXCEPTION:
                 return self.on_exception(event.value)
         if error is not None:
@@ -136,8 +204,9 @@ class Events:
     def deliver(self, vector: int, error_code: int | None) -> VmExit | None:
         """Deliver through the guest IDT; a failure ends the VM (triple fault)."""
         cpu = self._cpu
+        frame = idt.deliver if cpu.msr(MSR_EFER) & EFER_LMA else idt.deliver_protected
         try:
-            entered = idt.deliver(cpu, cpu.delivery_state(), vector, error_code)
+            entered = frame(cpu, cpu.delivery_state(), vector, error_code)
         except idt.DeliveryError as err:
             return self._end_vm(VmExit(ExitKind.TRIPLE_FAULT, rip=cpu.rip,
                                        detail=f"vector {vector:#x}: {err}"))

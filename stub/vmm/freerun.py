@@ -1,10 +1,14 @@
-"""Free running: the guest at full speed, one kickable slice at a time, with the timer
-interrupt delivered between slices.
+"""Free running: the guest at full speed, one kickable slice at a time, with external
+interrupts delivered between slices.
 
-A free slice has no per-instruction hook; a tick that finds IF=0 stays pending and
+A free slice has no per-instruction hook; an interrupt that finds IF=0 stays pending and
 watch.py catches the moment the guest sets IF. A bounded run (``run(max_instructions=k)``,
 for deterministic single-threaded drivers) uses a bounded slice instead, which counts
 instructions against the budget and stops at the first boundary with IF=1 itself.
+
+The mailbox's ``irq_seq`` is read before the sources are asked and handed to the slice
+entry: a request that rises in between (its kick finds no slice to stop) makes the entry
+go round the run loop instead of running a whole free slice past it.
 """
 
 from __future__ import annotations
@@ -25,25 +29,24 @@ class FreeRun:
         self._events = events
 
     def run(self) -> VmExit | None:
-        """One slice (after the pending tick, if it can be taken): an exit, or None to
-        go round the run loop again."""
+        """One slice (after the pending interrupt, if it can be taken): an exit, or None
+        to go round the run loop again."""
         events, slices = self._events, self._slices
-        window = events.tick_window()
+        seq = self._mail.irq_seq  # before the sources are asked (see the docstring)
+        window = events.interrupt_window()
         if window is IrqWindow.OPEN:
-            exit_ = events.deliver_tick()
-            if exit_ is not None:
-                return exit_
-        elif window is IrqWindow.SHADOW:
-            return slices.one()[0]  # then the loop delivers the tick
+            # Then round the loop: another source may still be pending, and the window
+            # for it (the handler's IF) decides whether the slice is watched.
+            return events.deliver_interrupt()
+        if window is IrqWindow.SHADOW:
+            return slices.one()[0]  # then the loop delivers the interrupt
         if slices.budget is None:
-            with self._mail.cond:
-                seq = self._mail.tick_seq
             slices.watch.update(window is IrqWindow.IF0, seq)
             mode = SliceMode.FREE
         else:
             slices.watch_if = window is IrqWindow.IF0
             mode = SliceMode.BOUNDED
-        if not slices.run(mode):
+        if not slices.run(mode, seq):
             return None
         exit_ = slices.outcome()
         cpu = self._cpu

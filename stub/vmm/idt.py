@@ -1,11 +1,18 @@
-"""Event delivery through the guest IDT, as the CPU does it in 64-bit mode.
+"""Event delivery through the guest IDT, as the CPU does it in long mode (``deliver``)
+and in 32-bit protected mode (``deliver_protected``, the kernels the 32-bit boot
+protocols enter).
 
 Unicorn reports exceptions but never delivers them (and has no interrupt controller),
-so the VMM builds the frame itself: read the 16-byte gate, pick the stack (IST or the
-current one, aligned to 16), push SS, RSP, RFLAGS, CS, RIP and, for the exceptions that
-have one, the error code; then clear TF/NT/RF (and IF for an interrupt gate) and jump.
-Only CPL 0 is supported (no privilege change: a CPL 3 guest would need a stack switch
-and a CS descriptor load that Unicorn's register API cannot do in 64-bit mode).
+so the VMM builds the frame itself. Long mode: read the 16-byte gate, pick the stack
+(IST or the current one, aligned to 16), push SS, RSP, RFLAGS, CS, RIP and, for the
+exceptions that have one, the error code. Protected mode: read the 8-byte 32-bit gate
+and push EFLAGS, CS, EIP (and the error code) on the current stack, taken as flat (SS
+base 0, what every kernel this machine boots uses). Then clear TF/NT/RF/VM (and IF for
+an interrupt gate) and jump. Only CPL 0 is supported (no privilege change: a CPL 3
+guest would need a stack switch and a CS descriptor load that Unicorn's register API
+cannot do), and the gate's selector must be the current code segment's (a CS write
+through the API sets the selector, not the descriptor); 16-bit gates, task gates and
+real mode are not.
 Anything that would make real hardware escalate (gate out of the IDT limit, not
 present, wrong type, unmapped stack) is a DeliveryError; the VMM ends the VM with a
 triple fault, as the boot protocol says.
@@ -87,9 +94,7 @@ def read_gate(mem: VirtMem, cpu: CpuState, vector: int) -> Gate:
 
 
 def deliver(mem: VirtMem, cpu: CpuState, vector: int, error_code: int | None) -> Entered:
-    if cpu.cs & 3:
-        raise DeliveryError(f"vector {vector:#x} arrived at CPL {cpu.cs & 3}: only CPL 0 "
-                            "is supported")
+    _check_cpl(cpu, vector)
     gate = read_gate(mem, cpu, vector)
     rsp = _ist_stack(mem, cpu, gate.ist) if gate.ist else cpu.rsp
     rsp &= ~0xF
@@ -104,6 +109,42 @@ def deliver(mem: VirtMem, cpu: CpuState, vector: int, error_code: int | None) ->
         flags &= ~IF
     slot = rsp + 8 * (len(slots) - 3)
     return Entered(gate.offset, rsp, flags, gate.selector, slot)
+
+
+def read_gate32(mem: VirtMem, cpu: CpuState, vector: int) -> Gate:
+    if vector * 8 + 7 > cpu.idt_limit:
+        raise DeliveryError(f"vector {vector:#x} is beyond the IDT limit {cpu.idt_limit:#x}")
+    raw = _read(mem, cpu.idt_base + vector * 8, 8, f"IDT entry {vector:#x}")
+    lo, selector, _, attr, hi = struct.unpack("<HHBBH", raw)
+    if not attr & 0x80:
+        raise DeliveryError(f"IDT entry {vector:#x} is not present")
+    kind = attr & 0x1F
+    if kind not in (_GATE_INTERRUPT, _GATE_TRAP):
+        raise DeliveryError(f"IDT entry {vector:#x} has type {kind:#x}, not a 32-bit "
+                            "interrupt or trap gate")
+    return Gate(lo | hi << 16, selector, 0, kind == _GATE_TRAP)
+
+
+def deliver_protected(mem: VirtMem, cpu: CpuState, vector: int,
+                      error_code: int | None) -> Entered:
+    """32-bit protected mode (paging on or off), same privilege."""
+    _check_cpl(cpu, vector)
+    gate = read_gate32(mem, cpu, vector)
+    slots = [cpu.rflags & 0xFFFF_FFFF, cpu.cs, cpu.rip & 0xFFFF_FFFF]
+    if error_code is not None:
+        slots.append(error_code)
+    esp = (cpu.rsp - 4 * len(slots)) & 0xFFFF_FFFF
+    _write(mem, esp, struct.pack(f"<{len(slots)}I", *reversed(slots)), "the stack")
+    flags = cpu.rflags & 0xFFFF_FFFF & ~(TF | NT | RF | VM)
+    if not gate.trap:
+        flags &= ~IF
+    return Entered(gate.offset, esp, flags, gate.selector, esp + 4 * (len(slots) - 1))
+
+
+def _check_cpl(cpu: CpuState, vector: int) -> None:
+    if cpu.cs & 3:
+        raise DeliveryError(f"vector {vector:#x} arrived at CPL {cpu.cs & 3}: only CPL 0 "
+                            "is supported")
 
 
 def _ist_stack(mem: VirtMem, cpu: CpuState, ist: int) -> int:

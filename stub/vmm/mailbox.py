@@ -1,13 +1,19 @@
 """What other threads ask of one vCPU, under one condition variable.
 
-The ticker posts timer interrupts and repeats lost stops, the stub asks for suspends
-and BPT_EXIT, other vCPUs and the debugger patch code, the VM starts and stops it. Each
+The ticker posts the paravirtual timer's ticks and repeats lost stops, interrupt
+sources (the PIC) say their request may have risen, the stub asks for suspends and
+BPT_EXIT, other vCPUs and the debugger patch code, the VM starts and stops it. Each
 request is recorded here and, when the vCPU is inside a kickable ``emu_start``,
 *kicks* it (``emu_stop``) so its run loop sees the request between two slices.
 
+The condition's lock is the VM's guest clock lock, shared by every vCPU's mailbox:
+entering and leaving the guest already take it, so the clock's accounting
+(``GuestClock.enter_locked``/``leave_locked``) costs no lock of its own.
+
 The owner thread reads a few fields without the lock where a stale value only costs
-one more round of the run loop (``tick``, ``dirty``): the slice entry re-checks under
-the lock before it enters the guest.
+one more round of the run loop (``tick``, ``dirty``, ``irq_seq``): the slice entry
+re-checks under the lock before it enters the guest (an interrupt request that came
+after the run loop looked at its sources makes the entry go round again).
 """
 
 from __future__ import annotations
@@ -15,16 +21,22 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from stub.vmm.clock import GuestClock
+
 
 class Mailbox:
-    def __init__(self, stop_guest: Callable[[], None], vm_over: Callable[[], bool]):
-        self.cond = threading.Condition()
+    def __init__(self, stop_guest: Callable[[], None], vm_over: Callable[[], bool],
+                 clock: GuestClock):
+        self.cond = threading.Condition(clock.lock)
+        self._clock = clock
         self._stop_guest = stop_guest  # emu_stop: the one Unicorn call safe from any thread
         self._vm_over = vm_over
         self.started = False
         self.suspend = False
-        self.tick = False  # a timer interrupt is pending (one at most)
-        self.tick_seq = 0  # ticks posted so far (the interrupt-window watch keys on it)
+        self.tick = False  # a paravirtual timer tick is pending (one at most)
+        # Interrupt requests so far (ticks posted, sources risen): the interrupt-window
+        # watch keys on it, and a free slice is not entered past a request it missed.
+        self.irq_seq = 0
         self.dirty: list[tuple[int, int]] = []  # GPA ranges patched since the last slice
         self.in_run = False  # inside run()/run_lent(): cleared by the owner without the lock
         self.in_guest = False  # inside a kickable emu_start
@@ -47,9 +59,17 @@ class Mailbox:
         with self.cond:
             if self.started:
                 self.tick = True
-                self.tick_seq += 1
+                self.irq_seq += 1
                 self._kick_locked()
                 self.cond.notify_all()
+
+    def interrupt(self) -> None:
+        """An interrupt source's request may have risen: leave the slice (or hlt) and
+        look at the sources again."""
+        with self.cond:
+            self.irq_seq += 1
+            self._kick_locked()
+            self.cond.notify_all()
 
     def mark_dirty(self, start: int, end: int) -> None:
         with self.cond:
@@ -102,18 +122,32 @@ class Mailbox:
         with self.cond:
             return any(start <= gpa < end for start, end in self.dirty)
 
-    def enter_guest(self, kickable: bool) -> bool:
+    def enter_guest(self, kickable: bool, irq_seen: int | None = None) -> bool:
         """About to ``emu_start``: False if a request came first (the run loop goes
-        round again to honour it). Capabilities asked while running take effect here."""
+        round again to honour it), an interrupt request included when ``irq_seen``
+        (the ``irq_seq`` read before the sources were asked) is out of date.
+        Capabilities asked while running take effect here; guest time runs from here."""
         with self.cond:
-            if self.suspend or self.dirty or self._vm_over():
+            if self.suspend or self.dirty or self._vm_over() or (
+                    irq_seen is not None and irq_seen != self.irq_seq):
                 return False
             self.bpt_exit = self.bpt_exit_asked
             self.in_guest, self.kicked = kickable, False
+            self._clock.enter_locked()
             return True
 
     def leave_guest(self) -> bool:
         """Out of ``emu_start``; True if it was kicked."""
         with self.cond:
             self.in_guest = False
+            self._clock.leave_locked()
             return self.kicked
+
+    def wait_idle_locked(self) -> None:
+        """Halted inside run(), waiting for an interrupt (the caller holds ``cond``):
+        guest time runs meanwhile, so a timer can come to wake the vCPU."""
+        self._clock.enter_locked()
+        try:
+            self.cond.wait()
+        finally:
+            self._clock.leave_locked()

@@ -1,8 +1,8 @@
 """Running guest code: one ``emu_start`` at a time (a *slice*), and the Unicorn hooks
 that end one.
 
-A slice ends when another thread kicks it (``emu_stop``: a timer tick, a suspend
-request, code patched, shutdown), when the guest faults, executes ``hlt`` or powers
+A slice ends when another thread kicks it (``emu_stop``: an interrupt request, a
+suspend request, code patched, shutdown), when the guest faults, executes ``hlt`` or powers
 off, or when the per-instruction code hook has seen the instructions the slice may run.
 What ended it is the slice's *event*; emu_stop() takes effect at the end of the
 translation block, so another hook may fire after the one that stopped: the first
@@ -43,13 +43,14 @@ class SliceMode(enum.Enum):
 class HookKind(enum.Enum):
     EXCEPTION = "exception"  # UC_HOOK_INTR: value is the vector
     STOP = "stop"  # the code hook or the window watch stopped the slice
-    POWEROFF = "poweroff"  # a device's out asked for it: value is the exit code
+    POWEROFF = "poweroff"  # a device's out asked for it (a reset too): ``effect`` says how
 
 
 @dataclass(frozen=True, slots=True)
 class HookEvent:
     kind: HookKind
     value: int = 0
+    effect: PowerOff | None = None
 
 
 STOP = HookEvent(HookKind.STOP)
@@ -66,7 +67,7 @@ class SliceRunner:
 
     ``budget`` is the instructions a bounded ``run(max_instructions=k)`` has left (None:
     unbounded); every slice run is charged to it. ``watch_if``: a bounded slice also
-    stops at the first instruction boundary with IF=1 (a tick waits for it), what the
+    stops at the first instruction boundary with IF=1 (an interrupt waits), what the
     window watch does by wall-clock budget, done here by instruction so the same
     choices give the same run."""
 
@@ -96,13 +97,16 @@ class SliceRunner:
         """Is the per-instruction hook installed (kept across consecutive steps)?"""
         return self._code.active
 
-    def run(self, mode: SliceMode) -> bool:
-        """One emu_start in ``mode``. False when a request came first: the run loop goes
-        round again to honour it."""
+    def run(self, mode: SliceMode, irq_seen: int | None = None) -> bool:
+        """One emu_start in ``mode``. False when a request came first (an interrupt
+        request too, when ``irq_seen`` is the mailbox's ``irq_seq`` the caller decided
+        on): the run loop goes round again to honour it."""
         self._arm(mode)
         cpu = self._cpu
         rip = cpu.rip
-        if not self._mail.enter_guest(mode is SliceMode.FREE or mode is SliceMode.BOUNDED):
+        mail = self._mail
+        if not mail.enter_guest(mode is SliceMode.FREE or mode is SliceMode.BOUNDED,
+                                irq_seen):
             return False
         self.event = None
         self.error = None
@@ -112,11 +116,12 @@ class SliceRunner:
             cpu.emu_start(rip)
         except UcError as err:
             self.error = err
+        finally:
+            self.kicked = mail.leave_guest()  # guest time stops here, whatever happened
         if watch.stopped and self.event is None:
             self.event = STOP
         if self.budget is not None:
             self._charge(mode)
-        self.kicked = self._mail.leave_guest()
         return True
 
     def _arm(self, mode: SliceMode) -> None:
@@ -173,15 +178,15 @@ class SliceRunner:
     def _on_code(self, uc, _address: int, _size: int, _data) -> None:
         self._insns += 1
         # SINGLE: the one instruction is done, stop before the next. BOUNDED: the
-        # budget is spent, or a waiting tick can now be taken (IF=1).
+        # budget is spent, or a waiting interrupt can now be taken (IF=1).
         if self._insns > self._limit or (self.watch_if and self._cpu.rflags & idt.IF):
             self._note(STOP)
             uc.emu_stop()
 
     def _on_out(self, uc, port: int, size: int, value: int, _data) -> None:
         effect = self._bus.io_out(port, size, value, self._requester)
-        if isinstance(effect, PowerOff):
-            self._note(HookEvent(HookKind.POWEROFF, effect.code))
+        if isinstance(effect, PowerOff):  # Reset is one too
+            self._note(HookEvent(HookKind.POWEROFF, effect.code, effect))
             uc.emu_stop()
 
     def _on_in(self, _uc, port: int, size: int, _data) -> int:

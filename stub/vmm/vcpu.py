@@ -1,10 +1,12 @@
 """One emulated vCPU: the Vcpu API and the run loop, over named parts.
 
-- ``Mailbox`` (mailbox.py): what other threads ask of it (suspend, ticks, patched code,
-  BPT_EXIT, stop), under its one condition variable;
+- ``Mailbox`` (mailbox.py): what other threads ask of it (suspend, ticks, interrupt
+  requests, patched code, BPT_EXIT, stop), under its one condition variable (on the
+  VM's guest clock lock: entering and leaving the guest runs and stops guest time);
 - ``SliceRunner`` (slices.py): one ``emu_start`` at a time and the hooks that end it;
-- ``Events`` (events.py): what a slice ended with, the timer interrupt, hlt, and
-  delivery through the guest IDT;
+- ``Events`` (events.py): what a slice ended with, the interrupt sources (the
+  paravirtual tick; the machine's, from ``vm.platform``), hlt, and delivery through the
+  guest IDT;
 - ``HiddenTf`` (hidden_tf.py): the debugger's TF hidden from the guest;
 - ``MtrapStep`` / ``TfStep`` (steps.py): the two step mechanisms; ``FreeRun``
   (freerun.py): running at full speed.
@@ -54,8 +56,9 @@ class VcpuInspection:
     suspend_requested: bool
     halted: bool  # in hlt, waiting for an interrupt
     started: bool
-    tick_pending: bool
+    tick_pending: bool  # the paravirtual timer's tick
     code_hook: bool  # the per-instruction hook is installed (kept across steps)
+    interrupt_pending: bool = False  # any interrupt source has a request (the tick too)
 
 
 class EmulatedVcpu(Vcpu):
@@ -63,9 +66,10 @@ class EmulatedVcpu(Vcpu):
         self.index = index
         self._vm = vm
         self.cpu = Cpu(vm.ram)
-        self._mail = Mailbox(self.cpu.uc.emu_stop, lambda: vm.over)
+        self._mail = Mailbox(self.cpu.uc.emu_stop, lambda: vm.over, vm.clock)
         self._tf = HiddenTf(self.cpu, index)
         self._events = Events(self.cpu, self._mail, self._tf, self._end_vm)
+        self._events.add_sources(vm.platform.interrupt_sources(index, self.interrupt_changed))
         self._slices = SliceRunner(self.cpu, self._mail, self._events, vm.bus,
                                    Requester(index, self.cpu.regs.get), vm.timer_period)
         self._mtrap = MtrapStep(self.cpu, self._slices, self._events)
@@ -192,7 +196,10 @@ class EmulatedVcpu(Vcpu):
                 if not block:
                     return _IDLE
                 self.waiting.set()
-                mail.cond.wait()
+                if mail.started:  # halted: idle in the guest, guest time runs
+                    mail.wait_idle_locked()
+                else:
+                    mail.cond.wait()
                 self.waiting.clear()
 
     def _end_vm(self, exit_: VmExit) -> VmExit:
@@ -238,7 +245,8 @@ class EmulatedVcpu(Vcpu):
             tf_shadow=shadow.state,
             guest_tf=shadow.shadow if shadow.is_on else bool(rflags & TF),
             raw_rflags=rflags, suspend_requested=suspend, halted=self._events.halted,
-            started=started, tick_pending=tick, code_hook=self._slices.code_hook)
+            started=started, tick_pending=tick, code_hook=self._slices.code_hook,
+            interrupt_pending=self._events.requested())
 
     def replace_tf_shadow(self, shadow: TfShadow) -> None:
         """Put another TF shadow machine in charge (tests inject mutants). Only while
@@ -265,8 +273,15 @@ class EmulatedVcpu(Vcpu):
             return True
 
     def post_tick(self) -> None:
-        """Raise the timer interrupt (pending until delivered; one at most). Thread-safe."""
+        """Raise the paravirtual timer's tick (vector 0x20, pending until delivered; one
+        at most). Thread-safe."""
         self._mail.post_tick()
+
+    def interrupt_changed(self) -> None:
+        """An interrupt source's request rose: kick the vCPU out of its slice or hlt to
+        look at its sources. Thread-safe (sources call it with none of their locks held)."""
+        self._mail.interrupt()
+        self._vm.ticker.poke()  # repeats the kick if Unicorn loses it
 
     def mark_dirty(self, start: int, end: int) -> None:
         """Guest code in [start, end) was written: drop its translations before the

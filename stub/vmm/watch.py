@@ -1,12 +1,14 @@
-"""Interrupt-window watching: deliver a pending tick soon after the guest sets IF.
+"""Interrupt-window watching: deliver a pending interrupt soon after the guest sets IF.
 
 Hardware delivers a pending interrupt at the first instruction boundary with IF=1.
 Unicorn cannot be asked for that, but IF only becomes 1 through ``sti``, ``popf`` or
 ``iret``, and QEMU ends a translation block after each of them: a block hook that
 checks IF sees every opportunity. A Python call per block is slow, so the hook exists
-only while a tick waits, for at most a short budget per tick, and a guest that keeps
-interrupts off through whole budgets is watched exponentially less often (the tick
-then waits for a kick that finds IF=1, as before watching existed).
+only while an interrupt waits, for at most a short budget per request (a paravirtual
+tick posted, an interrupt source risen: ``Mailbox.irq_seq``), and a guest that keeps
+interrupts off through whole budgets is watched exponentially less often (the interrupt
+then waits for a kick that finds IF=1, as before watching existed). The budget is host
+time: it bounds the hook's cost, not anything the guest sees.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from unicorn import x86_const as X
 from stub.vmm.cpu import Cpu, OptionalHook
 
 IF = 1 << 9
-MAX_BUDGET = 0.001  # seconds of hooked running per tick
-MAX_BACKOFF = 6  # after n missed windows in a row, skip the next 2**n - 1 ticks
+MAX_BUDGET = 0.001  # seconds of hooked running per request
+MAX_BACKOFF = 6  # after n missed windows in a row, skip the next 2**n - 1 requests
 
 
 class WindowWatch:
@@ -34,15 +36,16 @@ class WindowWatch:
         self._skip = 0
         self.stopped = False  # the hook stopped emulation (IF=1 or budget spent)
 
-    def update(self, waiting_tick: bool, tick_seq: int) -> None:
-        """Between slices: is a tick waiting for IF=1 (not masked by the debugger)?"""
-        if not waiting_tick:
+    def update(self, waiting: bool, irq_seq: int) -> None:
+        """Between slices: is an interrupt waiting for IF=1 (not masked by the
+        debugger)? ``irq_seq``: the mailbox's count of requests."""
+        if not waiting:
             if self._hook.active:  # delivered while watching: the guest opens windows
                 self._misses = 0
             self.off()
             return
-        if tick_seq != self._seq:
-            self._seq = tick_seq
+        if irq_seq != self._seq:
+            self._seq = irq_seq
             if self._skip:
                 self._skip -= 1
             else:

@@ -1,0 +1,117 @@
+"""The emulated PC: every device on one bus, their interrupt lines wired, and each
+vCPU's interrupt sources. ``EmulatedVm`` builds one ``Platform`` and owns it; vCPU code
+knows neither port numbers nor wiring (it asks ``interrupt_sources``).
+
+| device | ports | interrupt |
+|---|---|---|
+| 8259A PIC pair (``pic``) | 0x20-0x21, 0xA0-0xA1, ELCR 0x4D0-0x4D1 | INTR -> vCPU 0 |
+| 8254 PIT (``pit``) | 0x40-0x43, port B 0x61 | channel 0 -> IRQ 0 |
+| i8042 (``i8042``) | 0x60, 0x64 | IRQ 1 |
+| 16550A UART, COM1 (``uart``) | 0x3F8-0x3FF | IRQ 4 |
+| CMOS/RTC (``cmos``) | 0x70-0x71 | none |
+| system control A, POST (``sysctl``) | 0x92, 0x80 | |
+| isa-debug-exit (``debug_exit``) | 0xF4-0xF7 | |
+| ACPI PM1a control (``acpi``) | 0x604-0x605 | |
+| VGA CRT controller (``crtc``) | 0x3D4-0x3D5 | |
+| debug console (``console``) | 0xE9 | |
+| AP start-up (``apstart``) | 0xEB | |
+
+Every clock a guest reads comes from the VM's guest clock: the PIT counts guest time,
+the CMOS clock is the host's wall time when the machine was built plus guest time, and
+the paravirtual timer (``PvTimer``, vmstub kernels only) ticks on it. The UART's output
+goes where the debug console's does (the stub's stdout); its input is ``uart.feed``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from stub.vmm.bus import Bus, PortDevice
+from stub.vmm.clock import SECOND, GuestClock
+from stub.vmm.devices import apstart, cmos, debugcon, exits, i8042, pic, pit, sysctl, uart, vga
+from stub.vmm.devices.apstart import ApStart
+from stub.vmm.devices.cmos import Cmos
+from stub.vmm.devices.debugcon import DebugCon, Sink
+from stub.vmm.devices.exits import AcpiPm1Control, IsaDebugExit
+from stub.vmm.devices.i8042 import I8042
+from stub.vmm.devices.pic import PicPair
+from stub.vmm.devices.pit import Pit
+from stub.vmm.devices.sysctl import SystemControl
+from stub.vmm.devices.uart import Uart16550
+from stub.vmm.devices.vga import Crtc
+from stub.vmm.events import InterruptSource
+
+PIT_IRQ = 0
+
+
+class Platform:
+    def __init__(self, clock: GuestClock, ram_size: int, console: Sink | None,
+                 start_ap: Callable[[int, int], None]):
+        self.clock = clock
+        self.bus = Bus()
+        self.pic = PicPair()
+        self.pit = Pit(clock, self.pic.irq_line(PIT_IRQ))
+        self.i8042 = I8042(self.pic.irq_line(i8042.IRQ))
+        self.uart = Uart16550(self.pic.irq_line(uart.IRQ), console)
+        self._boot_wall = time.time()
+        self.cmos = Cmos(ram_size, clock=self.wall_time)
+        self.sysctl = SystemControl()
+        self.debug_exit = IsaDebugExit()
+        self.acpi = AcpiPm1Control()
+        self.crtc = Crtc()
+        self.console = DebugCon(console)
+        self.apstart = ApStart(start_ap)
+        self._plug()
+
+    def _plug(self) -> None:
+        ports: list[tuple[PortDevice, int, int]] = [
+            (self.pic, pic.MASTER_PORT, 2), (self.pic, pic.SLAVE_PORT, 2),
+            (self.pic, pic.ELCR_PORT, 2),
+            (self.pit, pit.PORT, 4), (self.pit, pit.PORT_B, 1),
+            (self.i8042, i8042.DATA, 1), (self.i8042, i8042.COMMAND, 1),
+            (self.uart, uart.COM1, uart.PORTS),
+            (self.cmos, cmos.INDEX, 2),
+            (self.sysctl, sysctl.PORT_A, 1), (self.sysctl, sysctl.POST, 1),
+            (self.debug_exit, exits.DEBUG_EXIT, exits.DEBUG_EXIT_PORTS),
+            (self.acpi, exits.PM1A_CNT, exits.PM1A_CNT_PORTS),
+            (self.crtc, vga.CRTC_INDEX, 2),
+            (self.console, debugcon.PORT, 1), (self.apstart, apstart.PORT, 1),
+        ]
+        for device, start, count in ports:
+            self.bus.add_ports(device, start, count)
+
+    def wall_time(self) -> float:
+        """Seconds since the epoch as the guest's clocks tell it (the CMOS clock)."""
+        return self._boot_wall + self.clock.now() / SECOND
+
+    def interrupt_sources(self, index: int, notify: Callable[[], None]
+                          ) -> Sequence[InterruptSource]:
+        """vCPU ``index``'s sources beyond the paravirtual tick; ``notify`` is how they
+        kick it (called with no device lock held). The PIC's INTR goes to vCPU 0."""
+        if index == 0:
+            self.pic.connect(notify)
+            return (self.pic,)
+        return ()
+
+
+class PvTimer:
+    """The vmstub paravirtual timer (docs/boot-protocol.md, "Interrupts"): ``post``
+    raises vector 0x20 on every started vCPU each ``1/hz`` of guest time. Ticks the timer
+    thread was too late for are skipped (one is pending at most anyway)."""
+
+    def __init__(self, clock: GuestClock, hz: float, post: Callable[[], None]):
+        self._clock = clock
+        self._period = max(1, round(SECOND / hz))
+        self._post = post
+        self._timer = clock.timer(self._tick)
+        self._timer.arm(clock.now() + self._period)
+
+    def _tick(self, deadline: int) -> None:
+        self._post()
+        following = deadline + self._period
+        now = self._clock.now()
+        self._timer.arm(following if following > now else now + self._period)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
