@@ -113,6 +113,7 @@ SWITCH_INTERVAL = 0.0005  # seconds; CPython's default is 0.005
 
 def run(cfg: VmConfig, host: str, port: int, wait: bool) -> int:
     # Imported here so that configuration errors answer fast.
+    from stub import console
     from stub.runtime import Runtime
     from stub.server import ListenError, Server, open_listener
     from stub.vmm import backends
@@ -122,7 +123,7 @@ def run(cfg: VmConfig, host: str, port: int, wait: bool) -> int:
     try:
         vm = backends.create_vm(cfg.backend, kernel=cfg.kernel, vcpus=cfg.vcpus,
                                 memory=cfg.memory, cpu=cfg.cpu, timer_hz=cfg.timer_hz,
-                                console=_console, initrd=cfg.initrd, cmdline=cfg.append,
+                                console=console.write, initrd=cfg.initrd, cmdline=cfg.append,
                                 boot=cfg.boot)
     except (VmmError, OSError, ValueError) as err:
         print(f"stub: error: {cfg.source or cfg.name}: cannot boot: {err}", file=sys.stderr)
@@ -143,6 +144,7 @@ def run(cfg: VmConfig, host: str, port: int, wait: bool) -> int:
     _announce(cfg, vm, runtime, server, wait)
     _stop_on_sigint(runtime)
     runtime.start()
+    console.forward_stdin(getattr(vm, "console_input", None), runtime.finished)
     try:
         server.serve()
     finally:
@@ -150,11 +152,6 @@ def run(cfg: VmConfig, host: str, port: int, wait: bool) -> int:
         runtime.join()
     log.info("%s", runtime.ended_how or "stopped")
     return runtime.exit_status
-
-
-def _console(data: bytes) -> None:
-    sys.stdout.buffer.write(data)
-    sys.stdout.buffer.flush()
 
 
 def _announce(cfg: VmConfig, vm, runtime, server, wait: bool) -> None:

@@ -188,7 +188,9 @@ class Vm:
     Devices, the console and the vendor personality belong to the backend's machine,
     not to this interface: the stub never touches them. Optional backend info: ``boot``,
     the booted kernel (``protocol``; ``arch``, gdb's architecture for it: ``"i386"`` for an
-    ELF32 image, else ``"i386:x86-64"``; ``entry``); absent means an x86-64 kernel."""
+    ELF32 image, else ``"i386:x86-64"``; ``entry``); absent means an x86-64 kernel.
+    Optional: ``console_input(data, wait)``, host input for the guest's console (the
+    stub forwards its terminal's stdin to it; absent means the console takes none)."""
 
     vcpus: list[Vcpu]
     ram_size: int

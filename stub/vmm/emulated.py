@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from model.caps import Personality, personality
@@ -110,6 +110,19 @@ class EmulatedVm(Vm):
         self._stopping = True
         self._stop_all()
 
+    def console_input(self, data: bytes, wait: Callable[[float], object]) -> None:
+        """Host keyboard input for the guest's console (COM1), at the pace the guest
+        reads it: the UART loses what overflows its receiver (one byte, or 16 with the
+        FIFO on), as a real line would, so typed-ahead input waits here, a byte at a
+        time (``wait(seconds)`` between looks)."""
+        uart = self.platform.uart
+        for i in range(len(data)):
+            while uart.fifo_length and not self.over:
+                wait(SERIAL_POLL)
+            if self.over:
+                return
+            uart.feed(data[i:i + 1])
+
     # -- called by devices and vCPUs ---------------------------------------------------
     def start_ap(self, index: int, entry: int) -> None:
         if 0 <= index < len(self.vcpus) and self.vcpus[index].start(entry):
@@ -135,6 +148,9 @@ def _vm_personality(name: str) -> Personality:
     if not found.selectable:
         raise ValueError(f"personality {name!r} cannot be given to a VM")
     return found
+
+
+SERIAL_POLL = 0.002  # seconds; a key press waits at most this long for FIFO room
 
 
 class NoTicker:
