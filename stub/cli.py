@@ -150,7 +150,8 @@ def run(cfg: VmConfig, host: str, port: int, wait: bool) -> int:
     finally:
         runtime.shutdown()
         runtime.join()
-    log.info("%s", runtime.ended_how or "stopped")
+    if not runtime.ended_how:  # the runtime logged how the guest ended, if it did
+        log.info("stopped")
     return runtime.exit_status
 
 
