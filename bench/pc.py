@@ -1,0 +1,157 @@
+"""The emulated PC's rows: our stub and QEMU 7.2 TCG each boot a Multiboot kernel with no
+gdb attached, and the bench reads the guest's COM1 output from the emulator's stdout.
+
+- free-running speed: ``bench/guests/loop.elf`` prints a line, runs a loop of a known
+  instruction count (it says the count in that line), prints a second line and exits
+  through isa-debug-exit; instructions per second = count / the time between the two
+  lines' arrival on the child's stdout.
+- time to the first serial line: from just before ``Popen`` to the first complete line
+  of ``tests/guests/mbkernel/mbkernel.elf`` (its banner) on the child's stdout.
+
+The child's stdout is a pipe read unbuffered here (``os.read`` as bytes arrive), each line
+stamped with ``time.monotonic()`` when its ``\\n`` arrives; both emulators write the
+guest's UART bytes as the guest sends them. Every run must also end with the guest's
+exit status (33: isa-debug-exit of 0x10) and print what it should, so a broken run is an
+error, never a number.
+
+``python -m bench.pc [--quick]`` runs just these rows and prints their samples.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PYTHON = sys.executable
+LOOP_ELF = HERE / "guests" / "loop.elf"
+MBKERNEL_ELF = ROOT / "tests" / "guests" / "mbkernel" / "mbkernel.elf"
+EXIT_OK = 33  # isa-debug-exit of 0x10, both kernels' success
+LOOP_START = re.compile(rb"^bench-loop: start 0x([0-9A-F]{8}) x 0x([0-9A-F]{8}) insns$")
+LOOP_DONE = re.compile(rb"^bench-loop: done ebx=0x[0-9A-F]{8}$")
+BANNER = b"mbkernel: Multiboot v1 test kernel"
+
+
+class PcError(RuntimeError):
+    pass
+
+
+def qemu_binary() -> str | None:
+    """qemu-system-i386 (an ELF32 kernel's own), else qemu-system-x86_64."""
+    for name in ("qemu-system-i386", "qemu-system-x86_64"):
+        if shutil.which(name):
+            return name
+    return None
+
+
+def ours_cmd(kernel: Path) -> list[str]:
+    return [PYTHON, "-m", "stub", "--kernel", str(kernel), "--listen", "127.0.0.1:0"]
+
+
+def qemu_cmd(kernel: Path, binary: str) -> list[str]:
+    return [binary, "-kernel", str(kernel), "-serial", "stdio", "-display", "none",
+            "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-no-reboot",
+            "-accel", "tcg"]
+
+
+@dataclass
+class Run:
+    lines: list[tuple[float, bytes]]  # (s since just before Popen, the line without \n)
+    status: int
+    stderr: str
+
+    def describe(self) -> str:
+        out = b" | ".join(line for _, line in self.lines[-4:]).decode(errors="replace")
+        return f"exit {self.status}, stdout ...{out[-200:]!r}, stderr ...{self.stderr[-300:]!r}"
+
+
+def run(cmd: list[str], timeout: float = 60.0) -> Run:
+    """Start ``cmd`` and read its stdout to the end, stamping each complete line."""
+    lines: list[tuple[float, bytes]] = []
+    with tempfile.TemporaryFile() as err:
+        t0 = time.monotonic()
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=err, bufsize=0)
+        try:
+            fd = proc.stdout.fileno()
+            buf = b""
+            deadline = t0 + timeout
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([fd], [], [], left)[0]:
+                    raise PcError(f"{cmd[0]}: no end within {timeout:g} s")
+                data = os.read(fd, 65536)
+                now = time.monotonic()
+                if not data:
+                    break
+                buf += data
+                while (i := buf.find(b"\n")) >= 0:
+                    lines.append((now - t0, buf[:i].rstrip(b"\r")))
+                    buf = buf[i + 1:]
+            status = proc.wait(max(1.0, deadline - time.monotonic()))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+        err.seek(0)
+        return Run(lines, status, err.read().decode(errors="replace"))
+
+
+def loop_rate(cmd: list[str]) -> float:
+    """Guest instructions per second over bench/guests/loop.elf's timed loop."""
+    r = run(cmd)
+    starts = [(t, m) for t, line in r.lines if (m := LOOP_START.match(line))]
+    dones = [t for t, line in r.lines if LOOP_DONE.match(line)]
+    if r.status != EXIT_OK or len(starts) != 1 or len(dones) != 1 or dones[0] <= starts[0][0]:
+        raise PcError(f"{cmd[0]} {LOOP_ELF.name}: {r.describe()}")
+    (t_start, m), t_done = starts[0], dones[0]
+    count = int(m.group(1), 16) * int(m.group(2), 16)
+    return count / (t_done - t_start)
+
+
+def first_line_ms(cmd: list[str], banner: bytes = BANNER) -> float:
+    """ms from just before Popen to the first complete line (which must be ``banner``);
+    the kernel then runs to its end, which must be a success."""
+    r = run(cmd)
+    if not r.lines or r.lines[0][1] != banner or r.status != EXIT_OK:
+        raise PcError(f"{cmd[0]} {MBKERNEL_ELF.name}: {r.describe()}")
+    return r.lines[0][0] * 1e3
+
+
+def loop_count() -> tuple[int, int]:
+    """(iterations, instructions a pass) of the committed loop.elf, from its source."""
+    text = (HERE / "guests" / "loop.s").read_text()
+    n = int(re.search(r"\.set ITERATIONS,\s*(\w+)", text).group(1), 0)
+    k = int(re.search(r"\.set LOOP_INSNS,\s*(\w+)", text).group(1), 0)
+    return n, k
+
+
+def main(argv: list[str] | None = None) -> int:
+    quick = "--quick" in (argv if argv is not None else sys.argv[1:])
+    qemu = qemu_binary()
+    cols = {"ours": ours_cmd} | ({"qemu": lambda k: qemu_cmd(k, qemu)} if qemu else {})
+    for what, fn, kernel, trials in (("M insns/s", loop_rate, LOOP_ELF, 2 if quick else 5),
+                                     ("ms to first line", first_line_ms, MBKERNEL_ELF,
+                                      3 if quick else 7)):
+        samples: dict[str, list[float]] = {c: [] for c in cols}
+        for trial in range(trials):
+            for col in (list(cols) if trial % 2 == 0 else list(cols)[::-1]):
+                v = fn(cols[col](kernel))
+                samples[col].append(v / 1e6 if fn is loop_rate else v)
+        for col, vals in samples.items():
+            print(f"{what:>18} {col:>5}: " + ", ".join(f"{v:,.1f}" for v in vals))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
