@@ -10,7 +10,11 @@ B. gdb 13 in batch mode, one debuggee at a time (``stepi N``, ``dump binary memo
 C. 4 vCPUs: Ctrl-C latency (round-robin again), continue-to-breakpoint, gdb ``stepi``
    with the other vCPUs continuing, and the free-running guest with the stub attached,
    trial by trial against the bare VMM (``bench/bare.py``) in turn.
-D. the model checker against SPIN (if proofs/ and its SPIN cross-check exist).
+D. the emulated PC, no gdb attached (bench/pc.py): our stub and QEMU TCG each boot a
+   Multiboot kernel, one process at a time, in turn: the free-running speed of
+   ``bench/guests/loop.elf`` and the time from process start to mbkernel's first
+   serial line.
+E. the model checker against SPIN (if proofs/ and its SPIN cross-check exist).
 
 ``--baseline REV`` adds our stub at git revision REV (bench/baseline.py) as one more
 column in the stepping, memory-read and breakpoint rows, in turn with ours at every trial.
@@ -29,7 +33,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import baseline, checker, gdbbench, measure, report, sysinfo, targets
+from bench import baseline, checker, gdbbench, measure, pc, report, sysinfo, targets
 from bench.report import Row
 
 HERE = Path(__file__).resolve().parent
@@ -48,12 +52,16 @@ class Plan:
     dump_bytes: int
     dump_reps: int
     checker_reps: int
+    loop_trials: int  # runs of bench/guests/loop.elf, each side
+    first_line_trials: int  # boots of mbkernel, each side
 
 
 FULL = Plan(trials=5, seconds=1.5, ctrl_c=40, speed_trials=5, speed_seconds=2.5, stepi=1000,
-            stepi_reps=3, dump_bytes=16 << 20, dump_reps=3, checker_reps=3)
+            stepi_reps=3, dump_bytes=16 << 20, dump_reps=3, checker_reps=3, loop_trials=5,
+            first_line_trials=7)
 QUICK = Plan(trials=3, seconds=0.4, ctrl_c=12, speed_trials=2, speed_seconds=1.0, stepi=300,
-             stepi_reps=2, dump_bytes=4 << 20, dump_reps=1, checker_reps=1)
+             stepi_reps=2, dump_bytes=4 << 20, dump_reps=1, checker_reps=1, loop_trials=2,
+             first_line_trials=3)
 
 
 def log(msg: str) -> None:
@@ -121,6 +129,12 @@ def make_rows(p: Plan) -> dict[str, Row]:
                        target="≥ 90 % of the bare VMM", ref_label="bare VMM",
                        check=lambda r: None if r.median("ref") is None
                        else r.median("ours") >= 0.9 * r.median("ref")),
+        "loop": Row("free-running Multiboot guest (loop.elf), no gdb",
+                    "M insns/s", target="≥ 0.5× QEMU TCG", check=at_least("tcg", 0.5)),
+        "first-line": Row("process start to mbkernel's first serial line", "ms",
+                          higher_better=False, target="≤ 1.5× QEMU",
+                          check=lambda r: None if r.median("tcg") is None
+                          else r.median("ours") <= 1.5 * r.median("tcg")),
         "checker": Row("model checker, same model (2 vCPUs, amd)", "states/s",
                        ref_label="SPIN", target="report (no target)"),
     }
@@ -384,6 +398,36 @@ def bare_speed(seconds: float) -> float:
     raise RuntimeError(f"bench.bare: {out.stdout[-300:]} {out.stderr[-300:]}")
 
 
+def phase_pc(p: Plan, rows: dict[str, Row], qemu: str | None, why_not: str) -> None:
+    """Phase D: the emulated PC with no gdb (bench/pc.py), ours and QEMU TCG (``qemu``,
+    its binary, or None: ``why_not``) one process at a time, in turn, the order
+    alternating from trial to trial. Nothing else runs guest code meanwhile."""
+    cmds = {"ours": pc.ours_cmd}
+    if qemu:
+        cmds["tcg"] = lambda kernel: pc.qemu_cmd(kernel, qemu)
+    loop, first = rows["loop"], rows["first-line"]
+    for r in (loop, first):
+        for col in ("kvm", "udb"):
+            r.na(col, "n/a")
+        if not qemu:
+            r.na("tcg", f"n/a: {why_not}")
+    n, k = pc.loop_count()
+    loop.detail = (f"{n:,} passes x {k} instructions = {n * k:,}, timed between two serial "
+                   f"lines; QEMU: {qemu or 'none'}")
+    first.detail = f"QEMU: {qemu or 'none'}, SeaBIOS"
+
+    def in_turn(row: Row, trials: int, kernel: Path, fn, scale: float = 1.0) -> None:
+        for trial in range(trials):
+            order = list(cmds) if trial % 2 == 0 else list(cmds)[::-1]
+            for col in order:
+                attempt(row, col, f"{col} {kernel.name}",
+                        lambda col=col: [fn(cmds[col](kernel)) * scale])
+    in_turn(loop, p.loop_trials, pc.LOOP_ELF, pc.loop_rate, 1e-6)
+    log("free-running Multiboot guest done")
+    in_turn(first, p.first_line_trials, pc.MBKERNEL_ELF, pc.first_line_ms)
+    log("time to the first serial line done")
+
+
 def phase_checker(p: Plan, rows: dict[str, Row]) -> None:
     row = rows["checker"]
     ok, why = checker.available()
@@ -451,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
         live, sessions = phase_raw(plan, rows, peers, base)
         phase_gdb(plan, rows, live, sessions)
         phase_four(plan, rows, peers, base)
+    qemu = pc.qemu_binary() if not a.no_qemu else None
+    phase_pc(plan, rows, qemu, "skipped (--no-qemu)" if a.no_qemu else "no qemu-system-i386")
     if not a.no_checker:
         phase_checker(plan, rows)
     else:
@@ -459,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     load_after = sysinfo.load()
 
     ordered = [rows[k] for k in ("s", "s-intel", "vcont", "stepi", "stepi4", "m", "x", "dump",
-                                 "bp", "bp4", "ctrlc", "speed", "speed-d", "checker")]
+                                 "bp", "bp4", "ctrlc", "speed", "speed-d", "loop", "first-line",
+                                 "checker")]
     label = base.label if base else ""
     print()
     print(report.text_table(ordered, label))
@@ -482,7 +529,8 @@ def render(rows, info, plan: Plan, quick: bool, load_before, load_after, elapsed
 people's tests were running).
 
 Medians of {plan.trials} trials (gdb rows: {plan.stepi_reps} timed commands; Ctrl-C:
-{plan.ctrl_c} interrupts; guest speed: {plan.speed_trials} trials of {plan.speed_seconds:g} s).
+{plan.ctrl_c} interrupts; guest speed: {plan.speed_trials} trials of {plan.speed_seconds:g} s;
+Multiboot guest: {plan.loop_trials} runs, first serial line: {plan.first_line_trials} boots).
 Peer cells read `value (×ours/peer)`. Higher is better unless the row says otherwise.
 {base_note(base)}
 {report.markdown(rows, base.label if base else "")}
@@ -508,6 +556,14 @@ Targets met: {sum(r.met() is True for r in rows)} of {sum(bool(r.target) and r.c
 - All: one raw RSP client (bench/client.py, `TCP_NODELAY`) over loopback; memory reads
   walk a 1 MiB region at GVA 0x1000000 (identity-mapped RAM) filled with random bytes first;
   gdb timings come from gdb's own Python around the timed command only.
+- The two Multiboot rows, no gdb attached (bench/pc.py): ours `python -m stub --kernel
+  K --listen 127.0.0.1:0`, QEMU `qemu-system-i386 -kernel K -serial stdio -display none
+  -device isa-debug-exit,iobase=0xf4,iosize=0x04 -no-reboot -accel tcg` (SeaBIOS), one
+  process at a time, in turn; the guest's COM1 output read unbuffered from the child's
+  stdout, each line stamped with `time.monotonic()` as its newline arrives. Speed:
+  K = `bench/guests/loop.elf`, its loop's instruction count / the time between its two
+  lines. First line: K = `tests/guests/mbkernel/mbkernel.elf`, from just before `Popen` to
+  its banner. Every run must end with exit status 33 (isa-debug-exit of 0x10).
 
 ## Samples
 
