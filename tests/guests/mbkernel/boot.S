@@ -1,11 +1,48 @@
 /*
- * boot.S - Multiboot v1 header, entry point and interrupt entry stubs of mbkernel.
+ * boot.S - boot header, entry point and interrupt entry stubs of mbkernel.
  *
- * The boot loader enters _start in 32-bit protected mode, paging off, interrupts off,
- * with flat CS/DS, EAX = 0x2BADB002 and EBX = physical address of the multiboot info
- * (Multiboot 0.6.96, section 3.2). No stack is set up for us.
+ * One source for the three builds (build.sh): the boot header is chosen by BOOT_MULTIBOOT2
+ * or BOOT_PVH (neither: Multiboot v1), everything after it is shared. Every protocol
+ * enters _start in 32-bit protected mode, paging off, interrupts off, with flat CS/DS and
+ * EBX = the physical address of its boot information; no stack is set up for us:
+ *   Multiboot v1 (0.6.96, 3.2):  EAX = 0x2BADB002, EBX = struct multiboot_info *
+ *   Multiboot2 (2.0, 3.3):       EAX = 0x36D76289, EBX = the boot information's tags
+ *   PVH (Xen's start_info.h):    EBX = struct hvm_start_info * (its magic is inside)
+ * _start passes EAX and EBX on to kmain(magic, mbi) in every case.
  */
 
+#if defined(BOOT_MULTIBOOT2)
+        .set MB2_MAGIC,    0xE85250D6
+        .set MB2_ARCH,     0                       /* i386, 32-bit protected mode */
+        .set MB2_LENGTH,   mb2_header_end - mb2_header
+        .set MB2_CHECKSUM, -(MB2_MAGIC + MB2_ARCH + MB2_LENGTH)
+
+        .section .multiboot, "a"
+        .balign 8
+mb2_header:
+        .long MB2_MAGIC, MB2_ARCH, MB2_LENGTH, MB2_CHECKSUM
+        .balign 8                               /* information request tag: required */
+        .short 1, 0                             /* type 1, flags 0 */
+        .long 12                                /* size */
+        .long 4                                 /* basic memory information */
+        .balign 8                               /* end tag */
+        .short 0, 0
+        .long 8
+mb2_header_end:
+
+#elif defined(BOOT_PVH)
+        .set XEN_ELFNOTE_PHYS32_ENTRY, 18
+
+        .section .note.Xen, "a", @note          /* in a PT_NOTE segment (mbkernel.ld) */
+        .balign 4
+        .long 4                                 /* namesz: "Xen\0" */
+        .long 4                                 /* descsz */
+        .long XEN_ELFNOTE_PHYS32_ENTRY
+        .asciz "Xen"
+        .balign 4
+        .long _start                            /* 32-bit physical entry (= virtual) */
+
+#else
         .set MB_MAGIC,    0x1BADB002
         .set MB_FLAGS,    (1 << 0) | (1 << 1)     /* page-align modules, want mem_* info */
         .set MB_CHECKSUM, -(MB_MAGIC + MB_FLAGS)
@@ -13,6 +50,7 @@
         .section .multiboot, "a"
         .balign 4
         .long MB_MAGIC, MB_FLAGS, MB_CHECKSUM
+#endif
 
         .section .bss
         .balign 16
@@ -33,8 +71,8 @@ _start:
         movl $stack_top, %esp
         xorl %ebp, %ebp
         subl $8, %esp                   /* keep %esp 16-byte aligned at the call */
-        pushl %ebx                      /* struct multiboot_info * */
-        pushl %eax                      /* magic */
+        pushl %ebx                      /* the boot information */
+        pushl %eax                      /* magic (PVH: not defined) */
         call kmain
 1:      cli
         hlt

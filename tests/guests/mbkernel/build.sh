@@ -1,7 +1,14 @@
 #!/bin/sh
-# Build mbkernel.elf (ELF32 i386, Multiboot v1) from boot.S and kernel.c with gcc + GNU ld.
+# Build the three mbkernel ELFs (ELF32 i386) from boot.S and kernel.c with gcc + GNU ld:
 #
-#   build.sh [OUTPUT]     default OUTPUT: mbkernel.elf beside this script
+#   mbkernel.elf    Multiboot v1 header           (no define)
+#   mb2kernel.elf   Multiboot2 header             (-DBOOT_MULTIBOOT2)
+#   pvhkernel.elf   PVH entry note (Xen, type 18) (-DBOOT_PVH)
+#
+#   build.sh [OUTDIR]     default OUTDIR: this script's directory
+#
+# The same sources, flags and linker script for all three; the define only picks the boot
+# header in boot.S and how kernel.c reads the memory sizes from the boot information.
 #
 # Needs gcc with -m32 code generation and GNU binutils; no 32-bit libc or libgcc
 # (gcc-multilib is not needed): only gcc's own freestanding headers are included and
@@ -14,11 +21,13 @@
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
-out=${1:-$here/mbkernel.elf}
-case $out in
-    /*) ;;
-    *) out=$(pwd)/$out ;;
-esac
+outdir=${1:-$here}
+if [ -e "$outdir" ] && [ ! -d "$outdir" ]; then
+    echo "build.sh: $outdir is not a directory (build.sh [OUTDIR])" >&2
+    exit 2
+fi
+mkdir -p "$outdir"
+outdir=$(cd "$outdir" && pwd)
 
 CC=${CC:-gcc}
 LD=${LD:-ld}
@@ -33,12 +42,16 @@ CFLAGS="-m32 -march=i686 -ffreestanding -fno-pie -fno-pic -nostdlib -O1 -g
         -ffile-prefix-map=$here=tests/guests/mbkernel"
 
 cd "$here"
-# shellcheck disable=SC2086  # CFLAGS is a word list
-$CC $CFLAGS -c -o "$tmp/boot.o" boot.S
-# shellcheck disable=SC2086
-$CC $CFLAGS -c -o "$tmp/kernel.o" kernel.c
-$LD -m elf_i386 -nostdlib -static --build-id=none \
-    -z max-page-size=0x1000 -z noexecstack \
-    -T mbkernel.ld -o "$tmp/mbkernel.elf" "$tmp/boot.o" "$tmp/kernel.o"
-cp "$tmp/mbkernel.elf" "$out.tmp.$$"
-mv -f "$out.tmp.$$" "$out"
+for kernel in mbkernel: mb2kernel:-DBOOT_MULTIBOOT2 pvhkernel:-DBOOT_PVH; do
+    name=${kernel%%:*}
+    define=${kernel#*:}
+    # shellcheck disable=SC2086  # CFLAGS and define are word lists
+    $CC $CFLAGS $define -c -o "$tmp/boot.o" boot.S
+    # shellcheck disable=SC2086
+    $CC $CFLAGS $define -c -o "$tmp/kernel.o" kernel.c
+    $LD -m elf_i386 -nostdlib -static --build-id=none \
+        -z max-page-size=0x1000 -z noexecstack \
+        -T mbkernel.ld -o "$tmp/$name.elf" "$tmp/boot.o" "$tmp/kernel.o"
+    cp "$tmp/$name.elf" "$outdir/$name.elf.tmp.$$"
+    mv -f "$outdir/$name.elf.tmp.$$" "$outdir/$name.elf"
+done

@@ -1,5 +1,7 @@
 /*
- * kernel.c - mbkernel, a small Multiboot v1 test kernel for the PC platform.
+ * kernel.c - mbkernel, a small Multiboot v1 test kernel for the PC platform, also built as
+ * a Multiboot2 and a PVH kernel (build.sh: BOOT_MULTIBOOT2, BOOT_PVH; only boot_memory()
+ * and the banner differ, and the boot header in boot.S).
  *
  * What a hobby OS does first: its own GDT and IDT, the 8259A PIC pair remapped to vectors
  * 0x20-0x2F, the 8254 PIT at 100 Hz on IRQ0, polled 16550 output on COM1, the VGA text
@@ -12,8 +14,21 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#if defined(BOOT_MULTIBOOT2)
+#define BOOT_PROTOCOL "Multiboot2"
+#elif defined(BOOT_PVH)
+#define BOOT_PROTOCOL "PVH"
+#else
+#define BOOT_PROTOCOL "Multiboot v1"
+#endif
+
 #define MULTIBOOT_BOOTLOADER_MAGIC 0x2BADB002
 #define MULTIBOOT_INFO_MEMORY      (1u << 0)
+#define MULTIBOOT2_BOOTLOADER_MAGIC 0x36D76289
+#define MULTIBOOT2_TAG_END         0
+#define MULTIBOOT2_TAG_BASIC_MEMINFO 4
+#define XEN_HVM_START_MAGIC_VALUE  0x336ec578
+#define E820_RAM                   1
 
 #define KERNEL_CS 0x08
 #define KERNEL_DS 0x10
@@ -51,6 +66,36 @@ struct multiboot_info {                 /* the fields we read; the rest is not u
     uint32_t mem_upper;                 /* KiB above 1 MiB, up to the first hole */
 };
 
+struct multiboot2_tag {                 /* header of each boot information tag */
+    uint32_t type;
+    uint32_t size;                      /* the next tag is at the next 8-byte boundary */
+};
+
+struct multiboot2_tag_basic_meminfo {   /* type 4 */
+    uint32_t type, size;
+    uint32_t mem_lower, mem_upper;      /* KiB, as Multiboot v1's */
+};
+
+struct hvm_start_info {                 /* Xen's arch-x86/hvm/start_info.h */
+    uint32_t magic;
+    uint32_t version;
+    uint32_t flags;
+    uint32_t nr_modules;
+    uint64_t modlist_paddr;
+    uint64_t cmdline_paddr;
+    uint64_t rsdp_paddr;
+    uint64_t memmap_paddr;              /* version >= 1 */
+    uint32_t memmap_entries;            /* version >= 1 */
+    uint32_t reserved;
+};
+
+struct hvm_memmap_table_entry {
+    uint64_t addr;
+    uint64_t size;
+    uint32_t type;                      /* E820 types */
+    uint32_t reserved;
+};
+
 struct trap_frame {                     /* what exc_common in boot.S pushed */
     uint32_t edi, esi, ebp, esp, ebx, edx, ecx, eax;   /* pushal */
     uint32_t vector, error;
@@ -75,7 +120,7 @@ extern void (*const exc_stubs[32])(void);
 void irq0_entry(void);
 void irq_spurious(void);
 
-void kmain(uint32_t magic, const struct multiboot_info *mbi);
+void kmain(uint32_t magic, const void *mbi);
 void timer_irq(void);
 void exception(const struct trap_frame *f);
 void serial_putc(char c);
@@ -285,6 +330,95 @@ void exception(const struct trap_frame *f)
     qemu_exit(EXIT_FAIL);
 }
 
+/* ---- the boot information: mem_lower and mem_upper, in KiB ---------------------------- */
+
+#if defined(BOOT_MULTIBOOT2)
+
+/* The basic memory information tag among the boot information's tags. */
+static int boot_memory(uint32_t magic, const void *info, uint32_t *lower, uint32_t *upper)
+{
+    if (magic != MULTIBOOT2_BOOTLOADER_MAGIC) {
+        kprintf("bad multiboot2 magic 0x%x\n", magic);
+        return 0;
+    }
+    const uint8_t *p = (const uint8_t *)info + 8;   /* after total_size and reserved */
+    const uint8_t *end = (const uint8_t *)info + *(const uint32_t *)info;
+    while (p + sizeof(struct multiboot2_tag) <= end) {
+        const struct multiboot2_tag *tag = (const void *)p;
+        if (tag->type == MULTIBOOT2_TAG_END || tag->size < sizeof *tag)
+            break;
+        if (tag->type == MULTIBOOT2_TAG_BASIC_MEMINFO) {
+            const struct multiboot2_tag_basic_meminfo *m = (const void *)tag;
+            *lower = m->mem_lower;
+            *upper = m->mem_upper;
+            return 1;
+        }
+        p += (tag->size + 7) & ~7u;
+    }
+    kprintf("no memory info from the boot loader\n");
+    return 0;
+}
+
+#elif defined(BOOT_PVH)
+
+/* KiB of RAM (E820 type 1, entries in any order) that runs on without a gap from start,
+   counted up to limit: what a Multiboot loader reports as mem_lower and mem_upper. */
+static uint32_t ram_from(const struct hvm_memmap_table_entry *map, uint32_t n,
+                         uint64_t start, uint64_t limit)
+{
+    uint64_t end = start;
+    for (uint32_t pass = 0; pass < n; pass++) {
+        uint64_t was = end;
+        for (uint32_t i = 0; i < n; i++)
+            if (map[i].type == E820_RAM && map[i].addr <= end &&
+                map[i].addr + map[i].size > end)
+                end = map[i].addr + map[i].size;
+        if (end == was)
+            break;
+    }
+    return (uint32_t)(((end < limit ? end : limit) - start) >> 10);
+}
+
+/* PVH passes no magic in EAX: it is the start info's first field. */
+static int boot_memory(uint32_t magic, const void *info, uint32_t *lower, uint32_t *upper)
+{
+    const struct hvm_start_info *si = info;
+    (void)magic;
+    if (si->magic != XEN_HVM_START_MAGIC_VALUE) {
+        kprintf("bad PVH start info magic 0x%x\n", si->magic);
+        return 0;
+    }
+    if (si->version < 1 || si->memmap_entries == 0) {
+        kprintf("no memory info from the boot loader\n");
+        return 0;
+    }
+    const struct hvm_memmap_table_entry *map =
+        (const void *)(uintptr_t)si->memmap_paddr;
+    *lower = ram_from(map, si->memmap_entries, 0, 0xA0000);              /* below 640 KiB */
+    *upper = ram_from(map, si->memmap_entries, 0x100000, 0x100000000ull); /* from 1 MiB */
+    return 1;
+}
+
+#else
+
+static int boot_memory(uint32_t magic, const void *info, uint32_t *lower, uint32_t *upper)
+{
+    const struct multiboot_info *mbi = info;
+    if (magic != MULTIBOOT_BOOTLOADER_MAGIC) {
+        kprintf("bad multiboot magic 0x%x\n", magic);
+        return 0;
+    }
+    if (!(mbi->flags & MULTIBOOT_INFO_MEMORY)) {
+        kprintf("no memory info from the boot loader\n");
+        return 0;
+    }
+    *lower = mbi->mem_lower;
+    *upper = mbi->mem_upper;
+    return 1;
+}
+
+#endif
+
 /* ---- the kernel ---------------------------------------------------------------------- */
 
 /* The first n Fibonacci numbers into fib[]; returns their sum. */
@@ -298,21 +432,18 @@ __attribute__((noinline)) uint32_t work(uint32_t n)
     return sum;
 }
 
-void kmain(uint32_t magic, const struct multiboot_info *mbi)
+/* mbi: the boot information (multiboot_info, Multiboot2's tags or hvm_start_info). */
+void kmain(uint32_t magic, const void *mbi)
 {
+    uint32_t mem_lower, mem_upper;
+
     serial_init();
     vga_clear();
-    kprintf("mbkernel: Multiboot v1 test kernel\n");
+    kprintf("mbkernel: " BOOT_PROTOCOL " test kernel\n");
 
-    if (magic != MULTIBOOT_BOOTLOADER_MAGIC) {
-        kprintf("bad multiboot magic 0x%x\n", magic);
+    if (!boot_memory(magic, mbi, &mem_lower, &mem_upper))
         qemu_exit(EXIT_FAIL);
-    }
-    if (!(mbi->flags & MULTIBOOT_INFO_MEMORY)) {
-        kprintf("no memory info from the boot loader\n");
-        qemu_exit(EXIT_FAIL);
-    }
-    kprintf("memory: lower %u KiB, upper %u KiB\n", mbi->mem_lower, mbi->mem_upper);
+    kprintf("memory: lower %u KiB, upper %u KiB\n", mem_lower, mem_upper);
 
     gdt_init();
     idt_init();
