@@ -8,6 +8,12 @@ gdb attached, and the bench reads the guest's COM1 output from the emulator's st
 - time to the first serial line: from just before ``Popen`` to the first complete line
   of ``tests/guests/mbkernel/mbkernel.elf`` (its banner) on the child's stdout.
 
+Our stub runs with its bytecode cached, as any run after the first of an installed stub:
+``PYTHONDONTWRITEBYTECODE`` (this environment sets it) is dropped from its environment and
+``PYTHONPYCACHEPREFIX`` points into a directory of the bench's own (``bytecode_cache``), so
+the working tree gets no ``__pycache__``; an untimed run fills it. Without a cache every
+start compiles the stub's and the model's source first (``NO_CACHE``, its own row).
+
 The child's stdout is a pipe read unbuffered here (``os.read`` as bytes arrive), each line
 stamped with ``time.monotonic()`` when its ``\\n`` arrives; both emulators write the
 guest's UART bytes as the guest sends them. Every run must also end with the guest's
@@ -19,6 +25,7 @@ error, never a number.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import select
@@ -27,7 +34,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -64,6 +72,27 @@ def qemu_cmd(kernel: Path, binary: str) -> list[str]:
 
 
 @dataclass
+class Emulator:
+    """How to start one column's process for a kernel."""
+    cmd: Callable[[Path], list[str]]
+    env: dict[str, str] | None = None  # None: the bench's own environment
+    extra: dict = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def bytecode_cache() -> Iterator[tuple[dict[str, str], dict[str, str]]]:
+    """The environments of our stub with a bytecode cache of the bench's own (written on
+    the first run), and with none at all (every start compiles: an empty cache that
+    nothing writes to); the directory is removed at the end."""
+    with tempfile.TemporaryDirectory(prefix="bench-pyc-") as tmp:
+        base = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        cached = {**base, "PYTHONPYCACHEPREFIX": os.path.join(tmp, "cached")}
+        none = {**base, "PYTHONPYCACHEPREFIX": os.path.join(tmp, "none"),
+                "PYTHONDONTWRITEBYTECODE": "1"}
+        yield cached, none
+
+
+@dataclass
 class Run:
     lines: list[tuple[float, bytes]]  # (s since just before Popen, the line without \n)
     status: int
@@ -74,12 +103,12 @@ class Run:
         return f"exit {self.status}, stdout ...{out[-200:]!r}, stderr ...{self.stderr[-300:]!r}"
 
 
-def run(cmd: list[str], timeout: float = 60.0) -> Run:
+def run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 60.0) -> Run:
     """Start ``cmd`` and read its stdout to the end, stamping each complete line."""
     lines: list[tuple[float, bytes]] = []
     with tempfile.TemporaryFile() as err:
         t0 = time.monotonic()
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=err, bufsize=0)
         try:
             fd = proc.stdout.fileno()
@@ -107,9 +136,10 @@ def run(cmd: list[str], timeout: float = 60.0) -> Run:
         return Run(lines, status, err.read().decode(errors="replace"))
 
 
-def loop_rate(cmd: list[str]) -> float:
+def loop_rate(em: Emulator) -> float:
     """Guest instructions per second over bench/guests/loop.elf's timed loop."""
-    r = run(cmd)
+    cmd = em.cmd(LOOP_ELF)
+    r = run(cmd, em.env)
     starts = [(t, m) for t, line in r.lines if (m := LOOP_START.match(line))]
     dones = [t for t, line in r.lines if LOOP_DONE.match(line)]
     if r.status != EXIT_OK or len(starts) != 1 or len(dones) != 1 or dones[0] <= starts[0][0]:
@@ -119,10 +149,11 @@ def loop_rate(cmd: list[str]) -> float:
     return count / (t_done - t_start)
 
 
-def first_line_ms(cmd: list[str], banner: bytes = BANNER) -> float:
-    """ms from just before Popen to the first complete line (which must be ``banner``);
-    the kernel then runs to its end, which must be a success."""
-    r = run(cmd)
+def first_line_ms(em: Emulator, banner: bytes = BANNER) -> float:
+    """ms from just before Popen to mbkernel's first complete line (which must be
+    ``banner``); the kernel then runs to its end, which must be a success."""
+    cmd = em.cmd(MBKERNEL_ELF)
+    r = run(cmd, em.env)
     if not r.lines or r.lines[0][1] != banner or r.status != EXIT_OK:
         raise PcError(f"{cmd[0]} {MBKERNEL_ELF.name}: {r.describe()}")
     return r.lines[0][0] * 1e3
@@ -139,17 +170,22 @@ def loop_count() -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> int:
     quick = "--quick" in (argv if argv is not None else sys.argv[1:])
     qemu = qemu_binary()
-    cols = {"ours": ours_cmd} | ({"qemu": lambda k: qemu_cmd(k, qemu)} if qemu else {})
-    for what, fn, kernel, trials in (("M insns/s", loop_rate, LOOP_ELF, 2 if quick else 5),
-                                     ("ms to first line", first_line_ms, MBKERNEL_ELF,
-                                      3 if quick else 7)):
-        samples: dict[str, list[float]] = {c: [] for c in cols}
-        for trial in range(trials):
-            for col in (list(cols) if trial % 2 == 0 else list(cols)[::-1]):
-                v = fn(cols[col](kernel))
-                samples[col].append(v / 1e6 if fn is loop_rate else v)
-        for col, vals in samples.items():
-            print(f"{what:>18} {col:>5}: " + ", ".join(f"{v:,.1f}" for v in vals))
+    with bytecode_cache() as (cached, none):
+        cols = {"ours": Emulator(ours_cmd, cached), "ours-nocache": Emulator(ours_cmd, none)}
+        if qemu:
+            cols["qemu"] = Emulator(lambda k: qemu_cmd(k, qemu))
+        for em in cols.values():  # untimed: fills the cache, warms the page cache
+            first_line_ms(em)
+        for what, fn, trials in (("M insns/s", loop_rate, 2 if quick else 5),
+                                 ("ms to first line", first_line_ms, 3 if quick else 7)):
+            keys = [k for k in cols if fn is first_line_ms or k != "ours-nocache"]
+            samples: dict[str, list[float]] = {k: [] for k in keys}
+            for trial in range(trials):
+                for k in (keys if trial % 2 == 0 else keys[::-1]):
+                    v = fn(cols[k])
+                    samples[k].append(v / 1e6 if fn is loop_rate else v)
+            for k, vals in samples.items():
+                print(f"{what:>18} {k:>12}: " + ", ".join(f"{v:,.1f}" for v in vals))
     return 0
 
 

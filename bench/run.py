@@ -135,6 +135,8 @@ def make_rows(p: Plan) -> dict[str, Row]:
                           higher_better=False, target="≤ 1.5× QEMU",
                           check=lambda r: None if r.median("tcg") is None
                           else r.median("ours") <= 1.5 * r.median("tcg")),
+        "first-line-nocache": Row("the same, ours with no bytecode cache (compiles)", "ms",
+                                  higher_better=False),
         "checker": Row("model checker, same model (2 vCPUs, amd)", "states/s",
                        ref_label="SPIN", target="report (no target)"),
     }
@@ -402,11 +404,8 @@ def phase_pc(p: Plan, rows: dict[str, Row], qemu: str | None, why_not: str) -> N
     """Phase D: the emulated PC with no gdb (bench/pc.py), ours and QEMU TCG (``qemu``,
     its binary, or None: ``why_not``) one process at a time, in turn, the order
     alternating from trial to trial. Nothing else runs guest code meanwhile."""
-    cmds = {"ours": pc.ours_cmd}
-    if qemu:
-        cmds["tcg"] = lambda kernel: pc.qemu_cmd(kernel, qemu)
-    loop, first = rows["loop"], rows["first-line"]
-    for r in (loop, first):
+    loop, first, nocache = rows["loop"], rows["first-line"], rows["first-line-nocache"]
+    for r in (loop, first, nocache):
         for col in ("kvm", "udb"):
             r.na(col, "n/a")
         if not qemu:
@@ -414,17 +413,31 @@ def phase_pc(p: Plan, rows: dict[str, Row], qemu: str | None, why_not: str) -> N
     n, k = pc.loop_count()
     loop.detail = (f"{n:,} passes x {k} instructions = {n * k:,}, timed between two serial "
                    f"lines; QEMU: {qemu or 'none'}")
-    first.detail = f"QEMU: {qemu or 'none'}, SeaBIOS"
+    first.detail = f"ours: bytecode cached; QEMU: {qemu or 'none'}, SeaBIOS"
+    nocache.detail = ("ours: PYTHONDONTWRITEBYTECODE=1 and an empty cache; QEMU: the row "
+                      "above's boots")
+    with pc.bytecode_cache() as (cached, none):
+        ems = {"ours": pc.Emulator(pc.ours_cmd, cached)}
+        if qemu:
+            ems["tcg"] = pc.Emulator(lambda kernel: pc.qemu_cmd(kernel, qemu))
+        for col, em in ems.items():  # untimed: fills our cache, warms the page cache
+            attempt(Row("warm-up", "ms"), col, f"{col} warm-up", lambda em=em: [
+                pc.first_line_ms(em)])
 
-    def in_turn(row: Row, trials: int, kernel: Path, fn, scale: float = 1.0) -> None:
-        for trial in range(trials):
-            order = list(cmds) if trial % 2 == 0 else list(cmds)[::-1]
-            for col in order:
-                attempt(row, col, f"{col} {kernel.name}",
-                        lambda col=col: [fn(cmds[col](kernel)) * scale])
-    in_turn(loop, p.loop_trials, pc.LOOP_ELF, pc.loop_rate, 1e-6)
-    log("free-running Multiboot guest done")
-    in_turn(first, p.first_line_trials, pc.MBKERNEL_ELF, pc.first_line_ms)
+        def in_turn(row: Row, trials: int, fn, ems: dict[str, pc.Emulator],
+                    scale: float = 1.0) -> None:
+            for trial in range(trials):
+                order = list(ems) if trial % 2 == 0 else list(ems)[::-1]
+                for col in order:
+                    attempt(row, col, f"{col} {row.title}",
+                            lambda col=col: [fn(ems[col]) * scale])
+        in_turn(loop, p.loop_trials, pc.loop_rate, ems, 1e-6)
+        log("free-running Multiboot guest done")
+        in_turn(first, p.first_line_trials, pc.first_line_ms, ems)
+        nocache_ems = {"ours": pc.Emulator(pc.ours_cmd, none)}
+        in_turn(nocache, max(2, p.first_line_trials // 2), pc.first_line_ms, nocache_ems)
+    if "tcg" in first.samples:  # the same QEMU runs: its ratio against ours uncached
+        nocache.samples["tcg"] = list(first.samples["tcg"])
     log("time to the first serial line done")
 
 
@@ -506,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ordered = [rows[k] for k in ("s", "s-intel", "vcont", "stepi", "stepi4", "m", "x", "dump",
                                  "bp", "bp4", "ctrlc", "speed", "speed-d", "loop", "first-line",
-                                 "checker")]
+                                 "first-line-nocache", "checker")]
     label = base.label if base else ""
     print()
     print(report.text_table(ordered, label))
@@ -563,7 +576,11 @@ Targets met: {sum(r.met() is True for r in rows)} of {sum(bool(r.target) and r.c
   stdout, each line stamped with `time.monotonic()` as its newline arrives. Speed:
   K = `bench/guests/loop.elf`, its loop's instruction count / the time between its two
   lines. First line: K = `tests/guests/mbkernel/mbkernel.elf`, from just before `Popen` to
-  its banner. Every run must end with exit status 33 (isa-debug-exit of 0x10).
+  its banner, after one untimed run of each; ours with its bytecode cached (in a
+  directory of the bench's, `PYTHONPYCACHEPREFIX`), as any run after the first of an
+  installed stub, and in the next row with none (`PYTHONDONTWRITEBYTECODE=1`, which
+  this environment sets: every start compiles the stub's source). Every run must end
+  with exit status 33 (isa-debug-exit of 0x10).
 
 ## Samples
 
