@@ -11,8 +11,9 @@ gdb attached, and the bench reads the guest's COM1 output from the emulator's st
 Our stub runs with its bytecode cached, as any run after the first of an installed stub:
 ``PYTHONDONTWRITEBYTECODE`` (this environment sets it) is dropped from its environment and
 ``PYTHONPYCACHEPREFIX`` points into a directory of the bench's own (``bytecode_cache``), so
-the working tree gets no ``__pycache__``; an untimed run fills it. Without a cache every
-start compiles the stub's and the model's source first (``NO_CACHE``, its own row).
+the working tree gets no ``__pycache__``; an untimed run fills it. Without a cache (the
+environment's ``PYTHONDONTWRITEBYTECODE=1``, no ``__pycache__`` in the tree) every start
+compiles the stub's and the model's source first: its own row.
 
 The child's stdout is a pipe read unbuffered here (``os.read`` as bytes arrive), each line
 stamped with ``time.monotonic()`` when its ``\\n`` arrives; both emulators write the
@@ -82,14 +83,24 @@ class Emulator:
 @contextlib.contextmanager
 def bytecode_cache() -> Iterator[tuple[dict[str, str], dict[str, str]]]:
     """The environments of our stub with a bytecode cache of the bench's own (written on
-    the first run), and with none at all (every start compiles: an empty cache that
-    nothing writes to); the directory is removed at the end."""
+    the first run: the stub's modules and, since a prefix applies to every module, the
+    standard library's and the venv's too), and with ``PYTHONDONTWRITEBYTECODE=1`` and no
+    prefix (the installed libraries' own ``__pycache__`` is read; the stub's and the
+    model's source, with none in the tree, is compiled on every start). The directory
+    is removed at the end."""
     with tempfile.TemporaryDirectory(prefix="bench-pyc-") as tmp:
-        base = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-        cached = {**base, "PYTHONPYCACHEPREFIX": os.path.join(tmp, "cached")}
-        none = {**base, "PYTHONPYCACHEPREFIX": os.path.join(tmp, "none"),
-                "PYTHONDONTWRITEBYTECODE": "1"}
+        base = {k: v for k, v in os.environ.items()
+                if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")}
+        cached = {**base, "PYTHONPYCACHEPREFIX": tmp}
+        none = {**base, "PYTHONDONTWRITEBYTECODE": "1"}
         yield cached, none
+
+
+def tree_pycache() -> list[str]:
+    """``__pycache__`` directories of the project's own packages (with one, the
+    no-cache row would read it)."""
+    return sorted(str(p.relative_to(ROOT)) for pkg in ("stub", "model")
+                  for p in (ROOT / pkg).rglob("__pycache__"))
 
 
 @dataclass
