@@ -76,15 +76,17 @@ class Mailbox:
             self.dirty.append((start, end))
             self._kick_locked()
 
-    def ask_bpt_exit(self, on: bool) -> None:
+    def ask_bpt_exit(self, on: bool) -> bool:
         """At once outside run(); inside it, at the next entry, which the kick makes
-        prompt (a free-running slice would otherwise decide its int3s by the old one)."""
+        prompt (a free-running slice would otherwise decide its int3s by the old one).
+        True when it kicked (the ticker should then repeat a kick Unicorn may lose)."""
         with self.cond:
             self.bpt_exit_asked = on
             if self.in_run:
                 self._kick_locked()
-            else:
-                self.bpt_exit = on
+                return True
+            self.bpt_exit = on
+            return False
 
     def stop(self) -> None:
         """The VM is over or shutting down: leave the guest and wake every waiter."""

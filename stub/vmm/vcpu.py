@@ -121,8 +121,8 @@ class EmulatedVcpu(Vcpu):
             raise CapabilityUnsupported(f"{model.name}: no {cap.value}")
         on = bool(on)
         if cap is Cap.BPT_EXIT:
-            self._mail.ask_bpt_exit(on)
-            self._vm.ticker.poke()  # repeats the kick if Unicorn loses it
+            if self._mail.ask_bpt_exit(on):
+                self._vm.ticker.poke()  # repeats the kick if Unicorn loses it
             return
         if self._mail.in_run:  # a racy read, good enough for a contract check
             raise VmmError(f"vCPU {self.index}: {cap.value} may change only while the "
