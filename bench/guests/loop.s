@@ -6,7 +6,7 @@
  *
  * Serial (polled 16550 at 0x3F8, 115200 8N1), in this order:
  *
- *   bench-loop: start 0x17D78400 x 0x00000006 insns   when the timed loop is about to start
+ *   bench-loop: start 0x3B9ACA00 x 0x00000006 insns   when the timed loop is about to start
  *   bench-loop: done ebx=0x........                    when it has ended
  *
  * then `outb 0x10, 0xF4` (isa-debug-exit: exit status 33, as mbkernel's success).
@@ -22,7 +22,7 @@
         .set MB_FLAGS,    (1 << 0) | (1 << 1)
         .set MB_CHECKSUM, -(MB_MAGIC + MB_FLAGS)
 
-        .set ITERATIONS,  400000000         /* x LOOP_INSNS = 2,400,000,000 instructions */
+        .set ITERATIONS,  1000000000        /* x LOOP_INSNS = 6,000,000,000 instructions */
         .set LOOP_INSNS,  6
 
         .set COM1,        0x3F8
