@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -77,7 +77,6 @@ class Emulator:
     """How to start one column's process for a kernel."""
     cmd: Callable[[Path], list[str]]
     env: dict[str, str] | None = None  # None: the bench's own environment
-    extra: dict = field(default_factory=dict)
 
 
 @contextlib.contextmanager

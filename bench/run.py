@@ -427,19 +427,22 @@ def phase_pc(p: Plan, rows: dict[str, Row], qemu: str | None, why_not: str) -> N
             attempt(Row("warm-up", "ms"), col, f"{col} warm-up", lambda em=em: [
                 pc.first_line_ms(em)])
 
-        def in_turn(row: Row, trials: int, fn, ems: dict[str, pc.Emulator],
+        def in_turn(trials: int, fn, cells: dict[str, tuple[Row, str, pc.Emulator]],
                     scale: float = 1.0) -> None:
+            """``cells``: who -> (row, column, emulator), all in turn at every trial."""
             for trial in range(trials):
-                order = list(ems) if trial % 2 == 0 else list(ems)[::-1]
-                for col in order:
-                    attempt(row, col, f"{col} {row.title}",
-                            lambda col=col: [fn(ems[col]) * scale])
-        in_turn(loop, p.loop_trials, pc.loop_rate, ems, 1e-6)
+                order = list(cells) if trial % 2 == 0 else list(cells)[::-1]
+                for who in order:
+                    row, col, em = cells[who]
+                    attempt(row, col, f"{who} {row.title}",
+                            lambda em=em: [fn(em) * scale])
+        in_turn(p.loop_trials, pc.loop_rate,
+                {col: (loop, col, em) for col, em in ems.items()}, 1e-6)
         log("free-running Multiboot guest done")
-        in_turn(first, p.first_line_trials, pc.first_line_ms, ems)
-        nocache_ems = {"ours": pc.Emulator(pc.ours_cmd, none)}
-        in_turn(nocache, max(2, p.first_line_trials // 2), pc.first_line_ms, nocache_ems)
-    if "tcg" in first.samples:  # the same QEMU runs: its ratio against ours uncached
+        in_turn(p.first_line_trials, pc.first_line_ms,
+                {**{col: (first, col, em) for col, em in ems.items()},
+                 "ours-nocache": (nocache, "ours", pc.Emulator(pc.ours_cmd, none))})
+    if "tcg" in first.samples:  # the same QEMU boots: its ratio against ours uncached
         nocache.samples["tcg"] = list(first.samples["tcg"])
     log("time to the first serial line done")
 
