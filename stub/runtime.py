@@ -385,6 +385,11 @@ class Runtime:
         return gpa
 
     # ---------------------------------------------------------- inspection
+    def screen(self) -> str | None:
+        """The guest's text screen, if the machine has one (any time: a snapshot)."""
+        screen = getattr(self.vm, "screen", None)
+        return screen() if screen is not None else None
+
     def active_vcpus(self) -> list[int]:
         with self.lock:
             return sorted(self.coord.active)

@@ -275,6 +275,23 @@ class Session:
         self.rt.remove_breakpoint(self.g_vcpu, cmd.addr)
         return P.OK
 
+    # ------------------------------------------------------------------ monitor
+    def _MonitorCommand(self, cmd: P.MonitorCommand) -> bytes:
+        """``monitor ...`` in gdb: the reply is the command's output, hex-encoded."""
+        words = cmd.command.decode(errors="replace").split()
+        handler = MONITOR.get(words[0] if words else "help")
+        if handler is None:
+            return hex_encode(f"unknown monitor command {words[0]!r}; try 'monitor help'\n"
+                              .encode())
+        return hex_encode(handler(self).encode())
+
+    def _monitor_help(self) -> str:
+        return "".join(f"{name:10} {text}\n" for name, (_, text) in MONITOR_HELP.items())
+
+    def _monitor_screen(self) -> str:
+        screen = self.rt.screen()
+        return "this machine has no text screen\n" if screen is None else screen + "\n"
+
     # ------------------------------------------------------------- bad packets
     def _Malformed(self, cmd: P.Malformed) -> bytes:
         log.warning("malformed packet %r: %s", cmd.payload[:40], cmd.reason)
@@ -284,3 +301,9 @@ class Session:
         log.debug("unsupported packet %r", cmd.payload[:40])
         return P.EMPTY
 
+
+MONITOR_HELP = {
+    "help": (Session._monitor_help, "this list"),
+    "screen": (Session._monitor_screen, "the guest's VGA text screen (80x25 at 0xB8000)"),
+}
+MONITOR = {name: handler for name, (handler, _) in MONITOR_HELP.items()}

@@ -190,7 +190,8 @@ class Vm:
     the booted kernel (``protocol``; ``arch``, gdb's architecture for it: ``"i386"`` for an
     ELF32 image, else ``"i386:x86-64"``; ``entry``); absent means an x86-64 kernel.
     Optional: ``console_input(data, wait)``, host input for the guest's console (the
-    stub forwards its terminal's stdin to it; absent means the console takes none)."""
+    stub forwards its terminal's stdin to it; absent means the console takes none);
+    ``screen()``, the text screen (VGA text mode) for ``monitor screen``."""
 
     vcpus: list[Vcpu]
     ram_size: int

@@ -37,6 +37,7 @@ from model.caps import Personality, personality
 from stub.vmm import boot as protocols
 from stub.vmm.api import Feature, Vm
 from stub.vmm.clock import GuestClock, ManualClock
+from stub.vmm.devices import vga
 from stub.vmm.devices.debugcon import Sink
 from stub.vmm.platform import Platform, PvTimer
 from stub.vmm.ram import GuestRam
@@ -109,6 +110,10 @@ class EmulatedVm(Vm):
     def shutdown(self) -> None:
         self._stopping = True
         self._stop_all()
+
+    def screen(self) -> str:
+        """The VGA text screen (80x25 at 0xB8000) as the guest last drew it."""
+        return vga.render(self.read_phys)
 
     def console_input(self, data: bytes, wait: Callable[[float], object]) -> None:
         """Host keyboard input for the guest's console (COM1), at the pace the guest
