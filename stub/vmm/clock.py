@@ -18,10 +18,14 @@ of the VM's mailboxes (``Mailbox`` builds its condition on it), so the accountin
 a counter update, plus a host clock read when the count goes 0 -> 1 or 1 -> 0.
 
 Timers are guest-time deadlines (``Timer``). The VM's timer thread (``emulated.Ticker``)
-calls ``wait_due``: it sleeps until the earliest deadline converted at the current rate
-(1 while running) and without a timeout while the clock stands still, and is woken when
-a vCPU enters the guest, when an earlier deadline is armed, or when poked. Callbacks run
-on that thread with no clock lock held (they raise interrupts, which take other locks).
+calls ``wait_due``: it sleeps until the earliest deadline converted at the rate of 1
+(guest time never runs faster than the host's, so that is never too late, whether the
+clock runs or not), and once guest time has stood still through a whole such wait, it
+sleeps without a timeout (*parked*) until a vCPU enters the guest. It is also woken when
+an earlier deadline is armed, or when poked. Waking it only from the park, not at every
+entry, keeps single steps (one entry each, the clock stopped between them) from waking
+it once per step. Callbacks run on that thread with no clock lock held (they raise
+interrupts, which take other locks).
 
 ``ManualClock`` is the clock of a VM without a timer thread (``ticker=False``, the
 deterministic drivers): its time moves only when the driver calls ``advance``, which
@@ -75,6 +79,7 @@ class GuestClock:
         self._heap: list[tuple[int, int, Timer]] = []
         self._tickets = 0
         self._parked = False  # the timer thread waits for the clock to start
+        self._looked = -1  # guest time when the timer thread last went to wait
         self._poked = False
 
     # -- the hot path (the caller holds ``lock``) -----------------------------------
@@ -164,12 +169,17 @@ class GuestClock:
             return self._pop_due_locked()
 
     def _timeout_locked(self) -> float | None:
-        """Host seconds until the earliest deadline at the current rate; None while the
-        clock stands still (or nothing is armed)."""
+        """Host seconds until the earliest deadline at rate 1; None (park) when nothing
+        is armed, or when guest time stands still and has not moved since the last
+        look (the timer thread slept through a whole wait without it moving)."""
         deadline = self._next_deadline_locked()
-        if deadline is None or self.stands_still:
+        if deadline is None:
             return None
-        return max(0, deadline - self._now_locked()) / SECOND
+        now = self._now_locked()
+        if self.stands_still and now == self._looked:
+            return None
+        self._looked = now
+        return max(0, deadline - now) / SECOND
 
     def poke(self) -> None:
         """Wake the timer thread (it returns from ``wait_due`` at once). Thread-safe."""

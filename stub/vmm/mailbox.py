@@ -63,13 +63,15 @@ class Mailbox:
                 self._kick_locked()
                 self.cond.notify_all()
 
-    def interrupt(self) -> None:
+    def interrupt(self) -> bool:
         """An interrupt source's request may have risen: leave the slice (or hlt) and
-        look at the sources again."""
+        look at the sources again. True when it kicked a slice (the ticker should then
+        repeat a kick Unicorn may lose)."""
         with self.cond:
             self.irq_seq += 1
             self._kick_locked()
             self.cond.notify_all()
+            return self.in_guest
 
     def mark_dirty(self, start: int, end: int) -> None:
         with self.cond:

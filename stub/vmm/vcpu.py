@@ -280,8 +280,8 @@ class EmulatedVcpu(Vcpu):
     def interrupt_changed(self) -> None:
         """An interrupt source's request rose: kick the vCPU out of its slice or hlt to
         look at its sources. Thread-safe (sources call it with none of their locks held)."""
-        self._mail.interrupt()
-        self._vm.ticker.poke()  # repeats the kick if Unicorn loses it
+        if self._mail.interrupt():
+            self._vm.ticker.poke()  # repeats the kick if Unicorn loses it
 
     def mark_dirty(self, start: int, end: int) -> None:
         """Guest code in [start, end) was written: drop its translations before the

@@ -93,14 +93,18 @@ def test_timers_come_due_in_deadline_order_and_cancel():
     assert a.deadline is None and c.deadline is None
 
 
-def test_wait_due_has_no_timeout_while_the_clock_stands_still():
+def test_wait_due_parks_once_guest_time_stood_still_through_a_wait():
     clock, host = make()
     clock.timer(lambda d: None).arm(1000)
-    assert clock._timeout_locked() is None
+    assert clock._timeout_locked() == 1000 / SECOND  # never too late: rate <= 1
+    host.ns += 5000
+    assert clock._timeout_locked() is None  # stood still through it: park
     enter(clock)
     host.ns += 400
-    assert clock._timeout_locked() == 600 / SECOND  # converted at rate 1
-    leave(clock)
+    assert clock._timeout_locked() == 600 / SECOND  # running: converted at rate 1
+    host.ns += 100
+    leave(clock)  # stopped at 500, after moving since the last look: one more wait
+    assert clock._timeout_locked() == 500 / SECOND
     assert clock._timeout_locked() is None
 
 
