@@ -20,9 +20,10 @@ from unicorn import unicorn_const as U
 from unicorn import x86_const as X
 
 from stub.vmm.api import Cap, ExitKind
-from stub.vmm.clock import SECOND
+from stub.vmm.clock import SECOND, GuestClock
 from stub.vmm.devices.pit import FREQ
 from stub.vmm.emulated import create_vm
+from stub.vmm.mailbox import Mailbox
 from tests.vmm.conftest import (
     DEFAULT_GATES,
     Console,
@@ -292,3 +293,18 @@ def test_mbkernel_steps_after_a_long_pause_stay_in_work(make_vm):
     time.sleep(PAUSE)  # 30 PIT periods of host time
     rips = [step(v).rip for _ in range(40)]
     assert sym["irq0_entry"] not in rips
+
+
+# -- the mailbox's part -------------------------------------------------------------------
+def test_a_free_slice_is_not_entered_past_a_request_it_did_not_see():
+    """An interrupt request that rises after the run loop asked its sources (its kick
+    finds no slice to stop) makes the entry go round again instead of running a whole
+    free slice past it."""
+    clock = GuestClock()
+    mail = Mailbox(lambda: None, lambda: False, clock)
+    seen = mail.irq_seq
+    assert mail.interrupt() is False  # no slice to kick
+    assert not mail.enter_guest(True, seen) and clock.stands_still
+    assert mail.enter_guest(True, mail.irq_seq) and not clock.stands_still
+    mail.leave_guest()
+    assert clock.stands_still
