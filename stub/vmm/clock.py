@@ -215,8 +215,3 @@ class ManualClock(GuestClock):
                 return
             for timer, deadline in due:
                 timer.fire(deadline)
-
-
-def fire_all(due: list[tuple[Timer, int]]) -> None:
-    for timer, deadline in due:
-        timer.fire(deadline)
