@@ -113,5 +113,10 @@ class PvTimer:
         now = self._clock.now()
         self._timer.arm(following if following > now else now + self._period)
 
+    @property
+    def next_tick(self) -> int | None:
+        """The guest time of the next tick (for tests and status displays)."""
+        return self._timer.deadline
+
     def cancel(self) -> None:
         self._timer.cancel()

@@ -99,7 +99,7 @@ main:
     v = vm.vcpus[0]
     v.set_capability(Cap.BPT_EXIT, True)
     assert run_bounded(v).kind is ExitKind.BPT
-    assert u64(vm, sym["irq0s"]) == 5
+    assert u64(vm, sym["irq0s"]) >= 5  # one more may come before the cli
     assert vm.clock.now() >= 5 * 1193 * SECOND // FREQ  # not one edge early
 
 
@@ -145,19 +145,29 @@ s:  nop
 """
 
 
+def steps_in_time(vm, v, handler: int, expected: set[int], deadline: int | None) -> None:
+    """Forty steps without MASK_HWINTR (a pending interrupt would be taken on them): none
+    lands in ``handler`` before guest time reaches the ``deadline`` that was next when
+    the VM stopped. (Each step's own slice is guest time: on a loaded host forty of them
+    may reach it, which is no pause's doing.)"""
+    for _ in range(40):
+        rip = step(v).rip
+        if rip == handler:  # (no deadline: it was firing as the VM stopped)
+            assert deadline is None or vm.clock.now() >= deadline, "it came from the pause"
+            return
+        assert rip in expected
+
+
 @pytest.mark.parametrize("personality", ["amd-nomask", "intel", "amd"])
 def test_steps_after_a_long_pause_do_not_land_in_the_pit_handler(make_vm, personality):
     vm, sym = make_vm(pc_guest(FIRST_IRQ_THEN_STOP), personality=personality)
     v = vm.vcpus[0]
     run_to_stop(v)
     assert u64(vm, sym["irq0s"]) == 1
-    before = vm.clock.now()
+    before, edge = vm.clock.now(), vm.platform.pit.next_irq0
     time.sleep(PAUSE)  # held stopped for 30 periods of host time
     assert vm.clock.now() == before and not v.inspect().interrupt_pending
-    for _ in range(40):  # without MASK_HWINTR: a pending IRQ would be taken here
-        assert step(v).rip in (sym["s"], sym["s"] + 1)
-    assert u64(vm, sym["irq0s"]) == 1
-    assert vm.clock.now() - before < 10_000_000  # the steps' own time only
+    steps_in_time(vm, v, sym["h_irq0"], {sym["s"], sym["s"] + 1}, edge)
 
 
 def test_steps_after_a_long_pause_do_not_land_in_the_paravirtual_tick(make_vm):
@@ -173,11 +183,10 @@ s:  nop
     v = vm.vcpus[0]
     run_to_stop(v)
     assert u64(vm, sym["ticks"]) == 1
+    tick = vm.pv_timer.next_tick
     time.sleep(PAUSE)
     assert not v.inspect().tick_pending
-    for _ in range(40):
-        assert step(v).rip in (sym["s"], sym["s"] + 1)
-    assert u64(vm, sym["ticks"]) == 1
+    steps_in_time(vm, v, sym["h_timer"], {sym["s"], sym["s"] + 1}, tick)
 
 
 def test_a_halted_vcpu_keeps_guest_time_running(make_vm):
@@ -290,9 +299,12 @@ def test_mbkernel_steps_after_a_long_pause_stay_in_work(make_vm):
     vm.write_phys(sym["work"], original)
     v.set_capability(Cap.BPT_EXIT, False)
     assert v.get_register("eflags") & 0x200  # interrupts on: IRQ 0 could come
+    edge = vm.platform.pit.next_irq0
     time.sleep(PAUSE)  # 30 PIT periods of host time
-    rips = [step(v).rip for _ in range(40)]
-    assert sym["irq0_entry"] not in rips
+    for _ in range(40):
+        if step(v).rip == sym["irq0_entry"]:
+            assert edge is None or vm.clock.now() >= edge, "it came from the pause"
+            break
 
 
 # -- the mailbox's part -------------------------------------------------------------------

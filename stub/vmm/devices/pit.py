@@ -254,6 +254,13 @@ class Pit(PortDevice):
             self.channels[select].control(value)
 
     # -- IRQ 0 ----------------------------------------------------------------------
+    @property
+    def next_irq0(self) -> int | None:
+        """The guest time of channel 0's next IRQ 0 edge (None: none coming); for tests
+        and status displays."""
+        with self._lock:
+            return self._armed
+
     def _rearm(self, now: int) -> None:
         """Channel 0 was programmed: its timer for the next edge, or none."""
         edge = self.channels[0].next_edge(now)
