@@ -9,7 +9,7 @@ import pytest
 from stub.vmm.bus import Bus, PortDevice, PowerOff, Requester
 from stub.vmm.devices.apstart import ApStart
 from stub.vmm.devices.debugcon import DebugCon
-from stub.vmm.devices.poweroff import PowerOffPort
+from stub.vmm.devices.exits import IsaDebugExit
 
 CPU = Requester(1, {"rbx": 0x20_0000}.__getitem__)
 
@@ -80,5 +80,5 @@ def test_ap_start_takes_the_entry_from_the_writers_rbx():
 
 def test_power_off_asks_the_writing_vcpu_to_end_the_vm():
     bus = Bus()
-    bus.add_ports(PowerOffPort(), 0xF4)
+    bus.add_ports(IsaDebugExit(), 0xF4, 4)
     assert bus.io_out(0xF4, 4, 7, CPU) == PowerOff(7)
