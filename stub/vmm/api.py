@@ -164,8 +164,9 @@ class Vcpu:
         raise NotImplementedError
 
     def translate(self, gva: int) -> int:
-        """GVA -> GPA through this vCPU's current page tables (4-level, 2 MiB and
-        1 GiB pages). Raises TranslationFault; never guesses."""
+        """GVA -> GPA through this vCPU's current page tables, in whatever mode the
+        guest is (paging off, 32-bit, PAE, 4-level with 2 MiB and 1 GiB pages). Raises
+        TranslationFault; never guesses."""
         raise NotImplementedError
 
     def request_suspend(self) -> None:
