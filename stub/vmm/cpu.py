@@ -45,6 +45,7 @@ from stub.vmm.ucenv import ExceptionState
 CR0_BOOT = 0x8001_0033  # PE|MP|ET|NE|WP|PG
 CR4_BOOT = 0x0620  # PAE|OSFXSR|OSXMMEXCPT
 EFER_BOOT = 0x0D01  # SCE|LME|LMA|NXE
+EFER_LMA = 0x400
 CR0_FLAT32 = 0x11  # PE|ET: the 32-bit protocols' protected mode, paging off
 RFLAGS_BOOT = 0x2
 TF = 1 << 8
@@ -207,6 +208,11 @@ class Cpu:
         if status:
             raise UcError(status)
         return self._msr.value
+
+    def long_mode(self) -> bool:
+        """EFER.LMA: instructions decode as 64-bit code (compatibility-mode code
+        segments are taken as 64-bit too; no kernel steps through one for long)."""
+        return bool(self.msr(MSR_EFER) & EFER_LMA)
 
     @property
     def rip(self) -> int:

@@ -158,7 +158,7 @@ class SliceRunner:
         read it already). Returns (exit, ran, what insn.classify calls it)."""
         cpu = self._cpu
         rip = cpu.rip if rip is None else rip
-        kind = insn.classify(cpu.fetch(rip))[0]
+        kind = insn.classify(cpu.fetch(rip), cpu.long_mode())[0]
         if not self.run(SliceMode.SINGLE):
             return None, False, kind
         exit_ = self.outcome()

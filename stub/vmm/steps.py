@@ -60,8 +60,9 @@ class MtrapStep:
         return exit_ or self._mtrap()
 
     def _rep_finished(self, rip: int) -> bool:
-        width = insn.rep_count_width(self._cpu.fetch(rip))
-        return width is not None and self._cpu.reg(X.UC_X86_REG_RCX) & ((1 << width) - 1) == 0
+        cpu = self._cpu
+        width = insn.rep_count_width(cpu.fetch(rip), cpu.long_mode())
+        return width is not None and cpu.reg(X.UC_X86_REG_RCX) & ((1 << width) - 1) == 0
 
     def _mtrap(self) -> VmExit:
         return VmExit(ExitKind.MTRAP, rip=self._cpu.rip)
@@ -82,7 +83,7 @@ class TfStep:
         if events.tick_window() is IrqWindow.OPEN:
             return events.deliver_tick() or self._db_exit(False)
         rip = cpu.rip
-        kind, _size = insn.classify(cpu.fetch(rip))
+        kind, _size = insn.classify(cpu.fetch(rip), cpu.long_mode())
         self._intercept(kind)
         if not cpu.rflags & TF:
             cpu.set_tf(True)  # a popf cleared it last step and no disable came

@@ -282,3 +282,20 @@ def test_insn_classify_tells_pause_from_other_nops():
     assert classify(b"\x90")[0] is None
     assert classify(b"\xf3\x41\x90")[0] is None  # xchg r8, rax with a stray rep
     assert classify(b"\x9c") == ("pushf", 8) and classify(b"\x66\x9d") == ("popf", 2)
+
+
+def test_insn_decoding_in_32_bit_code():
+    """Outside long mode 0x40-0x4F are inc/dec: ``dec eax`` before a pushf/popf/hlt is
+    not that instruction (the TF step would fix a stack image nobody pushed, or take a
+    flag image nobody popped)."""
+    from stub.vmm.insn import classify, rep_count_width
+    assert classify(b"\x48\x9c", long_mode=False)[0] is None  # dec eax (then pushf)
+    assert classify(b"\x40\x9d", long_mode=False)[0] is None  # inc eax (then popf)
+    assert classify(b"\x4a\xf4", long_mode=False)[0] is None  # dec edx (then hlt)
+    assert classify(b"\x48\x9c")[0] == "pushf"  # REX.W pushf in 64-bit code
+    assert classify(b"\x9c", long_mode=False) == ("pushf", 4)
+    assert classify(b"\x66\x9d", long_mode=False) == ("popf", 2)
+    assert rep_count_width(b"\xf3\xa4", long_mode=False) == 32
+    assert rep_count_width(b"\x67\xf3\xa4", long_mode=False) == 16
+    assert rep_count_width(b"\xf3\x48\xa5", long_mode=False) is None  # dec eax first
+    assert rep_count_width(b"\xf3\x48\xa5") == 64
