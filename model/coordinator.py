@@ -201,7 +201,7 @@ class Coordinator:
         self._begin()
         if self._report_exit():
             return self._out
-        self._need_stopped()
+        self.require_stopped()
         plan = request.plan(self.active)
         self._check_plan(plan)
         self.release_new = request.default is Resume.CONTINUE
@@ -236,7 +236,7 @@ class Coordinator:
 
     def insert_breakpoint(self, gpa: int) -> list[Action]:
         self._begin()
-        self._need_stopped()
+        self.require_stopped()
         if gpa not in self.breakpoints:
             self.breakpoints.add(gpa)
             self._out.append(PatchBreakpoint(gpa))
@@ -245,7 +245,7 @@ class Coordinator:
 
     def remove_breakpoint(self, gpa: int) -> list[Action]:
         self._begin()
-        self._need_stopped()
+        self.require_stopped()
         if gpa in self.breakpoints:
             self.breakpoints.discard(gpa)
             self._out.append(RestoreBreakpoint(gpa))
@@ -455,15 +455,6 @@ class Coordinator:
         breakpoints, registers and memory. Raises NotStopped."""
         if not self.is_stopped:
             raise NotStopped("the guest is running; wait for the stop reply")
-
-    _need_stopped = require_stopped
-
-    def check_resume(self, request: ResumeRequest) -> None:
-        """Would :meth:`resume` accept ``request``? Raises what it would raise, and
-        changes nothing (the runtime asks before it moves RIP for ``c ADDR``)."""
-        if self.exit_owed is None:
-            self._need_stopped()
-            self._check_plan(request.plan(self.active))
 
     def _check_plan(self, plan: dict[int, Resume]) -> None:
         if not plan:

@@ -119,7 +119,7 @@ class EventResumed(_SpecCoordinator):
 
     def resume(self, request):
         self._begin()
-        self._need_stopped()
+        self.require_stopped()
         plan = request.plan(self.active)
         self._check_plan(plan)
         self.release_new = request.default is Resume.CONTINUE

@@ -330,12 +330,13 @@ class Runtime:
 
     def resume(self, request: ResumeRequest, at: tuple[int, int] | None = None) -> None:
         """Carry out ``request``; ``at`` = (vCPU, address) resumes that vCPU there
-        (``c ADDR``, ``s ADDR``), only if the coordinator accepts the request."""
+        (``c ADDR``, ``s ADDR``), only if the coordinator accepts the request: RIP
+        moves after the model's checks and before any vCPU is released (the actions
+        are carried out after it, under the same lock)."""
         with self.lock:
-            if at is not None:
-                self.coord.check_resume(request)
-                self._write_registers(at[0], {"rip": at[1]})
             actions = self.coord.resume(request)
+            if at is not None:
+                self._write_registers(at[0], {"rip": at[1]})
             lone = self._lone_step()
             if lone is not None:
                 self._lent[lone] = True  # before _apply, so its thread is not woken
