@@ -46,15 +46,20 @@ def target_layout(target: Runtime) -> RegisterLayout:
     """The register layout for a session on ``target``: the one place the choice is
     made (the rule is in ``stub.rsp.registers``): the layout of the VM's boot
     architecture, x86-64 when it has none or one gdb is not served (a warning)."""
+    return _choose_layout(target)[0]
+
+
+def _choose_layout(target: Runtime) -> tuple[RegisterLayout, str]:
+    """``target_layout`` and why, for the log."""
     arch = boot_arch(target)
     if arch is None:
-        return DEFAULT_LAYOUT
+        return DEFAULT_LAYOUT, "the VM reports no boot architecture"
     try:
-        return layout_for(arch)
+        return layout_for(arch), f"the VM's boot architecture is {arch}"
     except ValueError:
         log.warning("the VM's boot architecture %r is not one gdb is served; using %s",
                     arch, DEFAULT_LAYOUT.arch)
-        return DEFAULT_LAYOUT
+        return DEFAULT_LAYOUT, f"the VM's boot architecture {arch!r} is unknown"
 
 
 class GdbConnection:
@@ -65,10 +70,7 @@ class GdbConnection:
         self.target = target
         self.rsp = RspConnection()
         if layout is None:
-            arch = boot_arch(target)
-            self._layout_why = ("the VM reports no boot architecture" if arch is None
-                                else f"the VM's boot architecture is {arch}")
-            layout = target_layout(target)
+            layout, self._layout_why = _choose_layout(target)
         else:
             self._layout_why = "given"
         self.layout = layout

@@ -37,8 +37,6 @@ EOPNOTSUPP = 0x2D
 MAX_MEMORY_REPLY = (DEFAULT_MAX_PACKET - 16) // 2  # hex doubles the bytes
 MAX_BINARY_REPLY = (DEFAULT_MAX_PACKET - 16) // 2  # escaping may double them too
 # The default (x86-64) layout's; a session reads its own layout's.
-ALL_REGISTER_NAMES = DEFAULT_LAYOUT.vmm_names
-EXPEDITED_NAMES = DEFAULT_LAYOUT.expedited_vmm_names
 
 
 @dataclass(frozen=True)

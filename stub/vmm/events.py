@@ -134,10 +134,6 @@ class Events:
             return None
         return self.deliver(source.acknowledge(), None)
 
-    # The step mechanisms (steps.py) still call them by the single tick's names.
-    tick_window = interrupt_window
-    deliver_tick = deliver_interrupt
-
     # -- what a slice ended with ------------------------------------------------------------
     def after_slice(self, event: HookEvent | None, error: UcError | None) -> VmExit | None:
         """The exit a slice's first hook event or emulator error leads to, if any."""

@@ -41,8 +41,8 @@ class MtrapStep:
     def step(self) -> VmExit | None:
         """One step, or None when a request came first (the run loop honours it)."""
         cpu, events = self._cpu, self._events
-        if events.tick_window() is IrqWindow.OPEN:
-            return events.deliver_tick() or self._mtrap()
+        if events.interrupt_window() is IrqWindow.OPEN:
+            return events.deliver_interrupt() or self._mtrap()
         rip = cpu.rip
         exit_, ran, kind = self._slices.one(rip)
         if not ran:
@@ -80,8 +80,8 @@ class TfStep:
     def step(self) -> VmExit | None:
         """One step, or None when a request came first (the run loop honours it)."""
         cpu, events, slices = self._cpu, self._events, self._slices
-        if events.tick_window() is IrqWindow.OPEN:
-            return events.deliver_tick() or self._db_exit(False)
+        if events.interrupt_window() is IrqWindow.OPEN:
+            return events.deliver_interrupt() or self._db_exit(False)
         rip = cpu.rip
         kind, _size = insn.classify(cpu.fetch(rip), cpu.long_mode())
         self._intercept(kind)

@@ -3,8 +3,7 @@
 1. The Multiboot test kernel (tests/guests/mbkernel, an ELF32 C kernel) booted by the
    stub as a user would: the stub serves the i386 layout because the VM says the image
    was ELF32 (``vm.boot.arch``), and gdb debugs it at source level (``break``, ``bt``,
-   ``next``, ``finish``), as against qemu-system-i386. Skipped, saying why, while the
-   stub cannot boot that kernel or its VM reports no boot architecture.
+   ``next``, ``finish``), as against qemu-system-i386.
 2. The demo kernel with the i386 layout forced on its connections (the server's
    ``GdbConnection`` made with ``layout=I386``): gdb without a program file takes the
    i386 description, reads every register with no "'g' packet reply is too long", and
@@ -16,11 +15,9 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
 import re
 import shutil
 import subprocess
-import sys
 import threading
 
 import pytest
@@ -46,29 +43,9 @@ def _gdb():
 # ------------------------------------------------------------------ the ELF32 kernel
 
 
-@functools.cache
-def _kernel_option() -> str:
-    """How the stub is given a kernel file: ``--kernel`` once it has it, else ``--vm``."""
-    usage = subprocess.run([sys.executable, "-m", "stub", "--help"], cwd=ROOT,
-                           capture_output=True, text=True, timeout=60, check=False).stdout
-    return "--kernel" if "--kernel" in usage else "--vm"
-
-
 def _start_mbkernel(stub_factory):
-    """The stub on mbkernel.elf, held before its first instruction; skips while the
-    stub cannot boot it."""
-    try:
-        return stub_factory(_kernel_option(), str(MBKERNEL), "--wait")
-    except RuntimeError as err:
-        reason = next((line for line in str(err).splitlines() if "error" in line), str(err))
-        pytest.skip(f"the stub cannot boot the ELF32 Multiboot kernel yet: {reason.strip()}")
-
-
-def _skip_without_boot_arch(sp) -> None:
-    """The connection logs the layout it chose and why (stub/connection.py)."""
-    if "the VM reports no boot architecture" in sp.stderr:
-        pytest.skip("the VM booted mbkernel.elf but reports no boot architecture "
-                    "(vm.boot.arch), from which the i386 layout is chosen")
+    """The stub on mbkernel.elf, held before its first instruction."""
+    return stub_factory("--kernel", str(MBKERNEL), "--wait")
 
 
 #: The first half of the brief's session (issue 16 item 7): the loader is enough.
@@ -93,8 +70,6 @@ MBKERNEL_SESSION = KMAIN_SESSION + [
     "delete",
     "continue",
 ]
-#: The PC devices mbkernel needs to reach work() (docs/platform.md).
-_PC_TIMER = ("stub.vmm.devices.pic", "stub.vmm.devices.pit")
 
 
 def check_kmain(out: str) -> None:
@@ -125,19 +100,13 @@ def check_mbkernel_session(out: str) -> None:
 def test_mbkernel_kmain_bt_next(stub_factory):
     sp = _start_mbkernel(stub_factory)
     r = run_gdb(sp.port, [*KMAIN_SESSION, "kill"], elf=MBKERNEL)
-    _skip_without_boot_arch(sp)
     check_kmain(r.stdout + r.stderr)
     assert "registers: i386 (the VM's boot architecture is i386)" in sp.stderr, sp.stderr
 
 
 def test_mbkernel_source_level(stub_factory):
-    missing = [m for m in _PC_TIMER if importlib.util.find_spec(m) is None]
-    if missing:
-        pytest.skip(f"the emulated PC has no {' or '.join(missing)} yet: mbkernel waits "
-                    f"for 10 timer ticks before work()")
     sp = _start_mbkernel(stub_factory)
     r = run_gdb(sp.port, MBKERNEL_SESSION, elf=MBKERNEL)
-    _skip_without_boot_arch(sp)
     check_mbkernel_session(r.stdout + r.stderr)
     assert "registers: i386 (the VM's boot architecture is i386)" in sp.stderr, sp.stderr
     # The kernel ran to its end: isa-debug-exit 0x10, exit status (0x10 << 1) | 1.
