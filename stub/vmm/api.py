@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from model.caps import Cap
+from model.points import Point
 
 
 class VmmError(Exception):
@@ -60,6 +61,10 @@ class Feature(enum.Enum):
 
     LEND = "lend"                # Vcpu.run_lent(): a parked vCPU steps on the caller's thread
     BOUNDED_RUN = "bounded_run"  # Vcpu.run(max_instructions=k), for deterministic drivers
+    DEBUG_POINTS = "debug_points"  # Vm.arm_point/disarm_point, HWBREAK/WATCH exits,
+                                   # Vcpu.complete_access (docs/debug-points.md)
+    RANGE_STEP = "range_step"    # Vcpu.set_step_range(start, end) before a step
+    RESET = "reset"              # Vm.reset(): monitor system_reset
 
 
 class ExitKind(enum.Enum):
@@ -68,9 +73,12 @@ class ExitKind(enum.Enum):
     DB = "db"                      # AMD #DB intercepted (VM_EXITCODE_DB)
     BPT = "bpt"                    # int3 executed while BPT_EXIT is on (VM_EXITCODE_BPT)
     POWEROFF = "poweroff"          # the guest wrote the power-off port
-    TRIPLE_FAULT = "triple_fault"  # an exception could not be delivered
+    TRIPLE_FAULT = "triple_fault"  # an exception could not be delivered; the VM and the
+                                   # registers stay as they were (the stub ends it)
     SHUTDOWN = "shutdown"          # the host stopped the VM (Vm.shutdown)
     BUDGET = "budget"              # run(max_instructions=k) ran its k, or had nothing to run
+    HWBREAK = "hwbreak"            # a fetch at an armed sw_va/hw point (nothing executed)
+    WATCH = "watch"                # an access to an armed watchpoint (not yet made)
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,7 @@ class VmExit:
     # isa-debug-exit convention, (V<<1)|1); None: the stub's own (0 for a power-off).
     status: int | None = None
     detail: str = ""  # human-readable reason (triple fault cause, ...)
+    point: Point | None = None  # HWBREAK/WATCH: the armed point that matched
 
 
 class Vcpu:
@@ -163,6 +172,21 @@ class Vcpu:
         int3 back to the guest."""
         raise NotImplementedError
 
+    def complete_access(self) -> None:
+        """Only with ``Feature.DEBUG_POINTS``, on a parked vCPU whose last exit was
+        WATCH: execute that one instruction now, on the calling thread, with every
+        watchpoint lifted for this vCPU and no interrupt delivered first, so the
+        access happens and RIP moves past it (a fault it raises is delivered to the
+        guest as usual). The watchpoints are back before it returns."""
+        raise NotImplementedError
+
+    def set_step_range(self, start: int, end: int) -> None:
+        """Only with ``Feature.RANGE_STEP``, on a parked vCPU about to be released for
+        a step: that step goes on while RIP stays in ``[start, end)`` and ends with
+        the step's usual trap once RIP leaves it (or earlier with any other exit).
+        Applies to the next step only."""
+        raise NotImplementedError
+
     def translate(self, gva: int) -> int:
         """GVA -> GPA through this vCPU's current page tables, in whatever mode the
         guest is (paging off, 32-bit, PAE, 4-level with 2 MiB and 1 GiB pages). Raises
@@ -209,4 +233,22 @@ class Vm:
 
     def shutdown(self) -> None:
         """Thread-safe. Every run() and wait_started() returns promptly (SHUTDOWN)."""
+        raise NotImplementedError
+
+    def arm_point(self, point: Point, via: Vcpu) -> None:
+        """Only with ``Feature.DEBUG_POINTS``. Thread-safe. Arm a ``sw_va``, ``hw`` or
+        watch point on every vCPU, those that start later included. A watchpoint's
+        virtual range is resolved through ``via``'s page tables now (TranslationFault
+        when any byte is unmapped); the others stay virtual. Arming twice is a no-op."""
+        raise NotImplementedError
+
+    def disarm_point(self, point: Point) -> None:
+        """Only with ``Feature.DEBUG_POINTS``. Thread-safe, idempotent. An exit for it
+        already in flight may still arrive (the model calls it stale)."""
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Only with ``Feature.RESET``, while every vCPU is parked: every vCPU and
+        device back to its boot state and the kernel loaded again (QEMU's
+        ``system_reset``). The APs are not started again until the guest starts them."""
         raise NotImplementedError
