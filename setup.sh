@@ -12,6 +12,7 @@ command -v spin >/dev/null || need+=(spin)
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 command -v as >/dev/null && command -v ld >/dev/null || need+=(binutils)
 command -v gcc >/dev/null || need+=(gcc)
+command -v lldb >/dev/null || need+=(lldb)  # the LLDB end-to-end test
 [ -f /boot/invaders.exec ] || need+=(grub-invaders)  # a Multiboot kernel no one here wrote
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]} with apt-get" >&2
