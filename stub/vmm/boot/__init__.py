@@ -14,11 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-from stub.vmm.boot import multiboot, multiboot2, pvh, tables, vmstub
+from stub.vmm.boot import linux, multiboot, multiboot2, pvh, tables, vmstub
 from stub.vmm.boot.common import ARCH_I386, ARCH_X86_64, BootState, LoaderError, Module, Placed
 from stub.vmm.ram import GuestRam
 
-_MODULES: dict[str, ModuleType] = {m.NAME: m for m in (pvh, multiboot2, multiboot, vmstub)}
+_MODULES: dict[str, ModuleType] = {m.NAME: m for m in (pvh, linux, multiboot2, multiboot,
+                                                         vmstub)}
 PROTOCOLS: tuple[str, ...] = tuple(_MODULES)  # the order ``auto`` tries them in
 CHOICES: tuple[str, ...] = ("auto", *PROTOCOLS)
 
@@ -32,8 +33,8 @@ def select(image: bytes, wanted: str = "auto") -> ModuleType:
     for module in _MODULES.values():
         if module.detect(image):
             return module
-    raise LoaderError("no boot protocol matches the kernel: no PVH note, no Multiboot2 or "
-                      "Multiboot header, and not an ELF64 file")
+    raise LoaderError("no boot protocol matches the kernel: no PVH note, not a Linux "
+                      "bzImage, no Multiboot2 or Multiboot header, and not an ELF64 file")
 
 
 def read_modules(initrd: Sequence[Module | bytes | str | Path]) -> list[Module]:

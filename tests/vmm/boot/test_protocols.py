@@ -68,7 +68,7 @@ def test_auto_takes_the_first_protocol_in_order(image, name):
 
 
 def test_the_order_and_the_names():
-    assert boot.PROTOCOLS == ("pvh", "multiboot2", "multiboot", "vmstub")
+    assert boot.PROTOCOLS == ("pvh", "linux", "multiboot2", "multiboot", "vmstub")
     assert boot.CHOICES == ("auto", *boot.PROTOCOLS)
 
 

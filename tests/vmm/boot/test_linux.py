@@ -1,0 +1,139 @@
+"""The Linux boot protocol (stub/vmm/boot/linux.py) on synthetic bzImages: the zero page
+a kernel gets, where the initrds go, the 32-bit entry's registers, and every refusal.
+Debian's real kernel is booted by tests/guests/linux/."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from stub.vmm.boot import LoaderError, Module, linux, load, select
+from stub.vmm.emulated import create_vm
+from stub.vmm.ram import GuestRam
+from tests.vmm.boot.conftest import MEMORY, run_to_poweroff
+from tests.vmm.boot.images import POWEROFF_CODE, RESULT, SIGNATURE
+
+SETUP_SECTS = 3
+# mov dword [RESULT], SIGNATURE; mov [RESULT+4], esi; mov [RESULT+8], ebx;
+# mov eax, POWEROFF_CODE; out 0xF4, eax; hlt
+ENTRY_CODE = (b"\xc7\x05" + struct.pack("<II", RESULT, SIGNATURE)
+              + b"\x89\x35" + struct.pack("<I", RESULT + 4)
+              + b"\x89\x1d" + struct.pack("<I", RESULT + 8)
+              + b"\xb8" + struct.pack("<I", POWEROFF_CODE) + b"\xe7\xf4" + b"\xf4")
+
+
+def bzimage(*, version: int = 0x020F, xloadflags: int = 0x7F, init_size: int = 0x10_0000,
+            pref: int = 0x20_0000, relocatable: int = 1, initrd_max: int = 0x7FFF_FFFF,
+            cmdline_size: int = 0x7FF, header_len: int = 0x6A, magic: bytes = b"HdrS",
+            code: bytes = ENTRY_CODE, boot_flag: int = 0xAA55) -> bytes:
+    """A bzImage's setup sectors (only the header filled) and a protected-mode part that
+    records esi/ebx and powers off."""
+    setup = bytearray((SETUP_SECTS + 1) * linux.SECTOR)
+    setup[0x1F1] = SETUP_SECTS
+    struct.pack_into("<H", setup, 0x1FE, boot_flag)
+    setup[0x201] = header_len
+    setup[0x202:0x206] = magic
+    struct.pack_into("<H", setup, 0x206, version)
+    setup[0x211] = 0x01  # LOADED_HIGH, as a bzImage says
+    struct.pack_into("<I", setup, 0x214, 0x10_0000)
+    struct.pack_into("<I", setup, 0x22C, initrd_max)
+    struct.pack_into("<I", setup, 0x230, 0x20_0000)
+    setup[0x234] = relocatable
+    struct.pack_into("<H", setup, 0x236, xloadflags)
+    struct.pack_into("<I", setup, 0x238, cmdline_size)
+    struct.pack_into("<Q", setup, 0x258, pref)
+    struct.pack_into("<I", setup, 0x260, init_size)
+    return bytes(setup) + code
+
+
+def loaded(image: bytes, modules=(), cmdline: str = "", memory: int = MEMORY):
+    ram = GuestRam(memory)
+    return ram, load(ram, image, list(modules), cmdline)
+
+
+def u32(ram: GuestRam, addr: int) -> int:
+    return struct.unpack("<I", ram.read(addr, 4))[0]
+
+
+def test_auto_selects_a_bzimage_and_boot_linux_names_it():
+    assert select(bzimage()) is linux
+    assert select(bzimage(), "linux") is linux
+
+
+def test_zero_page_has_the_header_loader_fields_and_e820():
+    ram, state = loaded(bzimage(), cmdline="console=ttyS0 nokaslr")
+    zp = state.info
+    assert (state.protocol, state.entry, state.long_mode) == ("linux", 0x10_0000, False)
+    assert state.registers == {"esi": zp} and zp == 0x8000
+    assert ram.read(zp + 0x202, 4) == b"HdrS"
+    assert ram.read(zp + 0x210, 1) == b"\xff"  # type_of_loader
+    assert ram.read(zp + 0x211, 1)[0] & 0x81 == 0x81  # LOADED_HIGH | CAN_USE_HEAP
+    cmdline = u32(ram, zp + 0x228)
+    assert ram.read(cmdline, 22) == b"console=ttyS0 nokaslr\0"
+    assert ram.read(zp + 0x1E8, 1) == b"\x03"
+    e820 = [struct.unpack("<QQI", ram.read(zp + 0x2D0 + 20 * i, 20)) for i in range(3)]
+    assert e820 == [(0, 0x9FC00, 1), (0x9FC00, 0x100000 - 0x9FC00, 2),
+                    (0x100000, MEMORY - 0x100000, 1)]
+    assert ram.read(zp + 0x06, 2) == bytes([3, 80]) and ram.read(zp + 0x0E, 2) == bytes([25, 1])
+    assert ram.read(0x10_0000, len(ENTRY_CODE)) == ENTRY_CODE
+    assert u32(ram, zp + 0x218) == 0 and u32(ram, zp + 0x21C) == 0  # no initrd
+
+
+def test_initrds_are_concatenated_page_aligned_at_the_top_of_ram():
+    mods = [Module("a.cpio", b"A" * 5000), Module("b.cpio", b"B" * 100)]
+    ram, state = loaded(bzimage(), mods)
+    a, b = state.modules
+    assert a.start % 0x1000 == 0 and b.start == a.start + 0x2000
+    assert b.end == b.start + 100 and b.end <= MEMORY < b.end + 0x1000
+    assert u32(ram, state.info + 0x218) == a.start
+    assert u32(ram, state.info + 0x21C) == b.end - a.start
+    assert ram.read(a.start, 5000) == b"A" * 5000 and ram.read(b.start, 100) == b"B" * 100
+    assert ram.read(a.end, 0x2000 - 5000) == bytes(0x2000 - 5000)  # cpio skips the NULs
+
+
+def test_initrd_stays_below_initrd_addr_max():
+    _, state = loaded(bzimage(initrd_max=0x7F_FFFF), [Module("i", b"x" * 10)])
+    assert state.modules[0].start == 0x7F_F000
+
+
+def test_the_32bit_entry_gets_esi_the_zero_page_and_ebx_zero(boot_vm):
+    vm = boot_vm(bzimage(), cmdline="quiet")
+    exit_ = run_to_poweroff(vm)
+    assert exit_.code == POWEROFF_CODE
+    assert struct.unpack("<III", vm.read_phys(RESULT, 12)) == (SIGNATURE, vm.boot.info, 0)
+
+
+def test_bzimage_through_create_vm_with_initrd_files(tmp_path, boot_vm):
+    (tmp_path / "one").write_bytes(b"1" * 10)
+    (tmp_path / "two").write_bytes(b"2" * 10)
+    vm = boot_vm(bzimage(), initrd=[tmp_path / "one", tmp_path / "two"])
+    assert [m.name for m in vm.boot.modules] == ["one", "two"]
+
+
+REFUSALS = {
+    "old protocol": (dict(version=0x020B), {}, r"boot protocol 2\.11 is too old"),
+    "32-bit kernel": (dict(xloadflags=0), {}, "not a 64-bit kernel"),
+    "short header": (dict(header_len=0x40), {}, "malformed bzImage: the setup header ends"),
+    "boot flag": (dict(boot_flag=0), {}, "boot_flag"),
+    "ram below init_size": (dict(init_size=0x100_0000), {},
+                            r"kernel needs RAM up to 0x1200000 \(18 MiB.*--memory-mb"),
+    "initrd too big": ({}, dict(modules=[Module("big", bytes(14 << 20))]),
+                       "initrd .* does not fit in RAM"),
+    "command line too long": (dict(cmdline_size=8), dict(cmdline="x" * 9),
+                              "command line has 9 bytes; this kernel takes at most 8"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSALS)
+def test_refusals_are_one_line(case):
+    header, kw, pattern = REFUSALS[case]
+    with pytest.raises(LoaderError, match=pattern) as err:
+        loaded(bzimage(**header), kw.get("modules", ()), kw.get("cmdline", ""))
+    assert "\n" not in str(err.value)
+
+
+def test_forcing_linux_on_something_else_is_refused():
+    with pytest.raises(LoaderError, match='no "HdrS"'):
+        create_vm(b"\x7fELF" + bytes(600), vcpus=1, memory=MEMORY, cpu="amd", timer_hz=0,
+                  ticker=False, boot="linux")
