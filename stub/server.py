@@ -1,13 +1,20 @@
 """The server: the only place with sockets. One thread, one select loop.
 
-It accepts one gdb at a time (a second connection is refused and closed), hands the
-client's bytes to its :class:`~stub.connection.GdbConnection` (which does everything
+It accepts one gdb at a time, hands the client's bytes to its :class:`~stub.connection.GdbConnection` (which does everything
 else, without I/O) and writes back what that returns. Stop replies produced by vCPU
 threads arrive through the runtime's outbox; the runtime wakes this loop through a
 self-pipe, so no other thread ever writes to the socket. Output
 made by the loop's own work (a lone step runs here) needs no wake-up: the loop flushes
 the outbox before it waits again. (A signal handler runs on this thread too, but may
 interrupt the wait itself: it still writes the pipe.)
+
+A second gdb while one is connected is told why it is refused, then closed: it gets an
+ack and an ``E.`` error packet naming the connected debugger (gdb 13 prints "Remote
+failure reply: E.another debugger is connected ..."), and the socket is half-closed
+and kept for at most :data:`REFUSAL_LINGER` seconds, reading and dropping whatever the
+refused gdb sends until it closes its end. Closing at once, with gdb's first packet
+unread, makes the kernel answer with a reset, and gdb then says only "Connection reset
+by peer", whatever it was sent.
 """
 
 from __future__ import annotations
@@ -20,14 +27,17 @@ import select
 import socket
 import struct
 import threading
+import time
 
 from stub.connection import GdbConnection
+from stub.rsp.framing import encode_packet
 from stub.runtime import Runtime
 
 log = logging.getLogger("stub.server")
 
 RECV_SIZE = 65536
 SEND_TIMEOUT = 30.0
+REFUSAL_LINGER = 5.0  # seconds a refused connection is kept to deliver why
 
 
 class ListenError(Exception):
@@ -89,6 +99,8 @@ class Server:
         self._closed = False
         self._loop_thread: int | None = None  # the thread running serve()
         self._working = False  # the loop is between two waits: it flushes before the next
+        # Refused connections still being told why: socket -> when to close it anyway.
+        self._refused: dict[socket.socket, float] = {}
 
     @property
     def address(self) -> tuple[str, int]:
@@ -119,18 +131,21 @@ class Server:
         if self.client is not None:
             self.client.sock.close()
             self.client = None
+        for sock in list(self._refused):
+            self._forget_refused(sock)
         self.listener.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
 
     # ----------------------------------------------------------------- the loop
     def _poll(self) -> None:
-        watched = [self.listener, self._wake_r]
+        watched = [self.listener, self._wake_r, *self._refused]
         if self.client is not None:
             watched.append(self.client.sock)
-        readable, _, _ = select.select(watched, [], [])
+        readable, _, _ = select.select(watched, [], [], self._linger_timeout())
         self._working = True
         try:
+            self._tend_refused(readable)
             if self._wake_r in readable:
                 self._drain_wake()
                 self._flush_outbox()
@@ -156,14 +171,59 @@ class Server:
         if self.client is not None and self._client_closed():
             self._drop_client()
         if self.client is not None:
-            log.warning("refused a second debugger from %s: %s is connected", peer[0],
-                        self.client.peer[0])
-            sock.close()
+            self._refuse(sock, peer)
             return
         log.info("debugger connected from %s:%s", peer[0], peer[1])
         self.client = Client(sock, peer, self.rt)
         self.client.conn.connected()
 
+    # ------------------------------------------------------- refused debuggers
+    def _refuse(self, sock: socket.socket, peer) -> None:
+        """Tell a second debugger why it is refused, then let it go (module docstring)."""
+        current = _address(self.client.peer)
+        log.warning("refused a second debugger from %s: %s is connected (one at a time)",
+                    _address(peer), current)
+        why = f"another debugger is connected ({current}); only one at a time"
+        # The '+' acks the packet gdb sends first (qSupported): without it gdb would take
+        # the error for a stale reply and skip it. A fresh socket's buffer holds this.
+        try:
+            sock.setblocking(False)
+            sock.send(b"+" + encode_packet(b"E." + why.encode()))
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            sock.close()
+            return
+        self._refused[sock] = time.monotonic() + REFUSAL_LINGER
+
+    def _linger_timeout(self) -> float | None:
+        """How long select may wait: until the first refused connection is due."""
+        if not self._refused:
+            return None
+        return max(0.0, min(self._refused.values()) - time.monotonic())
+
+    def _tend_refused(self, readable) -> None:
+        """Drop what refused debuggers send; close them at their end or when due."""
+        now = time.monotonic()
+        for sock, due in list(self._refused.items()):
+            if due <= now:
+                self._forget_refused(sock)
+                continue
+            if sock not in readable:
+                continue
+            try:
+                data = sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:  # it closed its end: it has read all we sent
+                self._forget_refused(sock)
+
+    def _forget_refused(self, sock: socket.socket) -> None:
+        del self._refused[sock]
+        sock.close()
+
+    # --------------------------------------------------------------- the client
     def _client_closed(self) -> bool:
         # Poll first: the socket has a send timeout, so a recv would wait for data.
         sock = self.client.sock
@@ -221,3 +281,7 @@ class Server:
                 self.rt.outbox.get_nowait()
             except queue.Empty:
                 return
+
+
+def _address(peer) -> str:
+    return f"{peer[0]}:{peer[1]}"

@@ -141,3 +141,48 @@ def test_a_vmm_failure_inside_a_lone_step_ends_the_vm_with_x(served):
     assert c.ask(b"vCont;s:1") == b"X0b"  # SIGSEGV: the stub failed, not the guest
     assert rt.finished.wait(10)
     assert "failed inside the stub" in rt.ended_how
+
+
+def test_a_second_debugger_gets_the_reason_then_the_end(served, caplog):
+    import socket
+
+    from stub.rsp.framing import Packet, RspConnection
+
+    _vm, _rt, srv = served(1)
+    first = connect(srv)
+    with caplog.at_level("WARNING", logger="stub.server"):
+        extra = socket.create_connection(("127.0.0.1", srv.address[1]), timeout=10)
+        host, port = extra.getsockname()[:2]
+        refused_at = f"{host}:{port}"
+        extra.sendall(b"+$qSupported#37")  # what gdb sends first
+        received = b""
+        while chunk := extra.recv(4096):  # until the server's end of the stream
+            received += chunk
+        extra.close()
+    assert received.startswith(b"+"), received  # gdb's first packet is acked
+    events, _ = RspConnection().receive(received[1:])
+    payloads = [e.payload for e in events if isinstance(e, Packet)]
+    me = first.sock.getsockname()
+    assert payloads == [b"E.another debugger is connected (%s:%d); only one at a time"
+                        % (me[0].encode(), me[1])], received
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    expected = (f"refused a second debugger from {refused_at}: "
+                f"{me[0]}:{me[1]} is connected (one at a time)")
+    assert refused == [expected], refused
+    assert first.ask(b"qC") == b"QC01"  # the first debugger is still served
+
+
+def test_a_refused_debugger_that_never_closes_is_closed_when_due(served, monkeypatch):
+    import socket
+
+    monkeypatch.setattr("stub.server.REFUSAL_LINGER", 0.0)
+    _vm, _rt, srv = served(1)
+    first = connect(srv)
+    extra = socket.create_connection(("127.0.0.1", srv.address[1]), timeout=10)
+    received = b""
+    while chunk := extra.recv(4096):  # the server closes it although we never close
+        received += chunk
+    extra.close()
+    assert b"E.another debugger" in received
+    assert first.ask(b"qC") == b"QC01"
+    assert not srv._refused
