@@ -467,5 +467,69 @@ class Runtime:
                 return
             gva += chunk
 
+    # ---- queries for the monitor (monitor helper)
+    def monitor_vcpus(self, names: Sequence[str]) -> list[tuple[str, dict[str, int] | None]]:
+        """Each configured vCPU's state and, for those outside ``run()`` now (parked and
+        not lent), the registers ``names``; None for the others. Safe while the guest
+        runs: one look under the lock."""
+        with self.lock:
+            out = []
+            for i, vcpu in enumerate(self.vm.vcpus):
+                regs = None
+                if self.coord.parked(i) and not self._lent[i]:
+                    try:
+                        regs = vcpu.get_registers(names)
+                    except (VmmError, KeyError):
+                        regs = None
+                out.append((self.coord.states[i], regs))
+            return out
+
+    def monitor_step(self) -> tuple[StepConfig, list[tuple[str, frozenset, bool]]]:
+        """The probed StepConfig and, per vCPU, (state, step capabilities on, BPT_EXIT on)."""
+        with self.lock:
+            c = self.coord
+            return self.step, [(c.states[i], c.caps[i], i in c.bpt_exit_on)
+                               for i in range(len(self.vm.vcpus))]
+
+    def last_fault(self, i: int) -> str | None:
+        """What vCPU i's last triple fault said (VmExit.detail), if the runtime kept it
+        (``fault_details``: vCPU -> detail)."""
+        with self.lock:
+            return getattr(self, "fault_details", {}).get(i)
+
+    def available_registers(self, i: int, names: Sequence[str]) -> dict[str, int]:
+        """Those of ``names`` this VMM has, read from stopped vCPU i (unknown ones are
+        left out, so a display can ask for what a richer VMM may offer)."""
+        with self.lock:
+            self.coord.require_stopped()
+            vcpu = self.vm.vcpus[i]
+            try:
+                return vcpu.get_registers(names)
+            except KeyError:
+                out: dict[str, int] = {}
+                for name in names:
+                    try:
+                        out.update(vcpu.get_registers((name,)))
+                    except KeyError:
+                        pass
+                return out
+
+    def read_phys(self, gpa: int, size: int) -> bytes:
+        """Guest-physical bytes of the stopped guest, breakpoints read as the original
+        bytes. Raises MemoryFault when any byte is outside RAM."""
+        with self.lock:
+            self.coord.require_stopped()
+            data = bytearray(self.vm.read_phys(gpa, size))
+            for bp, orig in self.originals.items():
+                if gpa <= bp < gpa + size:
+                    data[bp - gpa] = orig[0]
+            return bytes(data)
+
+    def translate(self, i: int, gva: int) -> int:
+        """GVA -> GPA through stopped vCPU i's page tables (TranslationFault)."""
+        with self.lock:
+            self.coord.require_stopped()
+            return self.vm.vcpus[i].translate(gva)
+
 
 __all__ = ["ExitEvent", "MemoryAccessError", "Runtime", "StopEvent"]
