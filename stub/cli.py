@@ -10,6 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
+from stub import console as consoles
 from stub.config import (
     BOOT_CHOICES,
     KERNEL_MEMORY_MB,
@@ -52,6 +53,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cpu", choices=PERSONALITIES, help="override the CPU personality")
     p.add_argument("--vcpus", type=int, help="override the number of vCPUs")
     p.add_argument("--memory-mb", type=int, help="override guest RAM in MiB")
+    p.add_argument("--console", default="stdio", metavar="stdio|FILE|none",
+                   help="where the guest's console output (COM1, port 0xE9) goes: stdio "
+                        "(default: stdout, and stdin to COM1 when it is a terminal), a "
+                        "file (written afresh) or none")
+    p.add_argument("--log", metavar="FILE",
+                   help="append the stub's own messages to FILE (default: stderr)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every packet")
     return p.parse_args(argv)
 
@@ -94,31 +101,58 @@ def load_config(args: argparse.Namespace) -> VmConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="stub: %(message)s", stream=sys.stderr)
-    if args.verbose:
-        logging.getLogger("stub.packets").setLevel(logging.DEBUG)
-    else:
-        logging.getLogger("stub.packets").setLevel(logging.INFO)
+    if args.log is not None and args.console not in (consoles.STDIO, consoles.NONE) and \
+            Path(args.log).resolve() == Path(args.console).resolve():
+        return _fail(f"--console and --log name the same file ({args.log}): give two")
     try:
-        cfg = load_config(args)
-        host, port = parse_listen(args.listen, args.allow_remote)
-    except VmConfigError as err:
-        print(f"stub: error: {err}", file=sys.stderr)
-        return 2
-    return run(cfg, host, port, args.wait)
+        console = consoles.open_console(args.console)
+    except consoles.ConsoleError as err:
+        return _fail(err)
+    try:
+        log_stream = consoles.open_log(args.log)
+    except consoles.ConsoleError as err:
+        console.close()
+        return _fail(err)
+    handler = consoles.setup_logging(log_stream, console)
+    logging.getLogger("stub.packets").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        try:
+            cfg = load_config(args)
+            host, port = parse_listen(args.listen, args.allow_remote)
+        except VmConfigError as err:
+            return _fail(err)
+        return run(cfg, host, port, args.wait, console)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        if log_stream is not sys.stderr:
+            log_stream.close()
+        console.close()
+
+
+def _fail(err) -> int:
+    """Bad input: one line on stderr (and in the --log file, if there is one), status 2."""
+    print(f"stub: error: {err}", file=sys.stderr)
+    if any(getattr(h, "stream", None) not in (None, sys.stderr)
+           for h in logging.getLogger().handlers):
+        log.error("error: %s", err)
+    return 2
 
 
 SWITCH_INTERVAL = 0.0005  # seconds; CPython's default is 0.005
 
 
-def run(cfg: VmConfig, host: str, port: int, wait: bool) -> int:
+def run(cfg: VmConfig, host: str, port: int, wait: bool, console=None) -> int:
+    """Boot ``cfg`` and serve gdb until the guest ends; returns the exit status.
+    ``console``: a :class:`stub.console.Console` (default: stdio)."""
     # Imported here so that configuration errors answer fast.
-    from stub import console
+    from stub.console import forward_stdin, open_console
     from stub.runtime import Runtime
     from stub.server import ListenError, Server, open_listener
     from stub.vmm import backends
     from stub.vmm.api import VmmError
 
+    if console is None:
+        console = open_console("stdio")
     # The VM first: a broken kernel is reported as broken even while the port is busy.
     try:
         vm = backends.create_vm(cfg.backend, kernel=cfg.kernel, vcpus=cfg.vcpus,
@@ -126,14 +160,12 @@ def run(cfg: VmConfig, host: str, port: int, wait: bool) -> int:
                                 console=console.write, initrd=cfg.initrd, cmdline=cfg.append,
                                 boot=cfg.boot)
     except (VmmError, OSError, ValueError) as err:
-        print(f"stub: error: {cfg.source or cfg.name}: cannot boot: {err}", file=sys.stderr)
-        return 2
+        return _fail(f"{cfg.source or cfg.name}: cannot boot: {err}")
     try:
         listener = open_listener(host, port)
     except ListenError as err:
         vm.shutdown()
-        print(f"stub: error: {err}", file=sys.stderr)
-        return 2
+        return _fail(err)
     # vCPU threads take and drop the GIL thousands of times a second (every hook, every
     # exit); with the default 5 ms switch interval the server thread, woken by gdb's
     # packet, could wait that long for its turn (a vCont;s:1;c with 4 busy vCPUs took
@@ -142,9 +174,11 @@ def run(cfg: VmConfig, host: str, port: int, wait: bool) -> int:
     runtime = Runtime(vm, wait_for_debugger=wait)
     server = Server(runtime, listener)
     _announce(cfg, vm, runtime, server, wait)
+    if not console.is_stdio:
+        log.info("guest console: %s", console.name)
     _stop_on_sigint(runtime)
     runtime.start()
-    console.forward_stdin(getattr(vm, "console_input", None), runtime.finished)
+    forward_stdin(console, getattr(vm, "console_input", None), runtime.finished)
     try:
         server.serve()
     finally:

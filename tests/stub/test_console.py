@@ -22,7 +22,22 @@ def test_stdin_pump_feeds_until_end_of_input():
 
 
 def test_no_forwarding_without_a_terminal_or_a_backend_that_takes_input():
-    assert console.forward_stdin(None, threading.Event()) is None
+    stdio = console.Console(None)  # what --console stdio makes, minus the stream
+    assert console.forward_stdin(stdio, None, threading.Event()) is None
+
+
+def test_no_forwarding_unless_the_console_is_stdio(monkeypatch):
+    class Tty:
+        def isatty(self):
+            return True
+
+        def fileno(self):
+            raise AssertionError("stdin was read although the console is not stdio")
+
+    monkeypatch.setattr("sys.stdin", Tty())
+    for spec in ("none",):
+        con = console.open_console(spec)
+        assert console.forward_stdin(con, lambda data, wait: None, threading.Event()) is None
 
 
 def test_serial_input_waits_for_the_guest_to_read_each_byte():
