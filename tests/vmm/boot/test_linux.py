@@ -112,15 +112,15 @@ def test_bzimage_through_create_vm_with_initrd_files(tmp_path, boot_vm):
 
 
 REFUSALS = {
-    "old protocol": (dict(version=0x020B), {}, r"boot protocol 2\.11 is too old"),
-    "32-bit kernel": (dict(xloadflags=0), {}, "not a 64-bit kernel"),
-    "short header": (dict(header_len=0x40), {}, "malformed bzImage: the setup header ends"),
-    "boot flag": (dict(boot_flag=0), {}, "boot_flag"),
-    "ram below init_size": (dict(init_size=0x100_0000), {},
+    "old protocol": ({"version": 0x020B}, {}, r"boot protocol 2\.11 is too old"),
+    "32-bit kernel": ({"xloadflags": 0}, {}, "not a 64-bit kernel"),
+    "short header": ({"header_len": 0x40}, {}, "malformed bzImage: the setup header ends"),
+    "boot flag": ({"boot_flag": 0}, {}, "boot_flag"),
+    "ram below init_size": ({"init_size": 0x100_0000}, {},
                             r"kernel needs RAM up to 0x1200000 \(18 MiB.*--memory-mb"),
-    "initrd too big": ({}, dict(modules=[Module("big", bytes(14 << 20))]),
+    "initrd too big": ({}, {"modules": [Module("big", bytes(14 << 20))]},
                        "initrd .* does not fit in RAM"),
-    "command line too long": (dict(cmdline_size=8), dict(cmdline="x" * 9),
+    "command line too long": ({"cmdline_size": 8}, {"cmdline": "x" * 9},
                               "command line has 9 bytes; this kernel takes at most 8"),
 }
 
