@@ -31,26 +31,22 @@ def logger():
     lg.propagate = True
 
 
-def shared_file(tmp_path):
-    """The guest's console and the log on one file, through two streams (as stdout
-    and stderr on one terminal)."""
+def one_screen(tmp_path):
+    """The guest's console and the log on one file through two streams, as stdout and
+    stderr on one terminal (appending, as a terminal has no offset of its own)."""
     path = tmp_path / "screen"
-    out = open(path, "wb")  # noqa: SIM115 - closed by the test
-    err = open(path, "a", buffering=1)  # noqa: SIM115
-    return path, out, err
+    return path, open(path, "ab"), open(path, "a", buffering=1)
 
 
 def test_a_message_starts_on_a_fresh_line_when_both_share_a_screen(tmp_path, logger):
-    path, out, err = shared_file(tmp_path)
-    out = open(path, "ab")  # one offset each is not a terminal: append like one
-    con = consoles.Console(out)
-    logger.addHandler(consoles.FreshLineHandler(err, con))
-    con.write(b"login: ")
-    logger.info("debugger connected")
-    con.write(b"root\n")
-    logger.info("detached")  # the guest's line was closed: no empty line
-    out.close()
-    err.close()
+    path, out, err = one_screen(tmp_path)
+    with out, err:
+        con = consoles.Console(out)
+        logger.addHandler(consoles.FreshLineHandler(err, con))
+        con.write(b"login: ")
+        logger.info("debugger connected")
+        con.write(b"root\n")
+        logger.info("detached")  # the guest's line was closed: no empty line
     assert path.read_bytes() == b"login: \nstub: debugger connected\nroot\nstub: detached\n"
 
 
@@ -73,8 +69,7 @@ def test_none_discards_the_guest_output():
 
 
 def test_guest_bytes_and_messages_from_many_threads_never_cut_each_other(tmp_path, logger):
-    path = tmp_path / "screen"
-    out, err = open(path, "ab"), open(path, "a", buffering=1)
+    path, out, err = one_screen(tmp_path)
     con = consoles.Console(out)
     logger.addHandler(consoles.FreshLineHandler(err, con))
     go = threading.Event()
