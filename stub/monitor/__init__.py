@@ -19,14 +19,15 @@ from model.errors import NotStopped, ProtocolError
 from stub.monitor import cpus, machine, memory
 from stub.monitor.common import Context, MonitorError, Reply
 from stub.pagetables import PagingUnsupported
-from stub.rsp.framing import DEFAULT_MAX_PACKET
 from stub.runtime import MemoryAccessError, Runtime
 from stub.vmm.api import VmmError
 
 log = logging.getLogger("stub.monitor")
 
-# The reply is hex: two characters a byte, and it must fit one packet.
-MAX_TEXT = (DEFAULT_MAX_PACKET - 64) // 2
+# The reply is one packet of hex, two characters a byte. gdb grows its buffer for a
+# long reply (the PacketSize it was told limits what gdb sends), so the output need
+# not fit DEFAULT_MAX_PACKET; this bound only keeps a huge ``info tlb`` sane.
+MAX_TEXT = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def _fit(text: str) -> str:
         return text
     head = text[:MAX_TEXT - 80].rsplit("\n", 1)[0] + "\n"
     left = text.count("\n") - head.count("\n")
-    return head + f"... {left} more lines left out (the reply must fit one packet)\n"
+    return head + f"... {left} more lines left out (at most 1 MiB a reply)\n"
 
 
 __all__ = ["COMMANDS", "Reply", "execute"]
