@@ -34,12 +34,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from model.caps import Personality, personality
+from model.points import Point
 from stub.vmm import boot as protocols
-from stub.vmm.api import Feature, Vm
+from stub.vmm.api import Feature, Vcpu, Vm, VmmError
 from stub.vmm.clock import GuestClock, ManualClock
 from stub.vmm.devices import vga
 from stub.vmm.devices.debugcon import Sink
 from stub.vmm.platform import Platform, PvTimer
+from stub.vmm.points import PAGE, ArmedPoints
 from stub.vmm.ram import GuestRam
 from stub.vmm.vcpu import EmulatedVcpu
 
@@ -62,7 +64,8 @@ class EmulatedVm(Vm):
     debug console device (its ``output``); ``bus``: every device; ``boot``: the booted
     kernel (``stub.vmm.boot.BootState``: ``protocol``, ``arch``, ``entry``, ...)."""
 
-    features = frozenset({Feature.LEND, Feature.BOUNDED_RUN})
+    features = frozenset({Feature.LEND, Feature.BOUNDED_RUN, Feature.DEBUG_POINTS,
+                          Feature.RANGE_STEP, Feature.RESET})
 
     def __init__(self, image: bytes, vcpus: int, memory: int, cpu: str,
                  timer_hz: float, console: Sink | None = None, ticker: bool = True,
@@ -83,6 +86,7 @@ class EmulatedVm(Vm):
         # vmstub kernels only; the other protocols' kernels program the PIT instead.
         self.paravirt_timer = timer_hz > 0 and self.boot.protocol == "vmstub"
         self.timer_period = 1.0 / timer_hz if self.paravirt_timer else None
+        self.points = ArmedPoints(self._points_changed)
         self.vcpus = [EmulatedVcpu(self, i) for i in range(vcpus)]
         self.ticker = Ticker(self) if ticker else NoTicker()
         self.pv_timer = PvTimer(self.clock, timer_hz, self._post_ticks) \
@@ -110,6 +114,27 @@ class EmulatedVm(Vm):
     def shutdown(self) -> None:
         self._stopping = True
         self._stop_all()
+
+    def arm_point(self, point: Point, via: Vcpu) -> None:
+        if point.kind in ("sw_va", "hw"):
+            self.points.arm_break(point)
+        elif point.is_watch:
+            if not 0 < point.length <= PAGE:
+                raise VmmError(f"a watchpoint of {point.length} bytes cannot be armed")
+            ranges = _resolve(via, point.addr, point.length)
+            for start, end in ranges:
+                self.ram.check(start, end - start)  # MemoryFault: not RAM (device memory)
+            self.points.arm_watch(point, ranges)
+        else:
+            raise VmmError(f"{point.kind!r} points are not armed by the VMM (an int3 is "
+                           "patched for them)")
+
+    def disarm_point(self, point: Point) -> None:
+        self.points.disarm(point)
+
+    def _points_changed(self) -> None:
+        for vcpu in self.vcpus:
+            vcpu.points_changed()
 
     def screen(self) -> str:
         """The VGA text screen (80x25 at 0xB8000) as the guest last drew it."""
@@ -146,6 +171,22 @@ class EmulatedVm(Vm):
         self.ticker.stop()
         for vcpu in self.vcpus:
             vcpu.stop()
+
+
+def _resolve(via: Vcpu, gva: int, length: int) -> tuple[tuple[int, int], ...]:
+    """The guest-physical ranges [start, end) the virtual range maps to under ``via``'s
+    page tables now (TranslationFault when a byte does not translate)."""
+    ranges: list[tuple[int, int]] = []
+    end = gva + length
+    while gva < end:
+        n = min(end, (gva | (PAGE - 1)) + 1) - gva
+        gpa = via.translate(gva)
+        if ranges and ranges[-1][1] == gpa:
+            ranges[-1] = (ranges[-1][0], gpa + n)
+        else:
+            ranges.append((gpa, gpa + n))
+        gva += n
+    return tuple(ranges)
 
 
 def _vm_personality(name: str) -> Personality:

@@ -23,6 +23,7 @@ from typing import Protocol
 
 from unicorn import UcError
 from unicorn import unicorn_const as U
+from unicorn import x86_const as X
 
 from stub.vmm import idt, insn
 from stub.vmm.api import ExitKind, VmExit, VmmError
@@ -35,8 +36,16 @@ from stub.vmm.slices import HookEvent, HookKind
 INT3 = 0xCC
 EFER_LMA = 1 << 10  # long mode active: 64-bit IDT; else 32-bit protected mode
 INT_IMM8, INT_IMM8_3 = 0xCD, 0x03  # "int 3", the two-byte form
+DOUBLE_FAULT = 8
+_MNEMONICS = {0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD",
+              7: "#NM", 8: "#DF", 10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF",
+              16: "#MF", 17: "#AC", 18: "#MC", 19: "#XM", 20: "#VE", 21: "#CP"}
 _UNBACKED = frozenset({U.UC_ERR_READ_UNMAPPED, U.UC_ERR_WRITE_UNMAPPED,
                        U.UC_ERR_FETCH_UNMAPPED})
+
+
+def exception_name(vector: int) -> str:
+    return _MNEMONICS.get(vector, f"vector {vector:#x}")
 
 
 class IrqWindow(enum.Enum):
@@ -146,6 +155,11 @@ class Events:
                     detail=getattr(effect, "reason", "")))
             if event.kind is HookKind.EXCEPTION:
                 return self.on_exception(event.value)
+            if event.kind is HookKind.POINT:  # nothing executed: RIP at the instruction
+                point = event.point
+                self._cpu.exc.forget()
+                kind = ExitKind.WATCH if point.is_watch else ExitKind.HWBREAK
+                return VmExit(kind, rip=self._cpu.rip, point=point)
         if error is not None:
             return self._on_uc_error(error)
         return None
@@ -194,23 +208,39 @@ class Events:
             detail = f"access to guest-physical memory outside RAM ({error}) at rip {rip:#x}"
         else:
             detail = f"emulator error at rip {rip:#x}: {error}"
-        return self._end_vm(VmExit(ExitKind.TRIPLE_FAULT, rip=rip, detail=detail))
+        return self._triple_fault(detail)
 
     # -- delivery -----------------------------------------------------------------------------
     def deliver(self, vector: int, error_code: int | None) -> VmExit | None:
-        """Deliver through the guest IDT; a failure ends the VM (triple fault)."""
+        """Deliver through the guest IDT. A delivery that fails is followed by a double
+        fault (#DF, error code 0); when that fails too, the vCPU stops with a triple
+        fault: the exit names the chain, and the registers stay as at the first fault
+        (the VM goes on: the stub decides whether it ends)."""
         cpu = self._cpu
-        frame = idt.deliver if cpu.msr(MSR_EFER) & EFER_LMA else idt.deliver_protected
         try:
-            entered = frame(cpu, cpu.delivery_state(), vector, error_code)
+            entered = self._frame(vector, error_code)
         except idt.DeliveryError as err:
-            return self._end_vm(VmExit(ExitKind.TRIPLE_FAULT, rip=cpu.rip,
-                                       detail=f"vector {vector:#x}: {err}"))
+            cr2 = cpu.reg(X.UC_X86_REG_CR2)
+            first = f"{exception_name(vector)} at rip={cpu.rip:#x} cr2={cr2:#x} ({err})"
+            if vector == DOUBLE_FAULT:
+                return self._triple_fault(f"{first} -> triple fault")
+            try:
+                entered = self._frame(DOUBLE_FAULT, 0)
+            except idt.DeliveryError as err2:
+                return self._triple_fault(f"{first} -> #DF ({err2}) -> triple fault")
         cpu.enter(entered)
         self.halted = False
         if self._tf.on:  # the frame holds the debugger's TF: give it the guest's
             self._tf.event_delivered(entered.rflags_slot)
         return None
+
+    def _frame(self, vector: int, error_code: int | None) -> idt.Entered:
+        cpu = self._cpu
+        frame = idt.deliver if cpu.msr(MSR_EFER) & EFER_LMA else idt.deliver_protected
+        return frame(cpu, cpu.delivery_state(), vector, error_code)
+
+    def _triple_fault(self, detail: str) -> VmExit:
+        return VmExit(ExitKind.TRIPLE_FAULT, rip=self._cpu.rip, detail=detail)
 
     def deliver_own_db(self) -> VmExit | None:
         """The guest's own single-step trap (#DB, DR6.BS), delivered now; None once its

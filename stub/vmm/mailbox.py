@@ -43,6 +43,7 @@ class Mailbox:
         self.kicked = False  # a stop was asked since that emu_start began
         self.bpt_exit_asked = False  # the setting last asked for
         self.bpt_exit = False  # the setting in effect: taken from the asked one at each entry
+        self.points_stale = False  # the VM's armed points changed since this vCPU applied them
 
     # -- requests (any thread) ----------------------------------------------------------
     def request_suspend(self) -> None:
@@ -77,6 +78,14 @@ class Mailbox:
         with self.cond:
             self.dirty.append((start, end))
             self._kick_locked()
+
+    def mark_points(self) -> bool:
+        """The debugger's armed points changed: the vCPU applies them to its own
+        Unicorn before its next slice (kicking a running one). True when it kicked."""
+        with self.cond:
+            self.points_stale = True
+            self._kick_locked()
+            return self.in_guest
 
     def ask_bpt_exit(self, on: bool) -> bool:
         """At once outside run(); inside it, at the next entry, which the kick makes
@@ -116,6 +125,11 @@ class Mailbox:
         with self.cond:
             self.tick = False
 
+    def take_points(self) -> bool:
+        with self.cond:
+            stale, self.points_stale = self.points_stale, False
+            return stale
+
     def take_dirty(self) -> list[tuple[int, int]]:
         with self.cond:
             ranges, self.dirty = self.dirty, []
@@ -126,14 +140,18 @@ class Mailbox:
         with self.cond:
             return any(start <= gpa < end for start, end in self.dirty)
 
-    def enter_guest(self, kickable: bool, irq_seen: int | None = None) -> bool:
+    def enter_guest(self, kickable: bool, irq_seen: int | None = None,
+                    forced: bool = False) -> bool:
         """About to ``emu_start``: False if a request came first (the run loop goes
         round again to honour it), an interrupt request included when ``irq_seen``
         (the ``irq_seq`` read before the sources were asked) is out of date.
-        Capabilities asked while running take effect here; guest time runs from here."""
+        Capabilities asked while running take effect here; guest time runs from here.
+        ``forced``: a parked vCPU completes one instruction for the debugger (only the
+        VM's end refuses it)."""
         with self.cond:
-            if self.suspend or self.dirty or self._vm_over() or (
-                    irq_seen is not None and irq_seen != self.irq_seq):
+            if self._vm_over() or not forced and (
+                    self.suspend or self.dirty or self.points_stale or (
+                        irq_seen is not None and irq_seen != self.irq_seq)):
                 return False
             self.bpt_exit = self.bpt_exit_asked
             self.in_guest, self.kicked = kickable, False

@@ -22,11 +22,13 @@ from typing import TYPE_CHECKING
 from unicorn import UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INTR, UcError
 from unicorn import x86_const as X
 
+from model.points import Point
 from stub.vmm import idt, insn
 from stub.vmm.api import VmExit
 from stub.vmm.bus import Bus, PowerOff, Requester
 from stub.vmm.cpu import Cpu, OptionalHook
 from stub.vmm.mailbox import Mailbox
+from stub.vmm.pointhooks import PointHooks
 from stub.vmm.watch import WindowWatch
 
 if TYPE_CHECKING:
@@ -44,6 +46,8 @@ class HookKind(enum.Enum):
     EXCEPTION = "exception"  # UC_HOOK_INTR: value is the vector
     STOP = "stop"  # the code hook or the window watch stopped the slice
     POWEROFF = "poweroff"  # a device's out asked for it (a reset too): ``effect`` says how
+    POINT = "point"  # an armed VA breakpoint or watchpoint matched: ``point``
+    PASS = "pass"  # an access to a watched page that no watchpoint matches (not made)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +55,11 @@ class HookEvent:
     kind: HookKind
     value: int = 0
     effect: PowerOff | None = None
+    point: Point | None = None
 
 
 STOP = HookEvent(HookKind.STOP)
+PASS = HookEvent(HookKind.PASS)
 _EXCEPTIONS = tuple(HookEvent(HookKind.EXCEPTION, v) for v in range(256))  # no allocation
 
 
@@ -87,6 +93,7 @@ class SliceRunner:
         self._insns = 0
         self._limit = 1  # instructions the code hook lets a slice run
         self._code = OptionalHook(cpu, UC_HOOK_CODE, self._on_code)
+        self.points = PointHooks(cpu, self._on_point, self._on_pass, self._on_point_stop)
         uc = cpu.uc
         uc.hook_add(UC_HOOK_INTR, self._on_intr)
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
@@ -112,10 +119,18 @@ class SliceRunner:
         self.error = None
         watch = self.watch
         watch.stopped = False
+        self.points.begin_slice(rip, mode is SliceMode.SINGLE or mode is SliceMode.TF)
         try:
-            cpu.emu_start(rip)
-        except UcError as err:
-            self.error = err
+            self._start(rip)
+            while self.event is PASS:
+                self.event = None  # nothing happened yet: the access waits for us
+                if mail.kicked:  # racy read: a lost kick is repeated by the ticker
+                    break
+                self._complete_one()
+                if mode is SliceMode.SINGLE or mode is SliceMode.TF or self.event \
+                        or self.error or watch.stopped or self._spent():
+                    break
+                self._start(cpu.rip)  # carry on where the free/bounded slice was
         finally:
             self.kicked = mail.leave_guest()  # guest time stops here, whatever happened
         if watch.stopped and self.event is None:
@@ -123,6 +138,52 @@ class SliceRunner:
         if self.budget is not None:
             self._charge(mode)
         return True
+
+    def _start(self, rip: int) -> None:
+        try:
+            self._cpu.emu_start(rip)
+        except UcError as err:
+            if self.event is None or self.event.kind is not HookKind.POINT \
+                    and self.event is not PASS:
+                self.error = err  # (a protection stop is the point's, not an error)
+
+    def _complete_one(self) -> None:
+        """Execute the instruction at RIP, whose access to a watched page matched no
+        watchpoint, with this vCPU's protection lifted; its own event (a fault, a trap)
+        is the slice's."""
+        cpu, code = self._cpu, self._code
+        was_on = code.active
+        saved = self._insns, self._limit, self.watch_if
+        self._insns, self._limit, self.watch_if = 0, 1, False
+        rip = cpu.rip
+        self.points.begin_slice(rip, True, skip=True)
+        code.on()
+        try:
+            with self.points.lifted():
+                self._start(rip)
+        finally:
+            if self.event is STOP:
+                self.event = None  # the code hook's stop after the one instruction
+            self._insns, self._limit, self.watch_if = saved
+            if not was_on:
+                code.off()
+
+    def _spent(self) -> bool:
+        return self.budget is not None and self._insns >= self._limit
+
+    def complete_access(self) -> VmExit | None:
+        """A parked vCPU's pending watched access (its last exit was WATCH), made now
+        with the protection lifted and no interrupt first; the exit it leads to."""
+        mail = self._mail
+        if not mail.enter_guest(False, forced=True):
+            return None
+        self.event = None
+        self.error = None
+        try:
+            self._complete_one()
+        finally:
+            mail.leave_guest()
+        return self.outcome()
 
     def _arm(self, mode: SliceMode) -> None:
         if mode is SliceMode.SINGLE or mode is SliceMode.BOUNDED:
@@ -144,7 +205,9 @@ class SliceRunner:
         bounded run always ends)."""
         if mode is SliceMode.SINGLE or mode is SliceMode.BOUNDED:
             # The hook counts the instruction it stopped in front of, which did not run.
-            ran = self._insns - (1 if self.event is STOP else 0)
+            stopped = self.event is STOP or (
+                self.event is not None and self.event.kind is HookKind.POINT)
+            ran = self._insns - (1 if stopped else 0)
         else:
             ran = 1  # a TF slice is one instruction
         self.budget -= max(1, ran)
@@ -170,6 +233,15 @@ class SliceRunner:
     def _note(self, event: HookEvent) -> None:
         if self.event is None:  # the first event of a slice is what happened
             self.event = event
+
+    def _on_point(self, point: Point) -> None:
+        self._note(HookEvent(HookKind.POINT, point=point))
+
+    def _on_pass(self) -> None:
+        self._note(PASS)
+
+    def _on_point_stop(self) -> None:
+        self._note(STOP)
 
     def _on_intr(self, uc, intno: int, _data) -> None:
         self._note(_EXCEPTIONS[intno])

@@ -77,6 +77,8 @@ class EmulatedVcpu(Vcpu):
         self._free = FreeRun(self.cpu, self._mail, self._slices, self._events)
         self._asked = dict.fromkeys(Cap, False)  # step capabilities (BPT_EXIT: the mailbox)
         self._end: VmExit | None = None  # this vCPU ended the VM: its exit, for every run()
+        self._pending: VmExit | None = None  # an exit complete_access led to, for run()
+        self._range: tuple[int, int] | None = None  # the next step's range (RANGE_STEP)
         # Set while run() blocks (halted, or not started), for tests and status displays.
         self.waiting = threading.Event()
 
@@ -144,6 +146,8 @@ class EmulatedVcpu(Vcpu):
             exit_ = self._run(block=max_instructions is None)
         finally:
             self._mail.in_run = False
+        if exit_ is not _IDLE and exit_.kind is not ExitKind.BUDGET:
+            self._range = None  # a range is for one step only
         if exit_ is _IDLE:
             return VmExit(ExitKind.BUDGET, rip=self.cpu.rip, detail="idle")
         return exit_
@@ -156,7 +160,10 @@ class EmulatedVcpu(Vcpu):
             exit_ = self._run(block=False)
         finally:
             self._mail.in_run = False
-        return None if exit_ is _IDLE else exit_
+        if exit_ is _IDLE:
+            return None  # the owner thread finishes the step (and its range)
+        self._range = None
+        return exit_
 
     def _run(self, block: bool) -> VmExit:
         mail, slices = self._mail, self._slices
@@ -166,16 +173,27 @@ class EmulatedVcpu(Vcpu):
                 return exit_
             if mail.dirty:  # unlocked peek: the slice entry checks again under the lock
                 self.cpu.forget_code(mail.take_dirty())
+            if mail.points_stale and mail.take_points():
+                slices.points.sync(self._vm.points.armed)
             if slices.budget is not None and slices.budget <= 0:
                 return VmExit(ExitKind.BUDGET, rip=self.cpu.rip)
             if self._mtrap.on:
-                exit_ = self._mtrap.step()
+                exit_ = self._in_range(self._mtrap.step())
             elif self._tf.on:
-                exit_ = self._tf_step.step()
+                exit_ = self._in_range(self._tf_step.step())
             else:
                 exit_ = self._free.run()
             if exit_ is not None:
                 return exit_
+
+    def _in_range(self, exit_: VmExit | None) -> VmExit | None:
+        """A range step goes on (None: round the run loop, which honours requests and
+        waits in hlt as for any step) while the step's trap leaves RIP in the range."""
+        if exit_ is None or self._range is None:
+            return exit_
+        start, end = self._range
+        trap = exit_.kind is ExitKind.MTRAP or (exit_.kind is ExitKind.DB and exit_.trace_trap)
+        return None if trap and start <= exit_.rip < end else exit_
 
     def _wait_runnable(self, block: bool) -> VmExit | None:
         """Block while not started or halted (``_IDLE`` instead when ``block`` is False);
@@ -187,6 +205,9 @@ class EmulatedVcpu(Vcpu):
             while True:
                 if self._end is not None:
                     return self._end
+                if self._pending is not None:
+                    exit_, self._pending = self._pending, None
+                    return exit_
                 if self._vm.over:
                     return VmExit(ExitKind.SHUTDOWN)
                 if mail.suspend:
@@ -213,6 +234,25 @@ class EmulatedVcpu(Vcpu):
 
     def translate(self, gva: int) -> int:
         return self.cpu.translate(gva)
+
+    def complete_access(self) -> None:
+        mail = self._mail
+        if mail.in_run:
+            raise VmmError(f"vCPU {self.index}: complete_access only while parked")
+        if mail.take_points():
+            self._slices.points.sync(self._vm.points.armed)
+        if mail.dirty:
+            self.cpu.forget_code(mail.take_dirty())
+        exit_ = self._slices.complete_access()
+        if exit_ is not None:  # a fault it raised and could not deliver, ...
+            self._pending = exit_
+
+    def set_step_range(self, start: int, end: int) -> None:
+        if self._mail.in_run:
+            raise VmmError(f"vCPU {self.index}: a step range is set only while parked")
+        if not 0 <= start < end <= 1 << 64:
+            raise VmmError(f"bad step range [{start:#x}, {end:#x})")
+        self._range = (start, end)
 
     def request_suspend(self) -> None:
         self._mail.request_suspend()
@@ -281,6 +321,11 @@ class EmulatedVcpu(Vcpu):
         """An interrupt source's request rose: kick the vCPU out of its slice or hlt to
         look at its sources. Thread-safe (sources call it with none of their locks held)."""
         if self._mail.interrupt():
+            self._vm.ticker.poke()  # repeats the kick if Unicorn loses it
+
+    def points_changed(self) -> None:
+        """The VM's armed points changed: apply them before the next slice."""
+        if self._mail.mark_points():
             self._vm.ticker.poke()  # repeats the kick if Unicorn loses it
 
     def mark_dirty(self, start: int, end: int) -> None:
