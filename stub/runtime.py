@@ -531,5 +531,61 @@ class Runtime:
             self.coord.require_stopped()
             return self.vm.vcpus[i].translate(gva)
 
+    # ---- queries for the session (session helper)
+    def vcpu_count(self) -> int:
+        """The configured vCPUs: gdb's threads 1..n, started or not."""
+        return len(self.vm.vcpus)
+
+    def thread_states(self) -> list[tuple[str, bool]]:
+        """(lifecycle state, halted) of every configured vCPU, in one look. ``halted``:
+        parked while waiting in hlt, when the VMM tells (the emulated one does)."""
+        with self.lock:
+            return [(state, self.coord.parked(i) and not self._lent[i]
+                     and bool(getattr(self.vm.vcpus[i], "halted", False)))
+                    for i, state in enumerate(self.coord.states)]
+
+    def read_physical(self, gpa: int, size: int) -> bytes:
+        """Guest-physical memory of the stopped guest (``Qqemu.PhyMemMode:1``):
+        a fault part-way gives a short read, one on the first byte raises
+        MemoryAccessError; breakpoint bytes read as the original."""
+        with self.lock:
+            self.coord.require_stopped()
+            out = bytearray()
+            for addr, chunk in self._physical_pages(gpa, size):
+                try:
+                    out += self.vm.read_phys(addr, chunk)
+                except MemoryFault:
+                    break
+            if size and not out:
+                raise MemoryAccessError(f"no guest RAM at physical {gpa:#x}")
+            for bp, orig in self.originals.items():
+                if gpa <= bp < gpa + len(out):
+                    out[bp - gpa] = orig[0]
+            return bytes(out)
+
+    def write_physical(self, gpa: int, data: bytes) -> None:
+        """Write guest-physical memory of the stopped guest; a byte under a breakpoint
+        updates the saved original and the int3 stays (as ``write_memory``)."""
+        with self.lock:
+            self.coord.require_stopped()
+            piece = bytearray(data)
+            for bp in self.originals:
+                if gpa <= bp < gpa + len(piece):
+                    self.originals[bp] = bytes([piece[bp - gpa]])
+                    piece[bp - gpa] = INT3[0]
+            try:
+                self.vm.write_phys(gpa, bytes(piece))
+            except MemoryFault as err:
+                raise MemoryAccessError(f"cannot write physical {gpa:#x}: {err}") from None
+
+    @staticmethod
+    def _physical_pages(gpa: int, size: int):
+        """(gpa, length) per page of [gpa, gpa+size)."""
+        end = gpa + size
+        while gpa < end:
+            chunk = min(end, (gpa & ~(PAGE - 1)) + PAGE) - gpa
+            yield gpa, chunk
+            gpa += chunk
+
 
 __all__ = ["ExitEvent", "MemoryAccessError", "Runtime", "StopEvent"]
