@@ -1,6 +1,7 @@
 """VM definitions: the built-in catalog, a user directory, or a path.
 
-A VM definition is a small TOML file::
+A VM definition is a small TOML file (every key, its type, default and limits are in
+README.md, "VM definition files")::
 
     kernel = "../guests/demo/demo.elf"   # relative to the TOML file
     vcpus = 4
@@ -34,8 +35,24 @@ from stub.vmm.boot import CHOICES as BOOT_CHOICES
 CATALOG = Path(__file__).resolve().parent / "vms"
 MAX_VCPUS = 16
 KERNEL_MEMORY_MB = 128  # --kernel without --vm: what QEMU gives, and what kernels expect
-KEYS = {"name", "kernel", "vcpus", "memory_mb", "cpu", "backend", "timer_hz", "description",
-        "boot", "initrd", "append"}
+MIN_MEMORY_MB, MAX_MEMORY_MB = 4, 4096
+MAX_TIMER_HZ = 10000
+#: Every key a VM definition may have, with the TOML type it must be (README, "VM
+#: definition files"; ``initrd`` is a list of strings, checked on its own).
+TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "name": (str, "a string"),
+    "description": (str, "a string"),
+    "kernel": (str, "a string (a file name)"),
+    "vcpus": (int, "an integer"),
+    "memory_mb": (int, "an integer"),
+    "cpu": (str, "a string"),
+    "backend": (str, "a string"),
+    "timer_hz": ((int, float), "a number"),
+    "boot": (str, "a string"),
+    "initrd": (list, "a list of file names"),
+    "append": (str, "a string"),
+}
+KEYS = set(TYPES)
 
 
 class VmConfigError(Exception):
@@ -113,35 +130,44 @@ def load_toml(path: Path) -> VmConfig:
         raise VmConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
     if "kernel" not in data:
         raise VmConfigError(f"{path}: missing 'kernel'")
+    for key, value in data.items():
+        kind, words = TYPES[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise VmConfigError(f"{path}: '{key}' must be {words}, not {_shown(value)}")
+    initrd = data.get("initrd", [])
+    if not all(isinstance(i, str) for i in initrd):
+        raise VmConfigError(f"{path}: 'initrd' must be a list of file names, "
+                            f"not {_shown(initrd)}")
     fields = {k: v for k, v in data.items() if k not in ("kernel", "initrd")}
     fields.setdefault("name", path.stem)
-    kernel = (path.parent / str(data["kernel"])).resolve()
-    for key, kind in (("vcpus", int), ("memory_mb", int), ("timer_hz", (int, float)),
-                      ("cpu", str), ("backend", str), ("name", str), ("description", str),
-                      ("boot", str), ("append", str)):
-        if key in fields and (not isinstance(fields[key], kind) or isinstance(fields[key], bool)):
-            raise VmConfigError(f"{path}: '{key}' has the wrong type ({fields[key]!r})")
-    initrd = data.get("initrd", [])
-    if not isinstance(initrd, list) or not all(isinstance(i, str) for i in initrd):
-        raise VmConfigError(f"{path}: 'initrd' must be a list of file names ({initrd!r})")
+    kernel = (path.parent / data["kernel"]).resolve()
     return validate(VmConfig(kernel=kernel, source=str(path),
                              initrd=tuple((path.parent / i).resolve() for i in initrd),
                              **fields))
+
+
+def _shown(value) -> str:
+    """A TOML value in a one-line message (a long one cut short)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def validate(cfg: VmConfig) -> VmConfig:
     where = cfg.source or cfg.name
     if not 1 <= cfg.vcpus <= MAX_VCPUS:
         raise VmConfigError(f"{where}: vcpus must be 1..{MAX_VCPUS}, not {cfg.vcpus}")
-    if not 4 <= cfg.memory_mb <= 4096:
-        raise VmConfigError(f"{where}: memory_mb must be 4..4096, not {cfg.memory_mb}")
+    if not MIN_MEMORY_MB <= cfg.memory_mb <= MAX_MEMORY_MB:
+        raise VmConfigError(f"{where}: memory_mb must be {MIN_MEMORY_MB}..{MAX_MEMORY_MB}, "
+                            f"not {cfg.memory_mb}")
     if cfg.cpu not in PERSONALITIES:
         raise VmConfigError(f"{where}: cpu must be one of {', '.join(PERSONALITIES)}, "
                             f"not {cfg.cpu!r}")
     if cfg.backend not in BACKENDS:
-        raise VmConfigError(f"{where}: backend must be one of {', '.join(BACKENDS)}")
-    if not 0 < cfg.timer_hz <= 10000:
-        raise VmConfigError(f"{where}: timer_hz must be in (0, 10000], not {cfg.timer_hz}")
+        raise VmConfigError(f"{where}: backend must be one of {', '.join(BACKENDS)}, "
+                            f"not {cfg.backend!r}")
+    if not 0 < cfg.timer_hz <= MAX_TIMER_HZ:
+        raise VmConfigError(f"{where}: timer_hz must be in (0, {MAX_TIMER_HZ}], "
+                            f"not {cfg.timer_hz}")
     if cfg.boot not in BOOT_CHOICES:
         raise VmConfigError(f"{where}: boot must be one of {', '.join(BOOT_CHOICES)}, "
                             f"not {cfg.boot!r}")
