@@ -87,7 +87,7 @@ def info_registers(ctx: Context, args: list[str]) -> str:
                           "mxcsr", *OPTIONAL))
     long = mode_of(regs) == "long"
     width = 16 if long else 8
-    lines = _gprs(regs, long)
+    lines = [f"CPU#{ctx.vcpu}", *_gprs(regs, long)]
     flags = regs.get("rflags", 0)
     letters = "".join(c if flags >> bit & 1 else "-" for bit, c in FLAG_LETTERS)
     system = " ".join(name for bit, name in OTHER_FLAGS if flags >> bit & 1)

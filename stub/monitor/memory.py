@@ -16,6 +16,8 @@ from stub.vmm.api import TranslationFault
 PAGING_REGS = ("cr0", "cr3", "cr4", "efer")
 MAX_XP_BYTES = 16 << 10  # one reply: the output must fit a packet
 MAX_INSN = 15
+MASK64 = (1 << 64) - 1  # a range up to the top of memory ends at 0
+SPLIT = 8  # instruction bytes on an xp /i line, as QEMU prints them
 
 
 def _mappings(ctx: Context) -> list[pt.Mapping] | None:
@@ -35,7 +37,7 @@ def info_mem(ctx: Context, args: list[str]) -> str:
     maps = _mappings(ctx)
     if maps is None:
         return "PG disabled\n"
-    return "".join(f"{r.start:016x}-{r.end:016x} {r.size:016x} "
+    return "".join(f"{r.start:016x}-{r.end & MASK64:016x} {r.size:016x} "
                    f"{'u' if r.user else '-'}r{'w' if r.writable else '-'}\n"
                    for r in pt.merge(maps)) or "no mappings\n"
 
@@ -157,15 +159,29 @@ def _disassemble(ctx: Context, addr: int, count: int) -> str:
             capstone.CS_MODE_32 if regs.get("cr0", 0) & 1 else capstone.CS_MODE_16)
     data = _read_available(ctx, addr, count * MAX_INSN)
     md = capstone.Cs(capstone.CS_ARCH_X86, mode)
-    lines = []
+    md.syntax = capstone.CS_OPT_SYNTAX_ATT  # QEMU's (and gdb's) default
+    lines: list[str] = []
+    end, decoded = addr, 0
     for insn in md.disasm(data, addr, count):
-        text = " ".join(f"{b:02x}" for b in insn.bytes)
-        lines.append(f"0x{insn.address:08x}:  {text:<24} {insn.mnemonic} {insn.op_str}"
-                     .rstrip())
-    if len(lines) < count:
-        at = addr + sum(len(i.bytes) for i in md.disasm(data, addr, count))
-        lines.append(f"0x{at:08x}:  (cannot decode{' beyond RAM' if at >= addr + len(data) else ''})")
+        lines += _insn_lines(insn)
+        end, decoded = insn.address + insn.size, decoded + 1
+    if decoded < count:
+        lines.append(f"0x{end:08x}:  (cannot decode"
+                     f"{' beyond RAM' if end >= addr + len(data) else ''})")
     return "\n".join(lines) + "\n"
+
+
+def _insn_lines(insn) -> list[str]:
+    """QEMU's capstone layout: 8 bytes, the mnemonic padded to 8, then the operands;
+    the bytes of a longer instruction continue on lines of their own."""
+    code = bytes(insn.bytes)
+    first = "".join(f" {b:02x}" for b in code[:SPLIT])
+    lines = [f"0x{insn.address:08x}: {first:<{3 * SPLIT}}  {insn.mnemonic:<8} {insn.op_str}"
+             .rstrip()]
+    for at in range(SPLIT, len(code), SPLIT):
+        rest = "".join(f" {b:02x}" for b in code[at:at + SPLIT])
+        lines.append(f"0x{insn.address + at:08x}: {rest}")
+    return lines
 
 
 def _read_available(ctx: Context, addr: int, size: int) -> bytes:
