@@ -32,6 +32,8 @@ ENDINGS = {
     "debug-exit-0x1ff": (b"\xb8\xff\x01\x00\x00\xe7\xf4", b"Wff", 0xFF),
     # mov al, 0x7f; out 0xf4, al: the largest status that keeps V whole
     "debug-exit-0x7f": (b"\xb0\x7f\xe6\xf4", b"W7f", 0xFF),
+    # mov al, 0x80; out 0xf4, al: (0x80<<1)|1 = 0x101, of which a status keeps 1
+    "debug-exit-0x80": (b"\xb0\x80\xe6\xf4", b"W80", 1),
     # mov al, 0x05; out 0xf4, al
     "debug-exit-5": (b"\xb0\x05\xe6\xf4", b"W05", 11),
 }

@@ -117,6 +117,16 @@ def test_unusable_console_or_log_is_one_line_and_exit_2(tmp_path):
         assert "Traceback" not in r.stderr
 
 
+def test_bad_input_is_on_stderr_and_in_the_log_file(tmp_path):
+    log = tmp_path / "stub.log"
+    r = subprocess.run([sys.executable, "-m", "stub", "--vm", "no-such-vm", "--log", str(log)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [line for line in r.stderr.splitlines()
+                                     if line.startswith("stub: error: no-such-vm: no such VM")]
+    assert log.read_text().splitlines() == r.stderr.splitlines()
+
+
 def test_console_file_and_log_file_take_everything(tmp_path):
     guest, log = tmp_path / "serial.txt", tmp_path / "stub.log"
     log.write_text("an older run\n")  # --log appends
