@@ -49,7 +49,9 @@ class Console:
         self.stream = stream
         self.name = name  # what --console said: stdio, none or the file
         self.is_stdio = name == STDIO
-        self.lock = threading.Lock()
+        # Reentrant: the SIGINT handler logs on the server thread, which may be in the
+        # middle of a write here (a lone step runs the guest on that thread).
+        self.lock = threading.RLock()
         self.mid_line = False  # the guest's last byte was not a line end
 
     def write(self, data: bytes) -> None:

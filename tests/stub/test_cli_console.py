@@ -62,6 +62,21 @@ def test_apart_streams_are_left_alone(tmp_path, logger):
     assert log.read_text() == "stub: debugger connected\n"
 
 
+def test_one_terminal_is_one_screen_and_two_files_are_not(tmp_path):
+    import os
+
+    primary, secondary = os.openpty()
+    try:
+        with open(secondary, "wb", closefd=False) as out, \
+                open(os.dup(secondary), "w") as err:  # stdout and stderr on one tty
+            assert consoles.same_file(out, err)
+            with open(tmp_path / "a", "wb") as a:
+                assert not consoles.same_file(out, a)
+    finally:
+        os.close(primary)
+        os.close(secondary)
+
+
 def test_none_discards_the_guest_output():
     con = consoles.open_console("none")
     con.write(b"anything")
