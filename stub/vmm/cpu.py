@@ -116,6 +116,16 @@ class Cpu:
         self._msr_ref = ctypes.byref(self._msr)
         self._paging: tuple[int, int, int, int] | None = None
         self._enter_long_mode()
+        self._power_on = self.uc.context_save()  # for reset(): CPU state only, no memory
+
+    def reset(self) -> None:
+        """Back to the state this instance was built in (system_reset). Hooks and
+        memory protection are not CPU state and stay; translations are dropped (the
+        kernel is loaded again)."""
+        self.uc.context_restore(self._power_on)
+        self.uc.ctl_flush_tb()
+        self.exc.forget()
+        self._paging = None
 
     def _enter_long_mode(self) -> None:
         uc = self.uc

@@ -76,6 +76,7 @@ class EmulatedVm(Vm):
         self.cpu_model = _vm_personality(cpu)
         self.ram = GuestRam(memory)
         self.ram_size = memory
+        self._kernel = (image, modules, cmdline, boot)  # loaded again by reset()
         self.boot = protocols.load(self.ram, image, modules, cmdline, boot)
         self.clock = GuestClock() if ticker else ManualClock()
         self.platform = Platform(self.clock, memory, console, self.start_ap)
@@ -91,10 +92,13 @@ class EmulatedVm(Vm):
         self.ticker = Ticker(self) if ticker else NoTicker()
         self.pv_timer = PvTimer(self.clock, timer_hz, self._post_ticks) \
             if self.paravirt_timer else None
+        self._start_bsp()
+        self.ticker.start()
+
+    def _start_bsp(self) -> None:
         self.vcpus[0].start(self.boot.entry)
         if not self.boot.long_mode:  # APs stay as they are: only vmstub starts them
             self.vcpus[0].cpu.enter_protected32(self.boot.entry, self.boot.registers)
-        self.ticker.start()
 
     @property
     def over(self) -> bool:
@@ -114,6 +118,25 @@ class EmulatedVm(Vm):
     def shutdown(self) -> None:
         self._stopping = True
         self._stop_all()
+
+    def reset(self) -> None:
+        """system_reset (every vCPU parked): RAM cleared and the kernel loaded again,
+        every device and vCPU at power-on, vCPU 0 started at the entry; the APs start
+        when the guest starts them. Armed points, capabilities and suspend requests
+        are the debugger's and stay."""
+        if self._stopping:
+            raise VmmError("the VM is shut down")
+        running = [v.index for v in self.vcpus if v.in_run_started]
+        if running:
+            raise VmmError(f"reset needs every vCPU parked; vCPU {running[0]} runs")
+        self.ram.zero(0, self.ram_size)
+        self.boot = protocols.load(self.ram, *self._kernel)
+        self.platform.reset()
+        for vcpu in self.vcpus:
+            vcpu.reset()
+        self._ended = False
+        self._start_bsp()
+        self.ticker.poke()
 
     def arm_point(self, point: Point, via: Vcpu) -> None:
         if point.kind in ("sw_va", "hw"):

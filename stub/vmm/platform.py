@@ -81,6 +81,14 @@ class Platform:
         for device, start, count in ports:
             self.bus.add_ports(device, start, count)
 
+    def reset(self) -> None:
+        """system_reset: every device back to its power-on state (``reset()`` on each
+        attribute that has one; the guest clock goes on, as QEMU's virtual clock does)."""
+        devices = {id(d): d for d in vars(self).values()
+                   if d is not self.clock and callable(getattr(d, "reset", None))}
+        for device in devices.values():
+            device.reset()
+
     def wall_time(self) -> float:
         """Seconds since the epoch as the guest's clocks tell it (the CMOS clock)."""
         return self._boot_wall + self.clock.now() / SECOND

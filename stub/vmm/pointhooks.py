@@ -22,6 +22,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from unicorn import unicorn_const as U
 from unicorn import (UC_HOOK_CODE, UC_HOOK_MEM_READ_PROT, UC_HOOK_MEM_WRITE_PROT,
                      UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE)
 from unicorn import x86_const as X
@@ -79,7 +80,9 @@ class PointHooks:
 
     def _protect(self, wanted: dict[int, tuple[bool, bool]]) -> None:
         uc = self._cpu.uc
-        perms = {page: UC_PROT_EXEC | (0 if r else UC_PROT_READ) | (0 if w else UC_PROT_WRITE)
+        # A page whose reads are watched loses write permission too: Unicorn fills a
+        # TLB entry's read side on a write, and reads would then go by unchecked.
+        perms = {page: UC_PROT_EXEC | (0 if r else UC_PROT_READ) | (0 if w or r else UC_PROT_WRITE)
                  for page, (r, w) in wanted.items()}
         if perms and not self._prot:
             self._prot = [uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._on_write),
@@ -91,6 +94,7 @@ class PointHooks:
             if self._pages.get(page) != p and not self._lifted:
                 uc.mem_protect(page, PAGE, p)
         self._pages = perms
+        _flush_tlb(uc)
         if not perms and self._prot:
             for handle in self._prot:
                 uc.hook_del(handle)
@@ -113,6 +117,7 @@ class PointHooks:
             self._lifted = False
             for page, p in self._pages.items():
                 uc.mem_protect(page, PAGE, p)
+            _flush_tlb(uc)
 
     # -- slices ----------------------------------------------------------------------------
     def begin_slice(self, rip: int, single: bool, skip: bool = False) -> None:
@@ -170,5 +175,7 @@ class PointHooks:
         return False  # stop before the access (the run goes on from the slice runner)
 
 
-def is_va_break(point: Point | None) -> bool:
-    return point is not None and not point.is_watch
+def _flush_tlb(uc) -> None:
+    """Unicorn checks a page's permissions only when its TLB entry is filled: an entry
+    filled before the protection (or while it was lifted) would let accesses by."""
+    uc.ctl(U.UC_CTL_TLB_FLUSH, U.UC_CTL_IO_WRITE)

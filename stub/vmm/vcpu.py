@@ -269,6 +269,14 @@ class EmulatedVcpu(Vcpu):
 
     # ================================================================ beyond the contract
     @property
+    def in_run_started(self) -> bool:
+        """Inside run() and started (a vCPU waiting in run() to be started is as good
+        as parked: nothing of it runs)."""
+        mail = self._mail
+        with mail.cond:
+            return mail.in_run and mail.started
+
+    @property
     def halted(self) -> bool:
         """In hlt, waiting for an interrupt (read it while the vCPU is parked)."""
         return self._events.halted
@@ -311,6 +319,23 @@ class EmulatedVcpu(Vcpu):
             mail.started = True
             mail.cond.notify_all()
             return True
+
+    def reset(self) -> None:
+        """system_reset, on a parked vCPU: the CPU as built, not started, nothing
+        pending; the debugger's settings (capabilities, suspend, armed points) stay."""
+        mail = self._mail
+        self.cpu.reset()
+        with mail.cond:
+            mail.started = False
+            mail.tick = False
+            mail.dirty = []
+        self._events.halted = False
+        was_on = self._tf.on
+        self._tf.shadow = TfShadow()
+        if was_on:
+            self._tf.enable()
+        self._end = self._pending = self._range = None
+        self._slices.points.parked_at = None
 
     def post_tick(self) -> None:
         """Raise the paravirtual timer's tick (vector 0x20, pending until delivered; one

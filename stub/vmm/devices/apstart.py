@@ -15,5 +15,8 @@ class ApStart(PortDevice):
     def __init__(self, start: Callable[[int, int], None]):
         self._start = start  # (vCPU index, entry)
 
+    def reset(self) -> None:
+        """Stateless (which APs run is the vCPUs' business)."""
+
     def io_out(self, port: int, size: int, value: int, cpu: Requester) -> None:
         self._start(value, cpu.register("rbx"))

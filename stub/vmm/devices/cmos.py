@@ -75,6 +75,13 @@ class Cmos(PortDevice):
         self._last_c = self._now()
         self._set_memory_sizes(ram_size)
 
+    def reset(self) -> None:
+        """system_reset: the CMOS is battery-backed, so its RAM and its clock stay;
+        only the index register (and its NMI mask bit) start again."""
+        with self._lock:
+            self._index = 0
+            self.nmi_disabled = False
+
     def _set_memory_sizes(self, ram_size: int) -> None:
         below_4g = min(ram_size, 4 << 30)
         extended = min(max(below_4g - MIB, 0) // KIB, 0xFFFF)

@@ -24,6 +24,9 @@ class DebugCon(PortDevice):
         self._lock = threading.Lock()  # vCPUs write concurrently
         self._output = bytearray()
 
+    def reset(self) -> None:
+        """Nothing to reset: ``output`` is a log of everything the guest wrote."""
+
     @property
     def output(self) -> bytes:
         with self._lock:

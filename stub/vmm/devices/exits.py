@@ -35,6 +35,10 @@ class AcpiPm1Control(PortDevice):
         self._lock = threading.Lock()  # vCPU threads
         self._value = 0
 
+    def reset(self) -> None:
+        with self._lock:
+            self._value = 0
+
     def io_out(self, port: int, size: int, value: int, cpu: Requester) -> PowerOff | None:
         shift = 8 * ((port - self._base) & 1)
         mask = ((1 << 8 * size) - 1) << shift & 0xFFFF

@@ -46,13 +46,22 @@ class I8042(PortDevice):
     def __init__(self, irq: IrqLine | None = None):
         self._irq = irq if irq is not None else IrqLine()
         self._lock = threading.Lock()  # vCPU threads
+        self._level = False
+        self._power_on()
+
+    def reset(self) -> None:
+        """Back to the power-on state (system_reset)."""
+        with self._lock:
+            self._power_on()
+            self._update_irq()
+
+    def _power_on(self) -> None:
         self._command_byte = COMMAND_BYTE
         self._output_port = OUTPUT_PORT
         self._out = 0  # the output buffer, read again when empty
         self._full = False
         self._last_was_command = False
         self._waiting: int | None = None  # a command whose byte comes through 0x60
-        self._level = False
 
     @property
     def a20(self) -> bool:

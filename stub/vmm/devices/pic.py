@@ -214,6 +214,17 @@ class PicPair(PortDevice):
         self._intr = False
         self._notify: Notify | None = None
 
+    def reset(self) -> None:
+        """Both chips back to their power-on state (uninitialised, all masked but the
+        cascade); input levels are the devices' and are kept, so a line still high
+        is seen again once the guest unmasks it."""
+        with self._lock:
+            master, slave = self.master, self.slave
+            self.master = Chip(True, 0x08, 0xFF & ~(1 << CASCADE), 0xF8)
+            self.slave = Chip(False, 0x70, 0xFF, 0xDE)
+            self.master.lines, self.slave.lines = master.lines, slave.lines
+            self._intr = False
+
     def connect(self, notify: Notify) -> None:
         """INTR's consumer (vCPU 0): called, with no lock held, when INTR rises."""
         self._notify = notify

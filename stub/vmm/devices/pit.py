@@ -211,6 +211,16 @@ class Pit(PortDevice):
         self._armed: int | None = None  # the deadline channel 0's timer is armed for
         self._last_irq = -MIN_IRQ_PERIOD
 
+    def reset(self) -> None:
+        """Every channel unprogrammed, port B cleared, no IRQ 0 coming."""
+        with self._lock:
+            self.channels = (Channel(True), Channel(True), Channel(False))
+            self._port_b = 0
+            self._refresh = False
+            self._armed = None
+            self._timer.cancel()
+            self._last_irq = -MIN_IRQ_PERIOD
+
     # -- ports ----------------------------------------------------------------------
     def io_out(self, port: int, size: int, value: int, cpu: Requester) -> None:
         now = self._clock.now()

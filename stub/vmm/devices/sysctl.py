@@ -29,6 +29,12 @@ class SystemControl(PortDevice):
         self._port_a = FAST_A20
         self.post_code: int | None = None
 
+    def reset(self) -> None:
+        """Back to the power-on state (system_reset)."""
+        with self._lock:
+            self._port_a = FAST_A20
+            self.post_code = None
+
     @property
     def a20(self) -> bool:
         with self._lock:

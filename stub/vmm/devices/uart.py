@@ -82,6 +82,16 @@ class Uart16550(PortDevice):
         self._sink = sink
         self._base = base
         self._lock = threading.Lock()
+        self._level = False
+        self._power_on()
+
+    def reset(self) -> None:
+        """Back to the power-on state (system_reset): the line drops, input is lost."""
+        with self._lock:
+            self._power_on()
+            self._update_irq()
+
+    def _power_on(self) -> None:
         # Power-on values (data sheet table "UART reset configuration").
         self._rx: deque[int] = deque()
         self._rbr = 0  # the last byte read, read again from an empty receiver
@@ -94,7 +104,6 @@ class Uart16550(PortDevice):
         self._scr = 0
         self._divisor = 0  # undefined at reset; 0 reads back harmlessly
         self._thr_pending = False  # the THRE interrupt's own latch
-        self._level = False
 
     # -- host side ----------------------------------------------------------------------
     def feed(self, data: bytes) -> None:

@@ -48,6 +48,11 @@ class Crtc(PortDevice):
         self._index = 0
         self._regs = bytearray(CRTC_REGISTERS)
 
+    def reset(self) -> None:
+        with self._lock:
+            self._index = 0
+            self._regs = bytearray(CRTC_REGISTERS)
+
     @property
     def cursor(self) -> int:
         """The cursor's cell offset (row * 80 + column)."""
