@@ -4,16 +4,26 @@ gdb 13 steps a thread over a breakpoint before it continues it (``vCont;s:N``), 
 though the stub's ``vCont?`` reply lists no ``s``/``S``: on x86 gdb has no software
 single-step, and all-stop gdb never asks whether the target can step. Refused with
 ``E.this VM has no single-step mechanism``, gdb takes the error as a stop with signal
-0 ("Remote failure reply"), finds its step-over unfinished and sends the step again:
-thousands of warnings a second, until it is killed.
+0 ("Remote failure reply"). Why it then loops (``set debug infrun 1``): the thread's
+stop reason is still the ``swbreak`` of the breakpoint stop before (the ``vCont`` path
+does not clear it), so ``handle_signal_stop`` says "delayed software breakpoint trap,
+ignoring", finds its step-over unfinished and sends the step again: thousands of
+warnings a second, until it is killed.
 
-What ends it (tried with gdb 13.1 against a prototype of the stub): the refusal
-answered as a stop, not an error: an ``O`` console-output packet with the reason, then
-``T00thread:N;``. gdb prints the reason once, says "Thread N stopped." and returns to
-its prompt with the thread where it was; each further ``continue`` does the same. A
-bare ``T05`` instead reads as "hit Breakpoint 1" again (misleading), ``T02`` as
-"received signal SIGINT". The stub's session answers with the error today, so this
-test is an expected failure until it answers with the stop.
+What ends it (tried with gdb 13.1 against prototypes of the stub):
+- the refusal answered as a stop, not an error: an ``O`` console-output packet with the
+  reason, then ``T00thread:N;``. gdb prints the reason once, says "Thread N stopped."
+  and returns to its prompt with the thread where it was; each further ``continue``
+  does the same, and after ``delete`` a ``continue`` runs. This test asks for that.
+- the ``E.`` kept, with no ``swbreak`` in the breakpoint's stop reply, or no ``vCont``
+  at all (an empty ``vCont?`` reply: gdb's ``Hc``/``s`` path clears the stale reason):
+  gdb prints "warning: Remote failure reply: E.this VM ..." and "Thread N stopped."
+  once. Both work, but each gives up a feature to do it.
+- a bare ``T05`` reads as "hit Breakpoint 1" again (misleading), ``T02`` as "received
+  signal SIGINT, Interrupt."
+
+The stub's session answers with the error today, so this test is an expected failure
+until it answers with the stop.
 """
 
 from __future__ import annotations
