@@ -4,10 +4,10 @@ Events come in from two sides and each returns the actions to carry out, in orde
 
 - from gdb (through the session): :meth:`attach`, :meth:`query_halt`, :meth:`resume`
   (a :class:`~model.resume.ResumeRequest`), :meth:`interrupt`,
-  :meth:`insert_breakpoint`, :meth:`remove_breakpoint`, :meth:`detach`;
+  :meth:`insert_point`, :meth:`remove_point`, :meth:`reset_vm`, :meth:`detach`;
 - from the vCPUs (through the runtime's vCPU threads): :meth:`vcpu_started`,
   :meth:`vcpu_exit_debug`, :meth:`vcpu_step_trap`, :meth:`vcpu_breakpoint`,
-  :meth:`guest_ended`.
+  :meth:`vcpu_point_hit`, :meth:`vcpu_faulted`, :meth:`guest_ended`.
 
 Every precondition of a gdb request is checked here and nowhere else: being attached,
 being stopped (:meth:`require_stopped`, which the runtime also asks before registers
@@ -30,9 +30,16 @@ What the coordinator holds
 - ``owner``: the vCPU whose event the current stop reports, if any.
 - ``reply_owed``: gdb is waiting for a stop reply; ``why``: the reason when no vCPU
   owns the stop (``"sigint"`` after Ctrl-C, ``"halt"`` for ``?`` after attach).
-- ``pending_hits``: the breakpoint GPA each parked ``at_breakpoint`` vCPU hit.
-- ``breakpoints``: the breakpoint set, keyed by guest-physical address.
-- ``ended`` and ``exit_owed``: the guest powered off or triple-faulted. gdb learns it
+- ``pending_hits``: the :class:`~model.points.Point` each parked ``at_breakpoint`` or
+  ``at_watchpoint`` vCPU hit.
+- ``points``: what gdb inserted (``model.points``): ``sw`` keyed by guest-physical
+  address (an int3 patched there), every other kind armed in the VMM.
+- ``completed``: the vCPUs at a watchpoint whose access was completed
+  (``CompleteAccess``) for the stop that reports it; a repeated ``?`` does not run it
+  again.
+- ``ranging``: the vCPUs released for a range step whose step has not ended.
+- ``ended`` and ``exit_owed``: the guest powered off, or triple-faulted without a
+  debugger (or gdb resumed from the fault stop, or detached from it). gdb learns it
   (``W``/``X``) as the answer to what it is waiting for: the pending stop reply, or its
   next ``?`` or resume if it was not waiting (a reply gdb did not ask for would land in
   the middle of its handshake).
@@ -43,22 +50,34 @@ Semantics (docs/design.md §5), as this code keeps them
 1. One stop reply per resume (a ``c``/``s``/``vCont``, or a ``?`` after attach), sent
    only when every vCPU in ``want_stopped`` is parked. A stop always wants every
    started vCPU (all-stop).
-2. One owner per stop: the first event claims it. A breakpoint hit by another vCPU
-   meanwhile stays pending, its vCPU parked, and is reported on a later resume that
-   includes that vCPU; if its breakpoint was removed by then, the event is dropped and
-   the vCPU re-executes the original instruction (RIP still points at it).
+2. One owner per stop: the first event claims it. A breakpoint or watchpoint hit (or a
+   fault) by another vCPU meanwhile stays pending, its vCPU parked, and is reported on
+   a later resume that includes that vCPU; if its point was removed by then, the event
+   is dropped and the vCPU re-executes the original instruction (RIP still points at
+   it; a watched access then simply happens, unreported). A watch hit is reported as
+   a trap: right before the stop that reports it, and only then, the access is
+   completed (``CompleteAccess``), once, while every vCPU is parked, so gdb's Old/New
+   values are the access's own.
 3. A vCPU with an unreported event is parked and is never released (only ``suspended``
    vCPUs are released; an event leaves through ``consume``).
 4. Step mechanisms are turned on when a vCPU is released for its one instruction and
    off when its trap arrives, when it is suspended instead, or when it hits a
    breakpoint; a parked vCPU never has them on.
 5. The guest never sees the debugger's TF: the hypervisor side is ``model.tf_shadow``.
-6. Breakpoints are keyed by GPA; insert and remove are idempotent; BPT_EXIT is on for
-   every started vCPU exactly while the set is non-empty (vCPUs that start later
-   included); an int3 that is not ours is re-injected into the guest.
+6. Points are keyed by ``Point``; insert and remove are idempotent; ``sw`` breakpoints
+   are int3 bytes at their GPA and BPT_EXIT is on for every started vCPU exactly while
+   there is one (vCPUs that start later included); every other kind is armed in the
+   VMM for every vCPU, later ones included, and disarmed on removal and detach; an int3
+   that is not ours is re-injected into the guest.
 7. No deadlock: a stop completes once the vCPUs it suspended exit DEBUG, which the VMM
    guarantees happens promptly; ``proofs/`` checks this under fair scheduling.
 8. A vCPU that starts while others are held is held too.
+9. A range step is a step: released, cancelled and superseded like one. In-range traps
+   do not end it unless it is wanted stopped or the stop is claimed.
+10. A triple fault with a debugger attached is a stop (SIGSEGV, registers intact), not
+    the end: the guest ends when gdb resumes from it (``X0b`` answers the resume) or
+    detaches. ``reset_vm`` (``monitor system_reset``, stopped only) brings every vCPU
+    back to its boot state with the points still inserted.
 
 vCont: one vCPU steps while others continue
 -------------------------------------------
@@ -87,22 +106,29 @@ from dataclasses import dataclass
 from model import lifecycle
 from model.actions import (
     SIGINT,
+    SIGSEGV,
     SIGTRAP,
     Action,
+    ArmPoint,
     Cap,
     ClearSuspend,
+    CompleteAccess,
+    DisarmPoint,
     PatchBreakpoint,
     ReinjectBreakpoint,
     RequestSuspend,
+    ResetVm,
     RestoreBreakpoint,
     SendExit,
     SendStop,
     SetCap,
+    StepRange,
     Stop,
 )
 from model.errors import BadVcpu, NotStopped, ProtocolError, StepUnavailable
 from model.machine import run_effects, select
-from model.resume import Resume, ResumeRequest
+from model.points import SW, Point
+from model.resume import STEPPING, Resume, ResumeRequest
 from model.step_mode import StepConfig
 
 
@@ -116,11 +142,13 @@ class Snapshot:
     owner: int | None
     reply_owed: bool
     why: str | None
-    pending_hits: tuple[int | None, ...]
-    breakpoints: frozenset[int]
+    pending_hits: tuple[Point | None, ...]
+    points: frozenset[Point]
     attached: bool
     ended: bool
     exit_owed: tuple[str, int] | None
+    completed: frozenset[int] = frozenset()
+    ranging: frozenset[int] = frozenset()
 
 
 class Coordinator:
@@ -137,14 +165,21 @@ class Coordinator:
         self.owner: int | None = None
         self.reply_owed = False
         self.why: str | None = None
-        self.pending_hits: list[int | None] = [None] * vcpus
-        self.breakpoints: set[int] = set()
+        self.pending_hits: list[Point | None] = [None] * vcpus
+        self.points: set[Point] = set()
+        self.completed: set[int] = set()
+        self.ranging: set[int] = set()
         self.attached = False
         self.ended = False
         self.exit_owed: tuple[str, int] | None = None
         self._out: list[Action] = []
 
     # ------------------------------------------------------------------ queries
+    @property
+    def breakpoints(self) -> set[int]:
+        """The GPAs of the ``sw`` breakpoints (int3 bytes patched in guest memory)."""
+        return {p.addr for p in self.points if p.kind == SW}
+
     @property
     def active(self) -> set[int]:
         return {i for i, s in enumerate(self.states) if s != "absent"}
@@ -203,13 +238,17 @@ class Coordinator:
             return self._out
         self.require_stopped()
         plan = request.plan(self.active)
-        self._check_plan(plan)
+        self._check_plan(plan, request)
+        if self.owner is not None and self.states[self.owner] == "at_fault":
+            # Point 10: gdb was told of the fault; there is nothing to resume into.
+            self._end_from_fault()
+            return self._out
         self.release_new = request.default is Resume.CONTINUE
         self._consume_reported_stop()
         self._drop_stale_hits()
         self.reply_owed = True
         self.why = None
-        pending = sorted(i for i in plan if self.states[i] == "at_breakpoint")
+        pending = sorted(i for i in plan if self.has_event(i))
         if pending:
             # Point 2: an unreported event is this resume's stop (the lowest-numbered
             # vCPU's, to be deterministic); nobody enters the guest.
@@ -218,7 +257,13 @@ class Coordinator:
             return self._out
         for i, how in sorted(plan.items()):
             self.want_stopped.discard(i)
-            self._fire(i, "release_step" if how is Resume.STEP else "release_continue")
+            if how is Resume.CONTINUE:
+                self._fire(i, "release_continue")
+            else:
+                self._fire(i, "release_step")
+                if how is Resume.RANGE:
+                    self.ranging.add(i)
+                    self._out.append(StepRange(i, *request.range_of(i)))
             self._out.append(ClearSuspend(i))
         return self._out
 
@@ -234,22 +279,60 @@ class Coordinator:
         self._finish_stop_if_complete()
         return self._out
 
-    def insert_breakpoint(self, gpa: int) -> list[Action]:
+    def insert_point(self, point: Point) -> list[Action]:
+        """``Z0``-``Z4``, resolved by the runtime to a :class:`Point`. Idempotent."""
         self._begin()
         self.require_stopped()
-        if gpa not in self.breakpoints:
-            self.breakpoints.add(gpa)
-            self._out.append(PatchBreakpoint(gpa))
-            self._sync_bpt_exits()
+        if point not in self.points:
+            self.points.add(point)
+            if point.kind == SW:
+                self._out.append(PatchBreakpoint(point.addr))
+                self._sync_bpt_exits()
+            else:
+                self._out.append(ArmPoint(point))
         return self._out
 
-    def remove_breakpoint(self, gpa: int) -> list[Action]:
+    def remove_point(self, point: Point) -> list[Action]:
+        """``z0``-``z4``. Removing what is not inserted is fine. A hit of it still
+        pending is dropped at the next resume (point 2)."""
         self._begin()
         self.require_stopped()
-        if gpa in self.breakpoints:
-            self.breakpoints.discard(gpa)
+        if point in self.points:
+            self.points.discard(point)
+            if point.kind == SW:
+                self._out.append(RestoreBreakpoint(point.addr))
+                self._sync_bpt_exits()
+            else:
+                self._out.append(DisarmPoint(point))
+        return self._out
+
+    def reset_vm(self) -> list[Action]:
+        """``monitor system_reset`` while stopped: the guest starts over from boot,
+        still stopped, the points still inserted. Guest memory is loaded again, so
+        each int3 is taken out first (its saved byte would be stale) and patched again
+        into the fresh kernel. The APs are not started any more; vCPU 0 is parked at
+        its first instruction, held until gdb resumes."""
+        self._begin()
+        self.require_stopped()
+        sw = sorted(p.addr for p in self.points if p.kind == SW)
+        for gpa in sw:
             self._out.append(RestoreBreakpoint(gpa))
-            self._sync_bpt_exits()
+        for i in sorted(self.bpt_exit_on - {0}):
+            self._set_bpt(i, False)
+        self._out.append(ResetVm())
+        for gpa in sw:
+            self._out.append(PatchBreakpoint(gpa))
+        boot = "absent" if self.states[0] == "absent" else "suspended"
+        self.states = [boot] + ["absent"] * (self.n - 1)
+        self.caps = [frozenset()] * self.n
+        self.pending_hits = [None] * self.n
+        self.completed.clear()
+        self.ranging.clear()
+        self.want_stopped = {0}
+        self.release_new = False
+        self.owner = None
+        self.why = None
+        self._sync_bpt_exits()
         return self._out
 
     def detach(self) -> list[Action]:
@@ -258,9 +341,13 @@ class Coordinator:
         self._begin()
         if not self.attached:
             return self._out
-        for gpa in sorted(self.breakpoints):
-            self._out.append(RestoreBreakpoint(gpa))
-        self.breakpoints.clear()
+        faulted = "at_fault" in self.states
+        for point in sorted(self.points):
+            if point.kind == SW:
+                self._out.append(RestoreBreakpoint(point.addr))
+            else:
+                self._out.append(DisarmPoint(point))
+        self.points.clear()
         self._sync_bpt_exits()
         self.attached = False
         self.reply_owed = False
@@ -277,6 +364,10 @@ class Coordinator:
             elif self.states[i] == "suspended":
                 self._fire(i, "release_continue")
             self._out.append(ClearSuspend(i))
+        if faulted:
+            # Point 10: a triple-faulted vCPU has nothing to run; without a debugger
+            # the guest ends, as it would have at the fault.
+            self.ended = True
         return self._out
 
     # ------------------------------------------------------------ vCPU side events
@@ -284,7 +375,7 @@ class Coordinator:
         self._begin()
         self._need_index(i)
         self._fire(i, "start")
-        if self.breakpoints:
+        if i not in self.bpt_exit_on and any(p.kind == SW for p in self.points):
             self._set_bpt(i, True)
         self._finish_stop_if_complete()  # a '?' that came before the boot vCPU
         return self._out
@@ -293,16 +384,40 @@ class Coordinator:
         """VM_EXITCODE_DEBUG: the vCPU honoured a suspend request."""
         return self._vcpu_event(i, "exit_debug")
 
-    def vcpu_step_trap(self, i: int, mtrap: bool) -> list[Action]:
-        """VM_EXITCODE_MTRAP (``mtrap``) or VM_EXITCODE_DB with ``trace_trap``."""
-        return self._vcpu_event(i, "mtrap_exit" if mtrap else "db_trap")
+    def vcpu_step_trap(self, i: int, mtrap: bool, in_range: bool = False) -> list[Action]:
+        """VM_EXITCODE_MTRAP (``mtrap``) or VM_EXITCODE_DB with ``trace_trap``.
+        ``in_range``: a range step's trap with RIP still in its range (point 9)."""
+        if in_range and i not in self.ranging:
+            self._begin()
+            raise ProtocolError(f"vCPU {i}: an in-range trap, but it is not range stepping")
+        return self._vcpu_event(i, "mtrap_exit" if mtrap else "db_trap", in_range)
 
     def vcpu_breakpoint(self, i: int, gpa: int, int3_present: bool) -> list[Action]:
         """VM_EXITCODE_BPT at guest-physical ``gpa``; ``int3_present`` says whether the
         byte there is still 0xCC (read under the lock by the runtime)."""
-        if gpa in self.breakpoints:
-            return self._vcpu_event(i, "breakpoint", gpa)
-        return self._vcpu_event(i, "foreign_int3" if int3_present else "stale_int3", gpa)
+        point = Point(SW, gpa)
+        if point in self.points:
+            return self._vcpu_event(i, "breakpoint", point)
+        return self._vcpu_event(i, "foreign_int3" if int3_present else "stale_int3", point)
+
+    def vcpu_point_hit(self, i: int, point: Point) -> list[Action]:
+        """The VMM's HWBREAK (``sw_va``/``hw``) or WATCH exit at armed ``point``,
+        before the instruction or the access. One removed while the exit was in flight
+        is stale: the vCPU goes on."""
+        if point.kind == SW:
+            self._begin()
+            raise ProtocolError(f"vCPU {i}: a sw breakpoint is an int3 exit, not {point}")
+        if point not in self.points:
+            return self._vcpu_event(i, "stale_point", point)
+        return self._vcpu_event(i, "watch" if point.is_watch else "breakpoint", point)
+
+    def vcpu_faulted(self, i: int) -> list[Action]:
+        """A triple fault on vCPU ``i``. With a debugger attached it is a stop (point
+        10); without one the guest ends."""
+        if not self.attached:
+            self._need_index(i)
+            return self.guest_ended("X", SIGSEGV)
+        return self._vcpu_event(i, "fault")
 
     def guest_ended(self, kind: str, code: int) -> list[Action]:
         """Power-off (``"W"``, exit code) or triple fault (``"X"``, signal)."""
@@ -338,6 +453,9 @@ class Coordinator:
     def stop_unclaimed(self, i: int, *_) -> bool:
         return self.owner is None
 
+    def in_range(self, i: int, in_range: bool = False, *_) -> bool:
+        return in_range
+
     def hold(self, i: int, *_) -> None:
         self.want_stopped.add(i)
 
@@ -351,6 +469,7 @@ class Coordinator:
         for cap in sorted(self.caps[i], key=lambda c: c.value):
             self._out.append(SetCap(i, cap, False, best_effort=cap is Cap.MASK_HWINTR))
         self.caps[i] = frozenset()
+        self.ranging.discard(i)  # the range belonged to that one step
 
     def claim(self, i: int, *_) -> None:
         self.owner = i
@@ -362,8 +481,8 @@ class Coordinator:
         else:
             self.want_stopped.add(i)
 
-    def record_hit(self, i: int, gpa: int) -> None:
-        self.pending_hits[i] = gpa
+    def record_hit(self, i: int, point: Point | None = None) -> None:
+        self.pending_hits[i] = point  # None for a fault: no point
 
     def reinject(self, i: int, *_) -> None:
         self._out.append(ReinjectBreakpoint(i))
@@ -405,6 +524,12 @@ class Coordinator:
             return
         if self.owner is None and self.why is None:
             return  # a resume whose vCPUs are all parked again cannot happen; nothing owed
+        owner = self.owner
+        if owner is not None and self.states[owner] == "at_watchpoint" \
+                and owner not in self.completed:
+            # Point 2: the watch hit is reported as a trap; every vCPU is parked.
+            self.completed.add(owner)
+            self._out.append(CompleteAccess(owner))
         self._out.append(SendStop(self.current_stop()))
         self.reply_owed = False
         self.why = None
@@ -412,8 +537,13 @@ class Coordinator:
     def current_stop(self) -> Stop:
         """The stop gdb is (or is about to be) told about."""
         if self.owner is not None:
-            reason = "swbreak" if self.states[self.owner] == "at_breakpoint" else None
-            return Stop(SIGTRAP, self.owner, reason)
+            state = self.states[self.owner]
+            if state == "at_fault":
+                return Stop(SIGSEGV, self.owner)
+            hit = self.pending_hits[self.owner]
+            if hit is None:
+                return Stop(SIGTRAP, self.owner)
+            return Stop(SIGTRAP, self.owner, hit.reason, hit.addr if hit.is_watch else None)
         signal = SIGINT if self.why == "sigint" else SIGTRAP
         return Stop(signal, min(self.active, default=0))
 
@@ -424,16 +554,24 @@ class Coordinator:
             self.owner = None
 
     def _drop_stale_hits(self) -> None:
-        for i, gpa in enumerate(self.pending_hits):
-            if gpa is not None and gpa not in self.breakpoints:
+        for i, point in enumerate(self.pending_hits):
+            if point is not None and point not in self.points:
                 self._consume(i)
 
     def _consume(self, i: int) -> None:
         self._fire(i, "consume")
         self.pending_hits[i] = None
+        self.completed.discard(i)
+
+    def _end_from_fault(self) -> None:
+        """gdb resumed from a fault stop: the guest is over, ``X0b`` answers it."""
+        self.ended = True
+        self.reply_owed = False
+        self.exit_owed = None
+        self._out.append(SendExit("X", SIGSEGV))
 
     def _sync_bpt_exits(self) -> None:
-        want = bool(self.breakpoints)
+        want = any(p.kind == SW for p in self.points)
         for i in sorted(self.active):
             if (i in self.bpt_exit_on) != want:
                 self._set_bpt(i, want)
@@ -456,15 +594,17 @@ class Coordinator:
         if not self.is_stopped:
             raise NotStopped("the guest is running; wait for the stop reply")
 
-    def _check_plan(self, plan: dict[int, Resume]) -> None:
+    def _check_plan(self, plan: dict[int, Resume], request: ResumeRequest) -> None:
         if not plan:
             raise ProtocolError("a resume must release at least one vCPU")
         for i, how in plan.items():
             self._need_index(i)
             if self.states[i] == "absent":
                 raise BadVcpu(f"vCPU {i} has not started")
-            if how is Resume.STEP and not self.step.can_step:
+            if how in STEPPING and not self.step.can_step:
                 raise StepUnavailable("this VM has no single-step mechanism")
+            if how is Resume.RANGE and request.range_of(i) is None:
+                raise ProtocolError(f"a range step of vCPU {i} without a range")
 
     # ---------------------------------------------------------------- snapshots
     def snapshot(self) -> Snapshot:
@@ -478,10 +618,12 @@ class Coordinator:
             reply_owed=self.reply_owed,
             why=self.why,
             pending_hits=tuple(self.pending_hits),
-            breakpoints=frozenset(self.breakpoints),
+            points=frozenset(self.points),
             attached=self.attached,
             ended=self.ended,
             exit_owed=self.exit_owed,
+            completed=frozenset(self.completed),
+            ranging=frozenset(self.ranging),
         )
 
     @classmethod
@@ -496,7 +638,9 @@ class Coordinator:
         c.reply_owed = snap.reply_owed
         c.why = snap.why
         c.pending_hits = list(snap.pending_hits)
-        c.breakpoints = set(snap.breakpoints)
+        c.points = set(snap.points)
+        c.completed = set(snap.completed)
+        c.ranging = set(snap.ranging)
         c.attached = snap.attached
         c.ended = snap.ended
         c.exit_owed = snap.exit_owed

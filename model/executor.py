@@ -16,14 +16,19 @@ from typing import Protocol
 
 from model.actions import (
     Action,
+    ArmPoint,
     ClearSuspend,
+    CompleteAccess,
+    DisarmPoint,
     PatchBreakpoint,
     ReinjectBreakpoint,
     RequestSuspend,
+    ResetVm,
     RestoreBreakpoint,
     SendExit,
     SendStop,
     SetCap,
+    StepRange,
 )
 
 
@@ -48,6 +53,16 @@ class ActionExecutor(Protocol):
 
     def send_exit(self, action: SendExit) -> None: ...
 
+    def arm_point(self, action: ArmPoint) -> None: ...
+
+    def disarm_point(self, action: DisarmPoint) -> None: ...
+
+    def complete_access(self, action: CompleteAccess) -> None: ...
+
+    def step_range(self, action: StepRange) -> None: ...
+
+    def reset_vm(self, action: ResetVm) -> None: ...
+
 
 METHODS: dict[type, str] = {
     SetCap: "set_cap",
@@ -58,6 +73,11 @@ METHODS: dict[type, str] = {
     ReinjectBreakpoint: "reinject_breakpoint",
     SendStop: "send_stop",
     SendExit: "send_exit",
+    ArmPoint: "arm_point",
+    DisarmPoint: "disarm_point",
+    CompleteAccess: "complete_access",
+    StepRange: "step_range",
+    ResetVm: "reset_vm",
 }
 
 
@@ -68,8 +88,11 @@ def execute(actions: Iterable[Action], executor: ActionExecutor) -> None:
 
 def dispatcher(executor: ActionExecutor) -> Callable[[Iterable[Action]], None]:
     """:func:`execute` bound to one executor once: its methods are looked up here,
-    not for every action (a single step carries out about six)."""
-    bound = {kind: getattr(executor, name) for kind, name in METHODS.items()}
+    not for every action (a single step carries out about six). A method the executor
+    lacks is an :class:`UnknownAction` when such an action arrives, not before: an
+    executor that never meets an action need not implement it (yet)."""
+    bound = {kind: method for kind, name in METHODS.items()
+             if (method := getattr(executor, name, None)) is not None}
 
     def run(actions: Iterable[Action]) -> None:
         for action in actions:

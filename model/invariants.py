@@ -18,6 +18,8 @@ def violations(c: Coordinator) -> list[str]:
         *step_caps_only_while_stepping(c),
         *bpt_exits_track_breakpoints(c),
         *pending_hits_are_parked(c),
+        *completed_only_for_the_owner(c),
+        *ranging_only_while_stepping(c),
         *detached_means_free(c),
     ]
 
@@ -42,17 +44,34 @@ def step_caps_only_while_stepping(c: Coordinator) -> list[str]:
 
 def bpt_exits_track_breakpoints(c: Coordinator) -> list[str]:
     """6: BPT exits are on for every started vCPU exactly while a breakpoint exists."""
-    want = c.active if c.breakpoints else set()
+    want = c.active if c.breakpoints else set()  # the sw points' GPAs
     return [] if c.bpt_exit_on == want else [f"BPT_EXIT on {sorted(c.bpt_exit_on)}, expected {sorted(want)}"]
 
 
 def pending_hits_are_parked(c: Coordinator) -> list[str]:
-    """3: a vCPU with an unreported breakpoint event is parked at it."""
+    """3: a vCPU with an unreported breakpoint or watchpoint event is parked at it, and
+    a watch hit is parked at a watchpoint."""
     bad = []
-    for i, gpa in enumerate(c.pending_hits):
-        if (gpa is not None) != (c.states[i] == "at_breakpoint"):
-            bad.append(f"vCPU {i} is {c.states[i]} with pending hit {gpa}")
+    for i, hit in enumerate(c.pending_hits):
+        state = c.states[i]
+        if (hit is not None) != (state in lifecycle.HIT_STATES):
+            bad.append(f"vCPU {i} is {state} with pending hit {hit}")
+        elif hit is not None and hit.is_watch != (state == "at_watchpoint"):
+            bad.append(f"vCPU {i} is {state} with a hit of {hit}")
     return bad
+
+
+def completed_only_for_the_owner(c: Coordinator) -> list[str]:
+    """2: an access is completed only for the vCPU whose watch stop is reported."""
+    bad = [f"vCPU {i}'s access completed but it is {c.states[i]}, owner {c.owner}"
+           for i in c.completed if i != c.owner or c.states[i] != "at_watchpoint"]
+    return bad
+
+
+def ranging_only_while_stepping(c: Coordinator) -> list[str]:
+    """9: a range belongs to one step: only a vCPU released for it has one."""
+    return [f"vCPU {i} has a range but is {c.states[i]}"
+            for i in c.ranging if c.states[i] not in lifecycle.STEP_ARMED]
 
 
 def detached_means_free(c: Coordinator) -> list[str]:
@@ -60,8 +79,8 @@ def detached_means_free(c: Coordinator) -> list[str]:
     if c.attached:
         return []
     bad = []
-    if c.breakpoints or c.reply_owed or c.owner is not None:
-        bad.append("detached but breakpoints/reply/owner remain")
+    if c.points or c.reply_owed or c.owner is not None:
+        bad.append("detached but points/reply/owner remain")
     if any(c.has_event(i) for i in range(c.n)):
         bad.append("detached with an event parked")
     return bad

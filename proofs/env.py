@@ -57,6 +57,7 @@ from model.actions import (
 from model.coordinator import Coordinator, Snapshot
 from model.errors import ProtocolError
 from model.executor import dispatcher
+from model.points import SW, Point
 from model.resume import CONTINUE_ALL, ResumeRequest, from_legacy, from_vcont
 from model.step_mode import StepConfig, probe_step_config
 from model.tf_shadow import FixFlagsImage, ReflectDebugTrap, SetTrapFlag, TfShadow
@@ -348,7 +349,7 @@ class System:
     def _do_insert(self, w: World, g: int) -> None:
         w.note(f"gdb -> Z0,{g}")
         w.bps |= 1 << g
-        self.call(w, "insert_breakpoint", g)
+        self.call(w, "insert_point", Point(SW, g))
 
     def _do_remove(self, w: World, g: int) -> None:
         w.note(f"gdb -> z0,{g}")
@@ -359,7 +360,7 @@ class System:
                 # re-executes the original instruction) or, if g is inserted again before
                 # the next resume, still report it.
                 w.mut(i)[HIT] = (g, False)
-        self.call(w, "remove_breakpoint", g)
+        self.call(w, "remove_point", Point(SW, g))
 
     def _do_detach(self, w: World) -> None:
         w.note("gdb -> D (or the connection drops)")
@@ -783,14 +784,17 @@ class System:
             want_stopped=frozenset(inv[i] for i in s.want_stopped),
             owner=None if s.owner is None else inv[s.owner],
             pending_hits=tuple(s.pending_hits[p] for p in perm),
+            completed=frozenset(inv[i] for i in s.completed),
+            ranging=frozenset(inv[i] for i in s.ranging),
         )
         return (self.snap(ps), phase, ctrlc, bps, mem, ended, tuple(cpus[p] for p in perm))
 
 
 # Snapshot fields by how a renumbering of vCPUs touches them. A field the model gains
 # later must be added to one of these, or symmetry reduction would be silently wrong.
-PER_VCPU_FIELDS = {"states", "caps", "bpt_exit_on", "want_stopped", "owner", "pending_hits"}
-GLOBAL_FIELDS = {"release_new", "reply_owed", "why", "breakpoints", "attached", "ended",
+PER_VCPU_FIELDS = {"states", "caps", "bpt_exit_on", "want_stopped", "owner", "pending_hits",
+                   "completed", "ranging"}
+GLOBAL_FIELDS = {"release_new", "reply_owed", "why", "points", "attached", "ended",
                  "exit_owed"}
 
 

@@ -121,7 +121,7 @@ class EventResumed(_SpecCoordinator):
         self._begin()
         self.require_stopped()
         plan = request.plan(self.active)
-        self._check_plan(plan)
+        self._check_plan(plan, request)
         self.release_new = request.default is Resume.CONTINUE
         self._consume_reported_stop()
         self._drop_stale_hits()
@@ -148,7 +148,7 @@ class NoClearSuspend(Coordinator):
 
 class DetachLeavesBreakpoints(Coordinator):
     def detach(self):
-        self.breakpoints.clear()  # forgotten, but the 0xCC bytes stay in guest memory
+        self.points.clear()  # forgotten, but the 0xCC bytes stay in guest memory
         return super().detach()
 
 

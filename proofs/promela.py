@@ -31,6 +31,7 @@ from model import lifecycle
 from model import tf_shadow as tfs_mod
 from model.actions import Cap
 from model.machine import MachineSpec
+from model.points import SW
 from model.resume import CONTINUE_ALL, Resume, ResumeRequest
 from proofs.config import INT3, NOP, POPF, POPF0, POPF1, PUSHF, Config
 from proofs.env import (
@@ -74,7 +75,7 @@ def encode(sys: System, state) -> dict[str, int]:
         "bpt": sum(1 << i for i in s.bpt_exit_on), "want": sum(1 << i for i in s.want_stopped),
         "release_new": int(s.release_new), "owner": NONE if s.owner is None else s.owner,
         "reply_owed": int(s.reply_owed), "why": {None: 0, "halt": 1, "sigint": 2}[s.why],
-        "cbps": sum(1 << g for g in s.breakpoints), "attached": int(s.attached),
+        "cbps": sum(1 << p.addr for p in s.points if p.kind == SW), "attached": int(s.attached),
         "cended": int(s.ended), "cexit": int(s.exit_owed is not None),
         "phase": PHASES.index(phase), "ctrlc": int(ctrlc),
         "bps": bps, "mem": mem, "ended": int(ended),
@@ -86,7 +87,7 @@ def encode(sys: System, state) -> dict[str, int]:
         v.update({
             f"vs_{i}": lstates.index(s.states[i]),
             f"ccaps_{i}": sum(CAP_BITS[x] for x in s.caps[i]),
-            f"phit_{i}": NONE if s.pending_hits[i] is None else s.pending_hits[i],
+            f"phit_{i}": NONE if s.pending_hits[i] is None else s.pending_hits[i].addr,
             f"started_{i}": int(c[STARTED]), f"pc_{i}": c[PC], f"own_{i}": c[OWN],
             f"real_{i}": c[REAL], f"isrk_{i}": ISR_KIND[isr[0]], f"isrf_{i}": isr[1],
             f"isro_{i}": isr[2], f"tfs_{i}": tstates.index(c[TFS][0]),
@@ -154,7 +155,7 @@ class Generator:
         for name, val in init.items():
             lines.append(f"byte {name} = {val};")
         lines += ["byte t_img = 0; byte t_frame = 0; byte t_own = 0; byte t_gpa = 0;",
-                  "byte t_refl = 0;",
+                  "byte t_refl = 0; byte t_inr = 0;",
                   "byte t_reinj = 0; byte t_was = 0;"]
         return "\n".join(lines)
 
@@ -185,6 +186,7 @@ class Generator:
             "holding": "(want != 0 || !release_new)",
             "wants_stop": f"((want >> {i}) & 1)",
             "stop_unclaimed": "(owner == NONE)",
+            "in_range": "(t_inr == 1)",
         }[name]
 
     def effect(self, i: int, name: str, arg: str) -> str:

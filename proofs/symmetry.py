@@ -43,7 +43,7 @@ class Canon:
         keys = []
         for i, cpu in enumerate(cpus):
             part = (s.states[i], s.caps[i], i in s.bpt_exit_on, i in s.want_stopped, i == s.owner,
-                    s.pending_hits[i])
+                    s.pending_hits[i], i in s.completed, i in s.ranging)
             keys.append((self._id(part), self._id(cpu), i))
         keys.sort()
         return tuple(k[2] for k in keys)

@@ -49,6 +49,7 @@ from model.actions import (
 from model.coordinator import Coordinator
 from model.errors import ProtocolError
 from model.executor import dispatcher
+from model.points import SW, Point
 from model.resume import ResumeRequest
 from model.step_mode import StepConfig, probe_step_config
 from stub.vmm.api import (
@@ -372,13 +373,13 @@ class Runtime:
         with self.lock:
             self.coord.require_stopped()
             gpa = self._breakpoint_gpa(vcpu, gva)
-            self._apply(self.coord.insert_breakpoint(gpa))
+            self._apply(self.coord.insert_point(Point(SW, gpa)))
 
     def remove_breakpoint(self, vcpu: int, gva: int) -> None:
         with self.lock:
             self.coord.require_stopped()
             gpa = self._breakpoint_gpa(vcpu, gva)
-            self._apply(self.coord.remove_breakpoint(gpa))
+            self._apply(self.coord.remove_point(Point(SW, gpa)))
 
     def _breakpoint_gpa(self, vcpu: int, gva: int) -> int:
         gpa = self.vm.vcpus[vcpu].translate(gva)

@@ -6,15 +6,20 @@ every event, and checks that each stop reply goes out only when all vCPUs are pa
 from __future__ import annotations
 
 from model.actions import (
+    ArmPoint,
     Cap,
     ClearSuspend,
+    CompleteAccess,
+    DisarmPoint,
     PatchBreakpoint,
     ReinjectBreakpoint,
     RequestSuspend,
+    ResetVm,
     RestoreBreakpoint,
     SendExit,
     SendStop,
     SetCap,
+    StepRange,
 )
 from model.coordinator import Coordinator
 from model.executor import execute
@@ -28,10 +33,14 @@ AMD_NOMASK = StepConfig(StepMode.RFLAGS_TF, False)
 NONE = StepConfig(StepMode.NONE, False)
 
 
-def request(plan: dict[int, str], others: str | None = None) -> ResumeRequest:
-    """A resume written the short way: ``{vcpu: "c" or "s"}`` and the default."""
+def request(plan: dict[int, str], others: str | None = None,
+            ranges: dict[int, tuple[int, int]] | None = None) -> ResumeRequest:
+    """A resume written the short way: ``{vcpu: "c", "s" or "r"}``, the default, and
+    each ``r`` vCPU's range."""
+    ranges = ranges or {}
     return ResumeRequest(tuple(sorted((i, Resume(how)) for i, how in plan.items())),
-                         Resume(others) if others else None)
+                         Resume(others) if others else None,
+                         tuple((i, *ranges[i]) for i in sorted(ranges)))
 
 
 class Scenario:
@@ -43,6 +52,10 @@ class Scenario:
         self.stops: list = []
         self.exits: list = []
         self.reinjected: list[int] = []
+        self.armed: set = set()  # points the VMM matches (every vCPU)
+        self.completed: list[int] = []  # CompleteAccess, in order
+        self.ranges: dict[int, tuple[int, int]] = {}
+        self.resets = 0
         for i in range(vcpus if start is None else start):
             self.do("vcpu_started", i)
 
@@ -53,8 +66,8 @@ class Scenario:
         assert not bad, (event, args, bad)
         return actions
 
-    def resume(self, plan, others=None):
-        return self.do("resume", request(plan, others))
+    def resume(self, plan, others=None, ranges=None):
+        return self.do("resume", request(plan, others, ranges))
 
     # The ActionExecutor (model.executor), applying actions the way the runtime does.
     def set_cap(self, a: SetCap):
@@ -82,6 +95,27 @@ class Scenario:
 
     def send_exit(self, a: SendExit):
         self.exits.append(a)
+
+    def arm_point(self, a: ArmPoint):
+        assert a.point not in self.armed
+        self.armed.add(a.point)
+
+    def disarm_point(self, a: DisarmPoint):
+        assert a.point in self.armed
+        self.armed.discard(a.point)
+
+    def complete_access(self, a: CompleteAccess):
+        assert self.c.all_parked, "an access completed while a vCPU runs"
+        self.completed.append(a.vcpu)
+
+    def step_range(self, a: StepRange):
+        assert self.c.parked(a.vcpu) or self.c.states[a.vcpu] == "armed"
+        self.ranges[a.vcpu] = (a.start, a.end)
+
+    def reset_vm(self, a: ResetVm):
+        assert self.c.all_parked and not self.memory_cc, "reset with int3 bytes in memory"
+        self.resets += 1
+        self.vmm_caps = [caps if i == 0 else set() for i, caps in enumerate(self.vmm_caps)]
 
     # gdb-side conveniences --------------------------------------------------
     def attach_and_halt(self):

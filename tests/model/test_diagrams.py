@@ -19,8 +19,9 @@ def test_dot_names_every_state_and_shows_conditions(spec):
     for state in spec.states:
         assert f"{state} [label=" in src
     for tx in spec.transitions:
-        for cond in tx.conditions:
-            assert f"[{cond}]" in src
+        guard = " & ".join([*tx.conditions, *(f"!{u}" for u in tx.unless)])
+        if guard:
+            assert f"{tx.trigger} [{guard}]" in src
 
 
 @pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz 'dot' not installed")

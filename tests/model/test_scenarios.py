@@ -4,11 +4,16 @@ import pytest
 
 from model.actions import SIGINT, SIGTRAP, Cap, SendExit, Stop
 from model.errors import InvalidTransition, NotStopped, ProtocolError, StepUnavailable
+from model.points import SW, Point
 
 from .harness import AMD, AMD_NOMASK, INTEL, NONE, Scenario, request
 
 BP = 0x10_0040
 BP2 = 0x10_0080
+
+
+def sw(gpa: int) -> Point:
+    return Point(SW, gpa)
 
 
 def stopped(vcpus=2, step=AMD):
@@ -33,7 +38,7 @@ def test_attach_is_silent_until_asked_and_answers_once_all_are_parked():
 
 def test_continue_then_breakpoint_gives_exactly_one_reply():
     s = stopped(3)
-    s.do("insert_breakpoint", BP)
+    s.do("insert_point", sw(BP))
     s.resume({0: "c", 1: "c", 2: "c"})
     s.do("vcpu_breakpoint", 2, BP, True)
     assert s.suspend_requested == {0, 1}
@@ -55,8 +60,8 @@ def test_resume_while_running_is_refused():
 # -- 2. One owner; other events pend; removed breakpoints drop their event -----------
 def test_second_breakpoint_pends_and_is_reported_on_the_next_resume():
     s = stopped(2)
-    s.do("insert_breakpoint", BP)
-    s.do("insert_breakpoint", BP2)
+    s.do("insert_point", sw(BP))
+    s.do("insert_point", sw(BP2))
     s.resume({0: "c", 1: "c"})
     s.do("vcpu_breakpoint", 0, BP, True)
     s.do("vcpu_breakpoint", 1, BP2, True)  # before its suspend request arrived
@@ -69,11 +74,11 @@ def test_second_breakpoint_pends_and_is_reported_on_the_next_resume():
 
 def test_pending_hit_of_a_removed_breakpoint_is_dropped():
     s = stopped(2)
-    s.do("insert_breakpoint", BP)
+    s.do("insert_point", sw(BP))
     s.resume({0: "c", 1: "c"})
     s.do("vcpu_breakpoint", 0, BP, True)
     s.do("vcpu_breakpoint", 1, BP, True)
-    s.do("remove_breakpoint", BP)
+    s.do("remove_point", sw(BP))
     s.resume({0: "c", 1: "c"})
     assert len(s.stops) == 1
     assert s.c.states == ["running", "running"]
@@ -83,12 +88,12 @@ def test_gdb_removing_and_reinserting_around_a_stop_keeps_the_pending_hit():
     # gdb's default (breakpoint always-inserted off) removes every breakpoint at a stop
     # and inserts them again before resuming.
     s = stopped(2)
-    s.do("insert_breakpoint", BP)
+    s.do("insert_point", sw(BP))
     s.resume({0: "c", 1: "c"})
     s.do("vcpu_breakpoint", 0, BP, True)
     s.do("vcpu_breakpoint", 1, BP, True)
-    s.do("remove_breakpoint", BP)
-    s.do("insert_breakpoint", BP)
+    s.do("remove_point", sw(BP))
+    s.do("insert_point", sw(BP))
     s.resume({0: "c", 1: "c"})
     assert s.stops[-1] == Stop(SIGTRAP, 1, "swbreak")
 
@@ -96,7 +101,7 @@ def test_gdb_removing_and_reinserting_around_a_stop_keeps_the_pending_hit():
 # -- 3. A vCPU with an unreported event never re-enters the guest --------------------
 def test_vcpu_with_pending_event_is_not_released_by_a_plan_that_omits_it():
     s = stopped(3)
-    s.do("insert_breakpoint", BP)
+    s.do("insert_point", sw(BP))
     s.resume({0: "c", 1: "c", 2: "c"})
     s.do("vcpu_breakpoint", 0, BP, True)
     s.do("vcpu_breakpoint", 2, BP, True)
@@ -145,7 +150,7 @@ def test_step_on_a_vm_without_a_mechanism_is_refused():
 # -- vCont: one vCPU steps while the others continue ----------------------------------
 def test_vcont_breakpoint_wins_and_the_late_step_trap_is_superseded():
     s = stopped(2)
-    s.do("insert_breakpoint", BP)
+    s.do("insert_point", sw(BP))
     s.resume({0: "s", 1: "c"})
     s.do("vcpu_breakpoint", 1, BP, True)
     assert s.suspend_requested == {0}
@@ -158,7 +163,7 @@ def test_vcont_breakpoint_wins_and_the_late_step_trap_is_superseded():
 
 def test_vcont_step_wins_and_the_breakpoint_pends():
     s = stopped(2)
-    s.do("insert_breakpoint", BP)
+    s.do("insert_point", sw(BP))
     s.resume({0: "s", 1: "c"})
     s.do("vcpu_step_trap", 0, False)
     s.do("vcpu_breakpoint", 1, BP, True)
@@ -169,7 +174,7 @@ def test_vcont_step_wins_and_the_breakpoint_pends():
 
 def test_ctrl_c_racing_a_breakpoint_gets_one_reply_from_the_event():
     s = stopped(2)
-    s.do("insert_breakpoint", BP)
+    s.do("insert_point", sw(BP))
     s.resume({0: "c", 1: "c"})
     s.do("interrupt")
     s.do("vcpu_breakpoint", 1, BP, True)
@@ -191,12 +196,12 @@ def test_amd_step_uses_the_tf_capability_that_the_shadow_machine_guards():
 # -- 6. Breakpoints by GPA, idempotent, BPT exits follow them, foreign int3 back -----
 def test_breakpoints_are_idempotent_and_bpt_exits_follow_the_set():
     s = stopped(2)
-    s.do("insert_breakpoint", BP)
-    s.do("insert_breakpoint", BP)
+    s.do("insert_point", sw(BP))
+    s.do("insert_point", sw(BP))
     assert s.memory_cc == {BP}
     assert all(Cap.BPT_EXIT in caps for caps in s.vmm_caps)
-    s.do("remove_breakpoint", BP)
-    s.do("remove_breakpoint", BP)
+    s.do("remove_point", sw(BP))
+    s.do("remove_point", sw(BP))
     assert s.memory_cc == set()
     assert not any(Cap.BPT_EXIT in caps for caps in s.vmm_caps)
 
@@ -204,7 +209,7 @@ def test_breakpoints_are_idempotent_and_bpt_exits_follow_the_set():
 def test_new_vcpu_inherits_bpt_exits():
     s = Scenario(3, start=1)
     s.attach_and_halt()
-    s.do("insert_breakpoint", BP)
+    s.do("insert_point", sw(BP))
     s.resume({}, "c")
     s.do("vcpu_started", 2)
     assert Cap.BPT_EXIT in s.vmm_caps[2]
@@ -212,7 +217,7 @@ def test_new_vcpu_inherits_bpt_exits():
 
 def test_foreign_int3_goes_back_to_the_guest_and_stale_one_is_absorbed():
     s = stopped(1)
-    s.do("insert_breakpoint", BP)
+    s.do("insert_point", sw(BP))
     s.resume({0: "c"})
     s.do("vcpu_breakpoint", 0, 0x200000, True)
     assert s.reinjected == [0] and s.stops == []
@@ -274,7 +279,7 @@ def test_ap_started_while_everything_runs_runs():
 # -- detach, power-off ------------------------------------------------------------
 def test_detach_restores_breakpoints_releases_everyone_and_abandons_a_step():
     s = stopped(2)
-    s.do("insert_breakpoint", BP)
+    s.do("insert_point", sw(BP))
     s.resume({0: "s", 1: "c"})
     s.do("vcpu_breakpoint", 1, BP, True)
     s.do("detach")
@@ -313,7 +318,7 @@ def test_second_attach_is_refused():
 
 def test_snapshot_restore_round_trip():
     s = stopped(2)
-    s.do("insert_breakpoint", BP)
+    s.do("insert_point", sw(BP))
     s.resume({0: "s", 1: "c"})
     snap = s.c.snapshot()
     hash(snap)

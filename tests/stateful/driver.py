@@ -71,6 +71,7 @@ from model.errors import ProtocolError
 from model.executor import execute
 from model.invariants import violations
 from model.lifecycle import STEP_ARMED
+from model.points import SW, Point
 from model.resume import from_vcont
 from model.tf_shadow import TfShadow
 from stub.connection import GdbConnection
@@ -440,7 +441,7 @@ class Rig:
         if gpa is None:
             self._check_error(self.ask(payload), payload)
             return
-        self._check_ok(self.ask(payload, lambda c: c.insert_breakpoint(gpa)), payload)
+        self._check_ok(self.ask(payload, lambda c: c.insert_point(Point(SW, gpa))), payload)
         self.gdb.breakpoints[gva] = gpa
 
     def remove(self, gva: int) -> None:
@@ -449,7 +450,7 @@ class Rig:
         if gpa is None:
             self._check_error(self.ask(payload), payload)
             return
-        self._check_ok(self.ask(payload, lambda c: c.remove_breakpoint(gpa)), payload)
+        self._check_ok(self.ask(payload, lambda c: c.remove_point(Point(SW, gpa))), payload)
         self.gdb.breakpoints.pop(gva, None)
 
     # -- registers and memory -------------------------------------------------
@@ -556,9 +557,12 @@ class Rig:
         g.last_stop = r
         g.g_vcpu = r.vcpu
         threads = self.packet(b"qfThreadInfo")
-        g.threads = tuple(int(t, 16) - 1 for t in threads[1:].split(b","))
-        if sorted(g.threads) != sorted(self.rt.coord.active):
-            raise Violation(f"qfThreadInfo {threads!r}, active {sorted(self.rt.coord.active)}")
+        listed = sorted(int(t, 16) - 1 for t in threads[1:].split(b","))
+        if listed != list(range(self.rt.coord.n)):
+            # docs/debug-points.md: every configured vCPU is a thread from reset.
+            raise Violation(f"qfThreadInfo {threads!r}, configured {self.rt.coord.n} vCPUs")
+        # What this gdb resumes: the started ones (an unstarted one is refused).
+        g.threads = tuple(sorted(self.rt.coord.active))
 
     def _fresh_hit(self, r: Reply) -> None:
         gpa = self.gdb.breakpoints.get(r.rip)
@@ -705,6 +709,23 @@ class _Expectation:
 
     def send_exit(self, a: SendExit) -> None:
         raise Violation(f"the guest ended: {a}")
+
+    # The driver inserts only Z0 breakpoints at mapped addresses, never range-steps
+    # and never resets: any of these from the shadow is a divergence.
+    def arm_point(self, a) -> None:
+        raise Violation(f"the shadow armed a point the driver never inserted: {a}")
+
+    def disarm_point(self, a) -> None:
+        raise Violation(f"the shadow disarmed a point the driver never inserted: {a}")
+
+    def complete_access(self, a) -> None:
+        raise Violation(f"an access completed with no watchpoint inserted: {a}")
+
+    def step_range(self, a) -> None:
+        raise Violation(f"a range step the driver never asked for: {a}")
+
+    def reset_vm(self, a) -> None:
+        raise Violation(f"a reset the driver never asked for: {a}")
 
 
 def _names(caps) -> list[str]:

@@ -191,7 +191,11 @@ class Soak:
         threads = self.ask(b"qfThreadInfo")
         if not threads.startswith(b"m"):
             self.fail(f"qfThreadInfo answered {threads[:40]!r}")
-        self.threads = [int(t, 16) for t in threads[1:].split(b",")]
+        listed = sorted(int(t, 16) for t in threads[1:].split(b","))
+        if listed != list(range(1, VCPUS + 1)):
+            self.fail(f"qfThreadInfo {threads!r}: every configured vCPU is a thread")
+        # The started ones, which this test resumes (gdb holds its stop: stable).
+        self.threads = [i + 1 for i in sorted(self.served.rt.coord.active)]
 
     def warm_up(self) -> None:
         """Bring every vCPU to cpu_loop (then every address this test uses translates
