@@ -243,6 +243,10 @@ class SliceRunner:
     def _on_point_stop(self) -> None:
         self._note(STOP)
 
+    def note_stop(self) -> None:
+        """A hook of another part ended the slice before an instruction."""
+        self._note(STOP)
+
     def _on_intr(self, uc, intno: int, _data) -> None:
         self._note(_EXCEPTIONS[intno])
         uc.emu_stop()

@@ -35,6 +35,7 @@ from stub.vmm.events import Events
 from stub.vmm.freerun import FreeRun
 from stub.vmm.hidden_tf import HiddenTf
 from stub.vmm.mailbox import Mailbox
+from stub.vmm.rangestep import RangeRun, trap_exit
 from stub.vmm.slices import SliceRunner
 from stub.vmm.steps import MtrapStep, TfStep
 
@@ -75,6 +76,7 @@ class EmulatedVcpu(Vcpu):
         self._mtrap = MtrapStep(self.cpu, self._slices, self._events)
         self._tf_step = TfStep(self.cpu, self._slices, self._events, self._tf)
         self._free = FreeRun(self.cpu, self._mail, self._slices, self._events)
+        self._ranger = RangeRun(self.cpu, self._slices, self._events, self._tf)
         self._asked = dict.fromkeys(Cap, False)  # step capabilities (BPT_EXIT: the mailbox)
         self._end: VmExit | None = None  # this vCPU ended the VM: its exit, for every run()
         self._pending: VmExit | None = None  # an exit complete_access led to, for run()
@@ -147,7 +149,7 @@ class EmulatedVcpu(Vcpu):
         finally:
             self._mail.in_run = False
         if exit_ is not _IDLE and exit_.kind is not ExitKind.BUDGET:
-            self._range = None  # a range is for one step only
+            self._end_range()
         if exit_ is _IDLE:
             return VmExit(ExitKind.BUDGET, rip=self.cpu.rip, detail="idle")
         return exit_
@@ -162,8 +164,14 @@ class EmulatedVcpu(Vcpu):
             self._mail.in_run = False
         if exit_ is _IDLE:
             return None  # the owner thread finishes the step (and its range)
-        self._range = None
+        self._end_range()
         return exit_
+
+    def _end_range(self) -> None:
+        """A range is for one step only."""
+        if self._range is not None:
+            self._range = None
+            self._ranger.finish()
 
     def _run(self, block: bool) -> VmExit:
         mail, slices = self._mail, self._slices
@@ -177,14 +185,23 @@ class EmulatedVcpu(Vcpu):
                 slices.points.sync(self._vm.points.armed)
             if slices.budget is not None and slices.budget <= 0:
                 return VmExit(ExitKind.BUDGET, rip=self.cpu.rip)
-            if self._mtrap.on:
-                exit_ = self._in_range(self._mtrap.step())
-            elif self._tf.on:
-                exit_ = self._in_range(self._tf_step.step())
+            if self._mtrap.on or self._tf.on:
+                exit_ = self._step(self._mtrap.on)
             else:
                 exit_ = self._free.run()
             if exit_ is not None:
                 return exit_
+
+    def _step(self, mtrap: bool) -> VmExit | None:
+        step = self._mtrap.step if mtrap else self._tf_step.step
+        if self._range is None:
+            return step()
+        start, end = self._range
+        if start <= self.cpu.rip < end and self._ranger.native(mtrap):
+            kind = ExitKind.MTRAP if mtrap else ExitKind.DB
+            return self._ranger.run(start, end, lambda: trap_exit(
+                kind, self.cpu.rip, self._tf.shadow.shadow))
+        return self._in_range(step())
 
     def _in_range(self, exit_: VmExit | None) -> VmExit | None:
         """A range step goes on (None: round the run loop, which honours requests and
@@ -334,7 +351,8 @@ class EmulatedVcpu(Vcpu):
         self._tf.shadow = TfShadow()
         if was_on:
             self._tf.enable()
-        self._end = self._pending = self._range = None
+        self._end = self._pending = None
+        self._end_range()
         self._slices.points.parked_at = None
 
     def post_tick(self) -> None:
