@@ -18,14 +18,16 @@ import logging
 from dataclasses import dataclass
 
 from model.actions import Stop
-from model.errors import NotStopped, ProtocolError, StepUnavailable
+from model.errors import BadVcpu, NotStopped, ProtocolError, StepUnavailable
+from model.points import ACCESS, HW, READ, SW, WATCH_LENGTHS, WRITE
 from model.resume import from_legacy, from_vcont
+from stub import threads as T
 from stub.rsp import packets as P
 from stub.rsp.framing import DEFAULT_MAX_PACKET
 from stub.rsp.hexutil import hex_encode
 from stub.rsp.registers import DEFAULT_LAYOUT, RegisterLayout
 from stub.runtime import ExitEvent, MemoryAccessError, Runtime
-from stub.vmm.api import VmmError
+from stub.vmm.api import Feature, VmmError
 
 log = logging.getLogger("stub.session")
 
@@ -36,7 +38,16 @@ EBUSY = 0x10
 EOPNOTSUPP = 0x2D
 MAX_MEMORY_REPLY = (DEFAULT_MAX_PACKET - 16) // 2  # hex doubles the bytes
 MAX_BINARY_REPLY = (DEFAULT_MAX_PACKET - 16) // 2  # escaping may double them too
-# The default (x86-64) layout's; a session reads its own layout's.
+MAX_XFER_REPLY = DEFAULT_MAX_PACKET - 16
+
+# Z/z TYPE -> the Point kind the runtime inserts (model.points; docs/debug-points.md).
+POINT_KINDS = {0: SW, 1: HW, 2: WRITE, 3: READ, 4: ACCESS}
+BREAKPOINT_KIND = 1  # x86's breakpoint "kind": the length of int3
+WATCH_REASONS = ("watch", "rwatch", "awatch")
+
+# QEMU's single-step flags (qqemu.sstepbits), with QEMU's values and reply format.
+SSTEP_ENABLE, SSTEP_NOIRQ, SSTEP_NOTIMER = 0x1, 0x2, 0x4
+SSTEP_BITS = b"ENABLE=1,NOIRQ=2,NOTIMER=4"
 
 
 @dataclass(frozen=True)
@@ -54,9 +65,15 @@ class Session:
     def __init__(self, runtime: Runtime, layout: RegisterLayout = DEFAULT_LAYOUT):
         self.rt = runtime
         self.layout = layout
-        self.swbreak = False
+        self.swbreak = False  # gdb announced swbreak+: stop replies may say so
+        self.hwbreak = False  # the same for hwbreak+
         self.g_vcpu = 0  # thread for register and memory access (Hg)
         self.c_vcpu: int | None = None  # thread for legacy s/c (Hc); None: all
+        self.last_stop: Stop | None = None  # the stop gdb was told last
+        # Qqemu.PhyMemMode:1 — m/M/x/X address guest-physical memory.
+        self.physical = False
+        self.sstep_notimer = True  # Qqemu.sstep's NOTIMER bit (QEMU's default: set)
+        self._threads_doc = b""  # the qXfer:threads document being read
 
     # -------------------------------------------------------------------- entry
     def handle(self, cmd: P.Command) -> Outcome:
@@ -68,8 +85,10 @@ class Session:
         except NotStopped as err:
             log.warning("%s refused: %s", type(cmd).__name__, err)
             return Outcome(P.error_reply(EBUSY))
-        except StepUnavailable as err:
-            log.warning("%s", err)
+        except (StepUnavailable, BadVcpu) as err:
+            # Text gdb shows ("Remote failure reply: E.this VM has no ..."): these are
+            # things a user asked for that cannot be done, not bad packets.
+            log.warning("%s refused: %s", type(cmd).__name__, err)
             return Outcome(b"E.%s" % str(err).encode())
         except (ProtocolError, ValueError, KeyError) as err:
             log.warning("%s refused: %s", type(cmd).__name__, err)
@@ -83,11 +102,21 @@ class Session:
         """Like bhyve: every asynchronous stop selects the vCPU it is about."""
         self.g_vcpu = stop.vcpu
         self.c_vcpu = None
+        self.last_stop = stop
 
     def format_stop(self, stop: Stop, registers: dict[str, int] | None) -> bytes:
-        reason = stop.reason if (stop.reason != "swbreak" or self.swbreak) else None
+        """``T05thread:01;swbreak:;...`` / ``watch:ADDR;``. ``swbreak``/``hwbreak``
+        only to a gdb that announced them (qSupported): it then leaves the PC as the
+        stub reports it. The watch reasons are as old as the protocol: always."""
+        reason, watch = stop.reason, None
+        if reason in WATCH_REASONS:
+            reason, watch = None, (reason, stop.addr)
+        elif (reason == "swbreak" and not self.swbreak) or (
+                reason == "hwbreak" and not self.hwbreak):
+            reason = None
         expedited = self.layout.expedited_registers(registers) if registers else None
-        return P.stop_reply(stop.signal, stop.vcpu + 1, reason, expedited)
+        return P.stop_reply(stop.signal, T.thread_id(stop.vcpu), reason, expedited,
+                            watch=watch)
 
     @staticmethod
     def format_exit(event: ExitEvent) -> bytes:
@@ -97,14 +126,22 @@ class Session:
 
     # -------------------------------------------------------------- negotiation
     def _QuerySupported(self, cmd: P.QuerySupported) -> bytes:
+        points = self._supports(Feature.DEBUG_POINTS)
         self.swbreak = cmd.features.get("swbreak") is True
-        return P.supported_reply({
+        self.hwbreak = points and cmd.features.get("hwbreak") is True
+        features: dict[str, bool | int | str] = {
             "PacketSize": DEFAULT_MAX_PACKET,
             "QStartNoAckMode": True,
             "swbreak": True,
+        }
+        if points:  # Z1 exists: its stops say hwbreak
+            features["hwbreak"] = True
+        features.update({
             "qXfer:features:read": True,
+            "qXfer:threads:read": True,
             "vContSupported": True,
         })
+        return P.supported_reply(features)
 
     def _StartNoAck(self, cmd) -> Outcome:
         return Outcome(P.OK, no_ack=True)
@@ -122,26 +159,17 @@ class Session:
         return b"1"  # we attached to a running VM: detach must not kill it
 
     # ------------------------------------------------------------------ threads
-    def _threads(self) -> list[int]:
-        return self.rt.active_vcpus()
-
-    def _vcpu_of(self, thread: P.ThreadId, allow_all: bool = False,
-                 threads: list[int] | None = None) -> int | None:
-        """vCPU index for a thread id; None for "all" where allowed. ``threads``: the
-        started vCPUs, if the caller has looked already (one look under the lock)."""
-        if threads is None:
-            threads = self._threads()
-        if not threads:
-            # A gdb that connects before vCPU 0's thread has started (the listener is
-            # open before runtime.start()) sends Hg0 at once: refuse it (EINVAL) rather
-            # than let an IndexError escape handle() and kill the server thread.
-            raise ProtocolError("no vCPU has started yet")
+    # Every configured vCPU is a thread from reset, started or not (stub.threads):
+    # thread N is vCPU N-1 always. One not started yet has its reset registers, and
+    # the coordinator refuses to resume it alone (BadVcpu, a clear E. reply).
+    def _vcpu_of(self, thread: P.ThreadId, allow_all: bool = False) -> int | None:
+        """vCPU index for a thread id; None for "all" where allowed."""
         if thread.is_all:
-            return None if allow_all else threads[0]
+            return None if allow_all else 0
         if thread.is_any:
-            return self.g_vcpu if self.g_vcpu in threads else threads[0]
-        vcpu = thread.tid - 1
-        if vcpu not in threads:
+            return self.g_vcpu
+        vcpu = T.vcpu_of_thread(thread.tid)
+        if not 0 <= vcpu < self.rt.vcpu_count():
             raise ProtocolError(f"no thread {thread.tid}")
         return vcpu
 
@@ -158,24 +186,44 @@ class Session:
         return P.OK
 
     def _QueryCurrentThread(self, cmd) -> bytes:
-        return P.current_thread_reply(self.g_vcpu + 1)
+        return P.current_thread_reply(T.thread_id(self.g_vcpu))
 
     def _QueryThreadInfoFirst(self, cmd) -> bytes:
-        return P.thread_list_reply(v + 1 for v in self._threads())
+        return P.thread_list_reply(T.thread_id(v) for v in range(self.rt.vcpu_count()))
 
     def _QueryThreadInfoNext(self, cmd) -> bytes:
         return P.THREAD_LIST_END
 
     def _QueryThreadExtraInfo(self, cmd: P.QueryThreadExtraInfo) -> bytes:
         vcpu = self._vcpu_of(cmd.thread)
-        return hex_encode(f"vCPU {vcpu} {self.rt.describe_vcpu(vcpu)}".encode())
+        state, halted = self.rt.thread_states()[vcpu]
+        return hex_encode(f"vCPU {vcpu}: {T.words(state, halted)}".encode())
+
+    def _QueryXferThreads(self, cmd: P.QueryXferThreads) -> bytes:
+        # Built once per read from offset 0, so a read in several chunks is of one
+        # document even if a vCPU changed state in between.
+        if cmd.offset == 0 or not self._threads_doc:
+            self._threads_doc = T.threads_document(self.rt.thread_states())
+        return P.xfer_chunk(self._threads_doc, cmd.offset, min(cmd.length, MAX_XFER_REPLY))
+
+    def _QueryThreadStopInfo(self, cmd: P.QueryThreadStopInfo) -> bytes:
+        """LLDB's question per thread: the last stop for the thread it was about,
+        ``T00`` (no reason) for every other thread."""
+        vcpu = self._vcpu_of(cmd.thread)
+        if self.last_stop is not None and self.last_stop.vcpu == vcpu:
+            return self.format_stop(self.last_stop, None)
+        return P.stop_reply(0, T.thread_id(vcpu))
 
     # -------------------------------------------------------------- run control
     def _QueryHalt(self, cmd) -> None:
         self.rt.query_halt()  # the stop reply comes through the outbox
 
     def _VContQuery(self, cmd) -> bytes:
-        kinds = ["c", "C", "s", "S"] if self.rt.step.can_step else ["c", "C"]
+        kinds = ["c", "C"]
+        if self.rt.step.can_step:
+            kinds += ["s", "S"]
+            if self._supports(Feature.RANGE_STEP):
+                kinds.append("r")  # gdb's next/step then go a line per round trip
         return P.vcont_supported_reply(kinds)
 
     def _Continue(self, cmd: P.Continue) -> None:
@@ -185,10 +233,18 @@ class Session:
         self._resume(from_legacy("s", self.c_vcpu, self.g_vcpu), cmd.addr)
 
     def _VCont(self, cmd: P.VCont) -> None:
-        threads = self._threads()
-        items = [(a.kind, None if a.thread is None or a.thread.is_all
-                  else self._vcpu_of(a.thread, threads=threads)) for a in cmd.actions]
-        self._resume(from_vcont(items, threads), None)
+        # Without RANGE_STEP (vCont? did not offer r) a range step is a plain step:
+        # gdb allows a stub to stop a range step anywhere, and simply steps again.
+        ranges = self._supports(Feature.RANGE_STEP)
+        items = []
+        for a in cmd.actions:
+            vcpu = None if a.thread is None or a.thread.is_all else self._vcpu_of(a.thread)
+            if a.range is None or not ranges:
+                items.append(("s" if a.kind == "r" else a.kind, vcpu))
+            else:
+                items.append((a.kind, vcpu, a.range))
+        # A thread-less step applies to the started vCPUs (model.resume).
+        self._resume(from_vcont(items, self.rt.active_vcpus()), None)
 
     def _resume(self, request, addr: int | None) -> None:
         # ``c ADDR``/``s ADDR`` resume the current thread at ADDR, once the request
@@ -245,33 +301,112 @@ class Session:
         return P.binary_memory_reply(self._read(cmd.addr, min(cmd.length, MAX_BINARY_REPLY)))
 
     def _read(self, addr: int, length: int) -> bytes:
-        return self.rt.read_memory(self.g_vcpu, addr, length) if length else b""
+        if not length:
+            return b""
+        if self.physical:
+            return self.rt.read_physical(addr, length)
+        return self.rt.read_memory(self.g_vcpu, addr, length)
+
+    def _write(self, addr: int, data: bytes) -> None:
+        if self.physical:
+            self.rt.write_physical(addr, data)
+        else:
+            self.rt.write_memory(self.g_vcpu, addr, data)
 
     def _WriteMemory(self, cmd: P.WriteMemory) -> bytes:
-        self.rt.write_memory(self.g_vcpu, cmd.addr, cmd.data)
+        self._write(cmd.addr, cmd.data)
         return P.OK
 
     def _WriteMemoryBinary(self, cmd: P.WriteMemoryBinary) -> bytes:
         if cmd.data:
-            self.rt.write_memory(self.g_vcpu, cmd.addr, cmd.data)
+            self._write(cmd.addr, cmd.data)
+        return P.OK
+
+    # ------------------------------------------------------ QEMU's own packets
+    # gdb scripts written for QEMU ask these (``maint packet ...``). Our steps always
+    # step (ENABLE) and hold back interrupts exactly when the personality has
+    # MASK_HWINTR (NOIRQ): both are fixed, so a request to change either is refused
+    # with the reason. NOTIMER is accepted and kept but changes nothing: guest time
+    # is the VMM's, and with NOIRQ a step sees no timer interrupt anyway.
+    def _sstep_fixed(self) -> int:
+        step = self.rt.step
+        return ((SSTEP_ENABLE if step.can_step else 0)
+                | (SSTEP_NOIRQ if step.can_step and step.mask_hwintr else 0))
+
+    def _QemuStepBits(self, cmd) -> bytes:
+        return SSTEP_BITS
+
+    def _QemuStepFlags(self, cmd) -> bytes:
+        fixed = self._sstep_fixed()
+        return b"0x%x" % (fixed | (SSTEP_NOTIMER if fixed and self.sstep_notimer else 0))
+
+    def _SetQemuStepFlags(self, cmd: P.SetQemuStepFlags) -> bytes:
+        fixed, wanted = self._sstep_fixed(), cmd.flags
+        if wanted & ~(SSTEP_ENABLE | SSTEP_NOIRQ | SSTEP_NOTIMER):
+            why = f"unknown bits {wanted:#x} (the bits are {SSTEP_BITS.decode()})"
+        elif wanted & (SSTEP_ENABLE | SSTEP_NOIRQ) != fixed:
+            why = (f"this VM's steps are fixed at {fixed:#x} "
+                   f"({'ENABLE' if fixed & SSTEP_ENABLE else 'no step mechanism'}"
+                   f"{', NOIRQ' if fixed & SSTEP_NOIRQ else ', interrupts not held'});"
+                   f" NOTIMER (4) may be set or clear")
+        else:
+            self.sstep_notimer = bool(wanted & SSTEP_NOTIMER)
+            return P.OK
+        log.warning("Qqemu.sstep=%#x refused: %s", wanted, why)
+        return b"E.%s" % why.encode()
+
+    def _QueryPhyMemMode(self, cmd) -> bytes:
+        return b"1" if self.physical else b"0"
+
+    def _SetPhyMemMode(self, cmd: P.SetPhyMemMode) -> bytes:
+        if cmd.mode not in (0, 1):
+            raise ValueError(f"PhyMemMode is 0 or 1, not {cmd.mode:#x}")
+        self.physical = cmd.mode == 1
         return P.OK
 
     # -------------------------------------------------------------- breakpoints
+    # Z0 software, Z1 hardware breakpoints, Z2/Z3/Z4 write/read/access watchpoints
+    # (docs/debug-points.md). A packet the contract refuses (a length gdb cannot send
+    # for the type, a range that wraps) is an error (E22, via ValueError) and nothing
+    # is inserted; Z1-Z4 are unsupported (empty) on a VMM without DEBUG_POINTS.
     def _InsertBreakpoint(self, cmd: P.InsertBreakpoint) -> bytes:
-        if cmd.type != 0:
-            return P.EMPTY  # hardware breakpoints and watchpoints: not yet
-        if cmd.kind != 1 or cmd.conditions:
-            return P.error_reply(EINVAL) if cmd.kind != 1 else P.EMPTY
-        self.rt.insert_breakpoint(self.g_vcpu, cmd.addr)
+        point = self._point(cmd)
+        if point is None:
+            return P.EMPTY
+        if not hasattr(self.rt, "insert_point"):  # TEMP-SHIM
+            self.rt.insert_breakpoint(self.g_vcpu, point[1])
+            return P.OK
+        self.rt.insert_point(self.g_vcpu, *point)
         return P.OK
 
     def _RemoveBreakpoint(self, cmd: P.RemoveBreakpoint) -> bytes:
-        if cmd.type != 0:
+        point = self._point(cmd)
+        if point is None:
             return P.EMPTY
-        if cmd.kind != 1:
-            return P.error_reply(EINVAL)
-        self.rt.remove_breakpoint(self.g_vcpu, cmd.addr)
+        if not hasattr(self.rt, "insert_point"):  # TEMP-SHIM
+            self.rt.remove_breakpoint(self.g_vcpu, point[1])
+            return P.OK
+        self.rt.remove_point(self.g_vcpu, *point)  # idempotent: OK if not inserted
         return P.OK
+
+    def _point(self, cmd: P.InsertBreakpoint | P.RemoveBreakpoint
+               ) -> tuple[str, int, int] | None:
+        """(kind, address, length) for the runtime; None when unsupported."""
+        kind = POINT_KINDS[cmd.type]  # the parser allows 0-4 only
+        if kind != SW and not self._supports(Feature.DEBUG_POINTS):
+            return None
+        if cmd.conditions:
+            return None  # target-side conditions and commands: not offered
+        if kind in (SW, HW):
+            if cmd.kind != BREAKPOINT_KIND:
+                raise ValueError(f"Z{cmd.type} kind {cmd.kind:#x}: x86 breakpoints are 1")
+        elif cmd.kind not in WATCH_LENGTHS:
+            raise ValueError(f"Z{cmd.type} length {cmd.kind:#x}: watchpoints are 1, 2, 4"
+                             " or 8 bytes")
+        if cmd.addr + cmd.kind > self.layout.address_limit:
+            raise ValueError(f"Z{cmd.type} range {cmd.addr:#x}+{cmd.kind:#x} wraps past "
+                             f"{self.layout.address_limit:#x}")
+        return kind, cmd.addr, cmd.kind
 
     # ------------------------------------------------------------------ monitor
     def _MonitorCommand(self, cmd: P.MonitorCommand) -> Outcome:
@@ -281,6 +416,10 @@ class Session:
 
         reply = monitor.execute(self.rt, self.g_vcpu, cmd.command.decode(errors="replace"))
         return Outcome(hex_encode(reply.text.encode()), kill=reply.quit)
+
+    def _supports(self, feature: Feature) -> bool:  # TEMP-SHIM until the runtime lands
+        supports = getattr(self.rt, "supports", None)
+        return supports(feature) if supports else False
 
     # ------------------------------------------------------------- bad packets
     def _Malformed(self, cmd: P.Malformed) -> bytes:

@@ -291,6 +291,50 @@ class QueryXferFeatures(Command):
 
 
 @dataclass(frozen=True)
+class QueryXferThreads(Command):
+    """``qXfer:threads:read::offset,length`` (the annex is empty)."""
+
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class QueryThreadStopInfo(Command):
+    """``qThreadStopInfoTID`` (LLDB): the stop reply as it concerns one thread."""
+
+    thread: ThreadId
+
+
+@dataclass(frozen=True)
+class QemuStepBits(Command):
+    """``qqemu.sstepbits``: QEMU's single-step flag bits and their values."""
+
+
+@dataclass(frozen=True)
+class QemuStepFlags(Command):
+    """``qqemu.sstep``: the single-step flags in effect."""
+
+
+@dataclass(frozen=True)
+class SetQemuStepFlags(Command):
+    """``Qqemu.sstep=FLAGS`` (hex, ``0x`` allowed, as QEMU reads it)."""
+
+    flags: int
+
+
+@dataclass(frozen=True)
+class QueryPhyMemMode(Command):
+    """``qqemu.PhyMemMode``: 1 when ``m``/``M``/``X`` address guest-physical memory."""
+
+
+@dataclass(frozen=True)
+class SetPhyMemMode(Command):
+    """``Qqemu.PhyMemMode:N``."""
+
+    mode: int
+
+
+@dataclass(frozen=True)
 class MonitorCommand(Command):
     """``qRcmd,hex``: a ``monitor`` command, decoded."""
 
@@ -474,12 +518,46 @@ def _parse_q(p: bytes) -> Command:
         annex, colon, span = p[len(b"qXfer:features:read:") :].rpartition(b":")
         if not colon:
             raise ValueError("expected annex:offset,length")
-        o, comma, n = span.partition(b",")
-        if not comma:
-            raise ValueError("expected offset,length")
-        return QueryXferFeatures(annex.decode("ascii"), _num(o), _length(n))
+        return QueryXferFeatures(annex.decode("ascii"), *_offset_length(span))
+    if p.startswith(b"qXfer:threads:read:"):
+        annex, colon, span = p[len(b"qXfer:threads:read:") :].partition(b":")
+        if not colon or annex:
+            raise ValueError("expected qXfer:threads:read::offset,length")
+        return QueryXferThreads(*_offset_length(span))
     if p.startswith(b"qRcmd,"):
         return MonitorCommand(hex_decode(p[len(b"qRcmd,") :]))
+    if p.startswith(b"qThreadStopInfo"):
+        return QueryThreadStopInfo(parse_thread_id(p[len(b"qThreadStopInfo") :]))
+    if p == b"qqemu.sstepbits":
+        return QemuStepBits()
+    if p == b"qqemu.sstep":
+        return QemuStepFlags()
+    if p == b"qqemu.PhyMemMode":
+        return QueryPhyMemMode()
+    return Unknown(p)
+
+
+def _offset_length(span: bytes) -> tuple[int, int]:
+    o, comma, n = span.partition(b",")
+    if not comma:
+        raise ValueError("expected offset,length")
+    return _num(o), _length(n)
+
+
+def _qemu_hex(text: bytes) -> int:
+    """A number as QEMU's ``strtoul(..., 16)`` reads it: hex, ``0x`` optional."""
+    if text[:2].lower() == b"0x":
+        text = text[2:]
+    return parse_hex_int(text, limit=1 << 32)
+
+
+def _parse_upper_q(p: bytes) -> Command:
+    if p == b"QStartNoAckMode":
+        return StartNoAck()
+    if p.startswith(b"Qqemu.sstep="):
+        return SetQemuStepFlags(_qemu_hex(p[len(b"Qqemu.sstep=") :]))
+    if p.startswith(b"Qqemu.PhyMemMode:"):
+        return SetPhyMemMode(_qemu_hex(p[len(b"Qqemu.PhyMemMode:") :]))
     return Unknown(p)
 
 
@@ -515,7 +593,7 @@ def _parse(p: bytes) -> Command:
     if c == 0x76:  # v
         return _parse_v(p)
     if c == 0x51:  # Q
-        return StartNoAck() if p == b"QStartNoAckMode" else Unknown(p)
+        return _parse_upper_q(p)
     if c == 0x3F:  # ?
         return _exact(p, QueryHalt())
     if c == 0x67:  # g

@@ -104,6 +104,9 @@ class RegisterLayout:
         self.expedited_regnums = tuple(r.regnum for r in self.expedited)
         self.vmm_names = vmm_names(self.registers)  # what to read for a ``g``
         self.expedited_vmm_names = vmm_names(self.expedited)  # what the runtime reads
+        #: Addresses gdb can name in this layout: below 2**(bits of the program
+        #: counter), so an i386 session's ranges may not wrap past 2**32.
+        self.address_limit = 1 << (8 * self._by_name["rip"].size)
 
     def __repr__(self) -> str:
         return f"<RegisterLayout {self.arch}: {len(self.registers)} registers>"
