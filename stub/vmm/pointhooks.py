@@ -10,7 +10,9 @@ own instance, applied from the VM-wide set (``points.ArmedPoints``) on its own t
   only (``uc.mem_protect``; RAM is shared, each vCPU maps it itself). The protection
   hooks get the guest-physical address of the access and stop before it: a hit on an
   armed range, or a *pass* (other data on a watched page), which the slice runner
-  completes with the protection lifted (``lifted``) before it carries on. Instruction
+  completes with the protection lifted (``lifted``) before it carries on. A write that
+  passes on a page whose reads nobody watches is made by the hook itself, without
+  stopping (Unicorn skips a store its protection hook says it handled). Instruction
   fetches keep EXEC. Page walks, event frames and the debugger's writes go through the
   VMM's own paths (``GuestRam``), which no protection sees.
 
@@ -35,12 +37,16 @@ if TYPE_CHECKING:
     from stub.vmm.cpu import Cpu
 
 
+_WRITES_ONLY = UC_PROT_EXEC | UC_PROT_READ  # a page only writes of which are watched
+
+
 class PointHooks:
     """Owner-thread state. ``on_hit(point)``, ``on_pass()`` and ``on_stop()`` note the
     slice's event and are called from inside ``emu_start``."""
 
     def __init__(self, cpu: Cpu, on_hit, on_pass, on_stop):
         self._cpu = cpu
+        self._ram = cpu.ram
         self._on_hit = on_hit
         self._on_pass = on_pass
         self._on_stop = on_stop
@@ -160,7 +166,15 @@ class PointHooks:
             self._on_hit(point)
             uc.emu_stop()
 
-    def _on_write(self, uc, _access, gpa: int, size: int, _value, _data) -> bool:
+    def _on_write(self, uc, _access, gpa: int, size: int, value: int, _data) -> bool:
+        point = self.armed.watch_hit(gpa, size, True)
+        if point is None and self._pages.get(gpa & ~(PAGE - 1)) == _WRITES_ONLY:
+            # Other data on a page only writes of which are watched: make the write here
+            # and tell Unicorn it is handled (it then skips its own store). Reads of the
+            # page are not watched, so the TLB entry Unicorn fills after it may grant
+            # them; its writes stay checked (the page is read-only to Unicorn).
+            self._ram.write(gpa, (value & ((1 << 8 * size) - 1)).to_bytes(size, "little"))
+            return True
         return self._on_access(gpa, size, True)
 
     def _on_read(self, uc, _access, gpa: int, size: int, _value, _data) -> bool:
