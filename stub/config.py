@@ -79,8 +79,11 @@ class VmConfig:
         return self.memory_mb << 20
 
     def with_overrides(self, **flags) -> VmConfig:
-        """Apply command-line flags (None means "not given") and validate again."""
+        """Apply command-line flags (None means "not given") and validate again. A bad
+        flag is named as the user typed it (``--vcpus 99: ...``), not as the VM file."""
         given = {k: v for k, v in flags.items() if v is not None}
+        for key, value in given.items():  # self is valid: only this flag can be wrong
+            validate(replace(self, source=_flag(key, value), **{key: value}))
         return validate(replace(self, **given))
 
 
@@ -144,6 +147,12 @@ def load_toml(path: Path) -> VmConfig:
     return validate(VmConfig(kernel=kernel, source=str(path),
                              initrd=tuple((path.parent / i).resolve() for i in initrd),
                              **fields))
+
+
+def _flag(key: str, value) -> str:
+    """The command-line flag that sets ``key``, with ``value``, for messages."""
+    shown = " ".join(map(str, value)) if isinstance(value, tuple) else value
+    return f"--{key.replace('_', '-')} {shown}"
 
 
 def _shown(value) -> str:

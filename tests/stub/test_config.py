@@ -102,7 +102,9 @@ def test_listen_is_loopback_unless_allowed():
 
 @pytest.mark.parametrize("args,message", [
     (["--vm", "no-such-vm"], "no such VM"),
-    (["--vm", "demo", "--vcpus", "99"], "vcpus must be"),
+    (["--vm", "demo", "--vcpus", "99"], "--vcpus 99: vcpus must be 1..16, not 99"),
+    (["--vm", "demo", "--memory-mb", "2"], "--memory-mb 2: memory_mb must be 4..4096, not 2"),
+    (["--kernel", "stub/guests/demo/demo.elf", "--vcpus", "0"], "--vcpus 0: vcpus must be"),
     (["--vm", "demo", "--listen", "10.0.0.1:1"], "allow-remote"),
 ])
 def test_cli_errors_exit_non_zero_with_one_line(args, message):
