@@ -136,6 +136,8 @@ class GdbConnection:
                 if self._log_packets:
                     packet_log.debug("-> %r", payload[:200])
                 outcome = self._handle(payload)
+                if outcome.console:
+                    self._send(P.console_output(outcome.console))
                 if outcome.reply is not None:
                     self._send(outcome.reply, no_ack=outcome.no_ack)
                 self._act(outcome)

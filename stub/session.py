@@ -56,6 +56,7 @@ class Outcome:
     no_ack: bool = False  # switch to no-ack mode right after this reply
     detach: bool = False  # resume the guest and wait for the next client
     kill: bool = False  # end the VM and the stub
+    console: bytes = b""  # text for gdb to print (an O packet) before the reply
 
 
 class Session:
@@ -126,7 +127,7 @@ class Session:
 
     # -------------------------------------------------------------- negotiation
     def _QuerySupported(self, cmd: P.QuerySupported) -> bytes:
-        points = self._supports(Feature.DEBUG_POINTS)
+        points = self.rt.supports(Feature.DEBUG_POINTS)
         self.swbreak = cmd.features.get("swbreak") is True
         self.hwbreak = points and cmd.features.get("hwbreak") is True
         features: dict[str, bool | int | str] = {
@@ -222,20 +223,21 @@ class Session:
         kinds = ["c", "C"]
         if self.rt.step.can_step:
             kinds += ["s", "S"]
-            if self._supports(Feature.RANGE_STEP):
+            if self.rt.supports(Feature.RANGE_STEP):
                 kinds.append("r")  # gdb's next/step then go a line per round trip
         return P.vcont_supported_reply(kinds)
 
-    def _Continue(self, cmd: P.Continue) -> None:
-        self._resume(from_legacy("c", self.c_vcpu, self.g_vcpu), cmd.addr)
+    def _Continue(self, cmd: P.Continue) -> Outcome | None:
+        return self._resume(from_legacy("c", self.c_vcpu, self.g_vcpu), cmd.addr)
 
-    def _Step(self, cmd: P.Step) -> None:
-        self._resume(from_legacy("s", self.c_vcpu, self.g_vcpu), cmd.addr)
+    def _Step(self, cmd: P.Step) -> Outcome | None:
+        return self._resume(from_legacy("s", self.c_vcpu, self.g_vcpu), cmd.addr)
 
-    def _VCont(self, cmd: P.VCont) -> None:
+    def _VCont(self, cmd: P.VCont) -> Outcome | None:
         # Without RANGE_STEP (vCont? did not offer r) a range step is a plain step:
         # gdb allows a stub to stop a range step anywhere, and simply steps again.
-        ranges = self._supports(Feature.RANGE_STEP)
+        ranges = (any(a.range is not None for a in cmd.actions)
+                  and self.rt.supports(Feature.RANGE_STEP))
         items = []
         for a in cmd.actions:
             vcpu = None if a.thread is None or a.thread.is_all else self._vcpu_of(a.thread)
@@ -244,12 +246,28 @@ class Session:
             else:
                 items.append((a.kind, vcpu, a.range))
         # A thread-less step applies to the started vCPUs (model.resume).
-        self._resume(from_vcont(items, self.rt.active_vcpus()), None)
+        return self._resume(from_vcont(items, self.rt.active_vcpus()), None)
 
-    def _resume(self, request, addr: int | None) -> None:
+    def _resume(self, request, addr: int | None) -> Outcome | None:
         # ``c ADDR``/``s ADDR`` resume the current thread at ADDR, once the request
         # has been accepted: a refused packet changes nothing.
-        self.rt.resume(request, at=None if addr is None else (self.g_vcpu, addr))
+        try:
+            self.rt.resume(request, at=None if addr is None else (self.g_vcpu, addr))
+        except StepUnavailable as err:
+            return self._step_refused(request, err)
+        return None
+
+    def _step_refused(self, request, err: StepUnavailable) -> Outcome:
+        """A step the VM cannot do (``--cpu none``): the reason for gdb to print, then
+        a stop with no signal for the thread it would have stepped. Nothing ran. An
+        error reply instead makes gdb 13 loop when it steps over a breakpoint: it keeps
+        the breakpoint's stop reason and sends the step again, thousands of times a
+        second (tests/e2e/test_nostep.py)."""
+        log.warning("resume refused: %s", err)
+        stop = Stop(0, min(request.steps, default=self.g_vcpu))
+        self.select_stopped(stop)
+        return Outcome(self.format_stop(stop, None),
+                       console=f"{err}: the guest did not run\n".encode())
 
     def _VCtrlC(self, cmd) -> bytes:
         self.rt.interrupt()
@@ -373,9 +391,6 @@ class Session:
         point = self._point(cmd)
         if point is None:
             return P.EMPTY
-        if not hasattr(self.rt, "insert_point"):  # TEMP-SHIM
-            self.rt.insert_breakpoint(self.g_vcpu, point[1])
-            return P.OK
         self.rt.insert_point(self.g_vcpu, *point)
         return P.OK
 
@@ -383,9 +398,6 @@ class Session:
         point = self._point(cmd)
         if point is None:
             return P.EMPTY
-        if not hasattr(self.rt, "insert_point"):  # TEMP-SHIM
-            self.rt.remove_breakpoint(self.g_vcpu, point[1])
-            return P.OK
         self.rt.remove_point(self.g_vcpu, *point)  # idempotent: OK if not inserted
         return P.OK
 
@@ -393,7 +405,7 @@ class Session:
                ) -> tuple[str, int, int] | None:
         """(kind, address, length) for the runtime; None when unsupported."""
         kind = POINT_KINDS[cmd.type]  # the parser allows 0-4 only
-        if kind != SW and not self._supports(Feature.DEBUG_POINTS):
+        if kind != SW and not self.rt.supports(Feature.DEBUG_POINTS):
             return None
         if cmd.conditions:
             return None  # target-side conditions and commands: not offered
@@ -416,10 +428,6 @@ class Session:
 
         reply = monitor.execute(self.rt, self.g_vcpu, cmd.command.decode(errors="replace"))
         return Outcome(hex_encode(reply.text.encode()), kill=reply.quit)
-
-    def _supports(self, feature: Feature) -> bool:  # TEMP-SHIM until the runtime lands
-        supports = getattr(self.rt, "supports", None)
-        return supports(feature) if supports else False
 
     # ------------------------------------------------------------- bad packets
     def _Malformed(self, cmd: P.Malformed) -> bytes:

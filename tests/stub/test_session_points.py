@@ -9,10 +9,12 @@ import logging
 import pytest
 
 from model.actions import SIGSEGV, SIGTRAP, Stop
-from model.errors import BadVcpu, NotStopped
+from model.errors import BadVcpu, NotStopped, StepUnavailable
 from model.resume import Resume, ResumeRequest
 from model.step_mode import StepConfig, StepMode
+from stub.connection import GdbConnection
 from stub.rsp import packets as P
+from stub.rsp.framing import encode_packet
 from stub.rsp.hexutil import hex_decode
 from stub.rsp.registers import I386, X86_64
 from stub.runtime import MemoryAccessError
@@ -299,3 +301,20 @@ def test_physical_memory_mode_routes_m_and_writes():
     assert ask(s, b"Qqemu.PhyMemMode:0") == b"OK"
     ask(s, b"m2000,1")
     assert t.calls[-1] == ("virtual", 0, 0x2000, 1)
+
+
+def test_a_step_the_vm_cannot_do_is_a_stop_with_the_reason_not_an_error():
+    """gdb 13 loops on an E. reply to its step over a breakpoint (tests/e2e/test_nostep)."""
+    t = Target(step=StepConfig(StepMode.NONE, False))
+    t.started = [0, 1]
+    t.fail = StepUnavailable("this VM has no single-step mechanism")
+    s = Session(t)
+    ask(s, b"qSupported:swbreak+")
+    out = s.handle(P.parse(b"vCont;s:2;c"))
+    assert out.reply == b"T00thread:02;"
+    assert b"no single-step mechanism" in out.console
+    assert s.g_vcpu == 1  # the stop selects its thread, as every stop does
+    conn = GdbConnection(t)
+    conn.session.handle = lambda cmd: out
+    sent = conn.receive(encode_packet(b"vCont;s:2;c"))
+    assert sent.index(b"$O") < sent.index(b"$T00thread:02;")
