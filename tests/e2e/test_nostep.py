@@ -14,16 +14,14 @@ What ends it (tried with gdb 13.1 against prototypes of the stub):
 - the refusal answered as a stop, not an error: an ``O`` console-output packet with the
   reason, then ``T00thread:N;``. gdb prints the reason once, says "Thread N stopped."
   and returns to its prompt with the thread where it was; each further ``continue``
-  does the same, and after ``delete`` a ``continue`` runs. This test asks for that.
+  does the same, and after ``delete`` a ``continue`` runs. The stub answers so
+  (``Session._step_refused``).
 - the ``E.`` kept, with no ``swbreak`` in the breakpoint's stop reply, or no ``vCont``
   at all (an empty ``vCont?`` reply: gdb's ``Hc``/``s`` path clears the stale reason):
   gdb prints "warning: Remote failure reply: E.this VM ..." and "Thread N stopped."
   once. Both work, but each gives up a feature to do it.
 - a bare ``T05`` reads as "hit Breakpoint 1" again (misleading), ``T02`` as "received
   signal SIGINT, Interrupt."
-
-The stub's session answers with the error today, so this test is an expected failure
-until it answers with the stop.
 """
 
 from __future__ import annotations
@@ -31,8 +29,6 @@ from __future__ import annotations
 import queue
 import subprocess
 import threading
-
-import pytest
 
 from .conftest import need_gdb
 from .stubproc import DEMO_ELF, GDB
@@ -59,11 +55,6 @@ def gdb_lines(port: int, commands: list[str]):
     return proc, lines
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "needs stub/session.py to answer a resume refused with StepUnavailable by an O "
-    "packet with the reason and a T00 stop reply for the thread it would step, "
-    "instead of E.this VM has no single-step mechanism (report of the no-dead-ends "
-    "helper, issue 14)"))
 def test_continue_from_a_breakpoint_gives_one_clear_error_and_stops(stub_factory):
     need_gdb()
     sp = stub_factory("--vm", "demo-none")
