@@ -36,20 +36,25 @@ from dataclasses import dataclass
 
 from model.actions import (
     Action,
+    ArmPoint,
     ClearSuspend,
+    CompleteAccess,
+    DisarmPoint,
     PatchBreakpoint,
     ReinjectBreakpoint,
     RequestSuspend,
+    ResetVm,
     RestoreBreakpoint,
     SendExit,
     SendStop,
     SetCap,
+    StepRange,
     Stop,
 )
 from model.coordinator import Coordinator
 from model.errors import ProtocolError
 from model.executor import dispatcher
-from model.points import SW, Point
+from model.points import HW, SW, SW_VA, WATCH_KINDS, Point
 from model.resume import ResumeRequest
 from model.step_mode import StepConfig, probe_step_config
 from stub.vmm.api import (
@@ -133,6 +138,10 @@ class Runtime:
         self.exit_status = 0
         self._threads: list[threading.Thread] = []
         self._stopping = False
+        # What each vCPU's last triple fault said (VmExit.detail), for the log and
+        # ``monitor info cpus``; cleared by a reset.
+        self.fault_details: dict[int, str] = {}
+        self._via = 0  # the vCPU whose page tables resolve the point being inserted
         self._expedite: tuple[str, ...] = ()
         self._execute = dispatcher(self)  # the model's actions, on this runtime
         self._lent = [False] * len(vm.vcpus)  # the vCPU runs on a borrowing thread
@@ -171,17 +180,18 @@ class Runtime:
     def _vcpu_main(self, vcpu: Vcpu) -> None:
         i = vcpu.index
         try:
-            if not vcpu.wait_started() or self._stopping:
-                return
-            if i != 0:  # the boot vCPU was registered by start()
-                self.vcpu_started(i)
             while True:
                 with self.lock:
                     while (self.coord.parked(i) or self._lent[i]) and not self._stopping:
                         self._released[i].wait()
                     if self._stopping:
                         return
-                if not self.vcpu_exited(vcpu, vcpu.run()):
+                    absent = self.coord.states[i] == "absent"
+                if absent:  # not started yet, or not again since a reset
+                    if not vcpu.wait_started() or self._stopping:
+                        return
+                    self.vcpu_started(i)
+                elif not self.vcpu_exited(vcpu, vcpu.run()):
                     return
         except Exception:  # a bug must not leave gdb waiting forever
             log.exception("vCPU %d thread failed", i)
@@ -217,14 +227,15 @@ class Runtime:
                 self._apply(self.coord.vcpu_step_trap(i, mtrap=False))
             case ExitKind.BPT:
                 self._on_breakpoint(vcpu, exit_)
+            case ExitKind.HWBREAK | ExitKind.WATCH:
+                self._apply(self.coord.vcpu_point_hit(i, exit_.point))
             case ExitKind.POWEROFF:
                 self.exit_status = 0 if exit_.status is None else exit_.status
                 self._guest_ended_locked("W", exit_.code & 0xFF,
                                          f"guest powered off (code {exit_.code}"
                                          f"{f', exit status {exit_.status}' if exit_.status else ''})")
             case ExitKind.TRIPLE_FAULT:
-                self.exit_status = TRIPLE_FAULT_STATUS
-                self._guest_ended_locked("X", SIGSEGV, f"guest triple fault: {exit_.detail}")
+                self._on_triple_fault(i, exit_.detail)
             case ExitKind.BUDGET:
                 pass  # a bounded run() (deterministic driver) ended: still in the guest
             case _:
@@ -237,6 +248,18 @@ class Runtime:
         except VmmError:
             gpa, present = -1, True  # it executed, so it is there; hand it to the guest
         self._apply(self.coord.vcpu_breakpoint(vcpu.index, gpa, present))
+
+    def _on_triple_fault(self, i: int, detail: str) -> None:
+        """With gdb attached the fault is a stop (SIGSEGV) and the VM stays as it was
+        until gdb continues (which ends it) or kills it; without gdb the guest ends."""
+        self.fault_details[i] = detail
+        if not self.coord.attached:
+            self.exit_status = TRIPLE_FAULT_STATUS
+            self._guest_ended_locked("X", SIGSEGV, f"guest triple fault on vCPU {i}: {detail}")
+            return
+        log.warning("guest triple fault on vCPU %d: %s; stopped for gdb (continue or "
+                    "kill ends the VM)", i, detail)
+        self._apply(self.coord.vcpu_faulted(i))
 
     def _guest_ended(self, kind: str, code: int, why: str) -> None:
         with self.lock:
@@ -290,6 +313,23 @@ class Runtime:
         except VmmError as err:
             self._guest_ended_locked("X", SIGSEGV, f"guest int3 could not be delivered: {err}")
 
+    def arm_point(self, action: ArmPoint) -> None:
+        self.vm.arm_point(action.point, self.vm.vcpus[self._via])
+
+    def disarm_point(self, action: DisarmPoint) -> None:
+        self.vm.disarm_point(action.point)
+
+    def complete_access(self, action: CompleteAccess) -> None:
+        self.vm.vcpus[action.vcpu].complete_access()
+
+    def step_range(self, action: StepRange) -> None:
+        self.vm.vcpus[action.vcpu].set_step_range(action.start, action.end)
+
+    def reset_vm(self, action: ResetVm) -> None:
+        # The coordinator restored every int3 first, so no saved byte is left.
+        self.vm.reset()
+        self.fault_details.clear()
+
     def send_stop(self, action: SendStop) -> None:
         self.outbox.put(StopEvent(action.stop, self._stop_registers(action.stop.vcpu)))
         self.on_output()
@@ -336,6 +376,12 @@ class Runtime:
         are carried out after it, under the same lock)."""
         with self.lock:
             actions = self.coord.resume(request)
+            if self.coord.ended and not self._stopping:
+                # gdb continued from a triple-fault stop: that ends the guest.
+                self.exit_status = TRIPLE_FAULT_STATUS
+                self._guest_ended_locked("X", SIGSEGV, "guest ended after its triple fault")
+                self._apply(actions)
+                return
             if at is not None:
                 self._write_registers(at[0], {"rip": at[1]})
             lone = self._lone_step()
@@ -369,22 +415,64 @@ class Runtime:
         with self.lock:
             self._apply(self.coord.interrupt())
 
-    def insert_breakpoint(self, vcpu: int, gva: int) -> None:
-        with self.lock:
-            self.coord.require_stopped()
-            gpa = self._breakpoint_gpa(vcpu, gva)
-            self._apply(self.coord.insert_point(Point(SW, gpa)))
+    def supports(self, feature: Feature) -> bool:
+        return feature in self.vm.features
 
-    def remove_breakpoint(self, vcpu: int, gva: int) -> None:
+    def insert_point(self, vcpu: int, kind: str, addr: int, length: int = 1) -> None:
+        """``Z0``-``Z4`` at gdb's ``addr`` (docs/debug-points.md): ``sw`` is an int3 at
+        the GPA ``vcpu`` maps ``addr`` to, or a ``sw_va`` point when it maps nothing
+        there; a watchpoint's bytes must all be mapped. Raises TranslationFault,
+        MemoryFault, NotStopped, or VmmError when the VMM has no such points."""
         with self.lock:
             self.coord.require_stopped()
-            gpa = self._breakpoint_gpa(vcpu, gva)
+            point = self._point_to_insert(vcpu, kind, addr, length)
+            self._via = vcpu
+            self._apply(self.coord.insert_point(point))
+
+    def remove_point(self, vcpu: int, kind: str, addr: int, length: int = 1) -> None:
+        """``z0``-``z4``; removing what is not inserted is fine. A ``z0`` removes the
+        address's ``sw_va`` point and its int3 under ``vcpu``'s current mapping."""
+        with self.lock:
+            self.coord.require_stopped()
+            if kind != SW:
+                self._apply(self.coord.remove_point(Point(kind, addr, length)))
+                return
+            self._apply(self.coord.remove_point(Point(SW_VA, addr)))
+            try:
+                gpa = self.vm.vcpus[vcpu].translate(addr)
+            except TranslationFault:
+                return
             self._apply(self.coord.remove_point(Point(SW, gpa)))
 
-    def _breakpoint_gpa(self, vcpu: int, gva: int) -> int:
-        gpa = self.vm.vcpus[vcpu].translate(gva)
-        self.vm.read_phys(gpa, 1)  # must be guest RAM: raises MemoryFault otherwise
-        return gpa
+    def _point_to_insert(self, vcpu: int, kind: str, addr: int, length: int) -> Point:
+        debug_points = Feature.DEBUG_POINTS in self.vm.features
+        if kind == SW:
+            try:
+                gpa = self.vm.vcpus[vcpu].translate(addr)
+            except TranslationFault:
+                if not debug_points:
+                    raise
+                log.info("breakpoint at %#x: not mapped by vCPU %d now; it matches the "
+                         "virtual address when code runs there", addr, vcpu)
+                return Point(SW_VA, addr)
+            self.vm.read_phys(gpa, 1)  # must be guest RAM: raises MemoryFault otherwise
+            return Point(SW, gpa)
+        if not debug_points or (kind != HW and kind not in WATCH_KINDS):
+            raise VmmError(f"this VM has no {kind} points")
+        if kind in WATCH_KINDS:
+            for page, _ in self._pages(vcpu, addr, length):
+                if page is None:
+                    raise TranslationFault(addr, "the watched range is not mapped")
+        return Point(kind, addr, length)
+
+    def reset(self) -> None:
+        """``monitor system_reset`` while stopped (NotStopped otherwise; VmmError
+        when the VMM cannot reset)."""
+        with self.lock:
+            self.coord.require_stopped()
+            if Feature.RESET not in self.vm.features:
+                raise VmmError("this VM cannot reset")
+            self._apply(self.coord.reset_vm())
 
     # ---------------------------------------------------------- inspection
     def screen(self) -> str | None:
@@ -496,7 +584,7 @@ class Runtime:
         """What vCPU i's last triple fault said (VmExit.detail), if the runtime kept it
         (``fault_details``: vCPU -> detail)."""
         with self.lock:
-            return getattr(self, "fault_details", {}).get(i)
+            return self.fault_details.get(i)
 
     def available_registers(self, i: int, names: Sequence[str]) -> dict[str, int]:
         """Those of ``names`` this VMM has, read from stopped vCPU i (unknown ones are

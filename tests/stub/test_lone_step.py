@@ -73,10 +73,10 @@ def stop_at(vm, sym, rt: Runtime, where: str) -> Stops:
     rt.attach()
     rt.query_halt()
     stops.next()
-    rt.insert_breakpoint(0, sym[where])
+    rt.insert_point(0, "sw", sym[where])
     rt.resume(request({}, "c"))
     assert rip(rt, stops.next()) == sym[where]
-    rt.remove_breakpoint(0, sym[where])
+    rt.remove_point(0, "sw", sym[where])
     return stops
 
 
