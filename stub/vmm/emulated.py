@@ -14,9 +14,13 @@ started vCPU, ``PvTimer``); a raised interrupt stops free-running vCPUs so they 
 it. The ticker also repeats stop requests that Unicorn lost (see ``Mailbox.rekick``). It
 never runs guest code.
 
-When a vCPU ends the VM (power-off port, triple fault), that vCPU's ``run()`` returns
-POWEROFF / TRIPLE_FAULT (again on every later call) and every other vCPU returns
-SHUTDOWN, so the runtime sees the end exactly once.
+When a vCPU ends the VM (power-off port), that vCPU's ``run()`` returns POWEROFF (again on
+every later call) and every other vCPU returns SHUTDOWN, so the runtime sees the end
+exactly once. A triple fault does not end it: that vCPU returns TRIPLE_FAULT with its
+registers as at the fault, and the stub ends the VM (``shutdown``) or resets it.
+
+The debugger's VA breakpoints and watchpoints (``arm_point``) are the VM's
+(``stub.vmm.points``); each vCPU applies them to its own Unicorn (``pointhooks``).
 
 ``ticker=False`` builds a VM for a deterministic, single-threaded driver (the stateful
 tests): no ticker thread at all, so nothing happens that the driver did not ask for. It
@@ -186,7 +190,7 @@ class EmulatedVm(Vm):
             vcpu.post_tick()
 
     def end(self) -> None:
-        """A vCPU ended the VM (power-off, triple fault): stop every other one."""
+        """A vCPU ended the VM (power-off): stop every other one."""
         self._ended = True
         self._stop_all()
 

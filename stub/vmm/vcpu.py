@@ -81,6 +81,7 @@ class EmulatedVcpu(Vcpu):
         self._end: VmExit | None = None  # this vCPU ended the VM: its exit, for every run()
         self._pending: VmExit | None = None  # an exit complete_access led to, for run()
         self._range: tuple[int, int] | None = None  # the next step's range (RANGE_STEP)
+        self._watch_pending = False  # the last exit was WATCH: complete_access may run
         # Set while run() blocks (halted, or not started), for tests and status displays.
         self.waiting = threading.Event()
 
@@ -150,6 +151,7 @@ class EmulatedVcpu(Vcpu):
             self._mail.in_run = False
         if exit_ is not _IDLE and exit_.kind is not ExitKind.BUDGET:
             self._end_range()
+        self._watch_pending = exit_ is not _IDLE and exit_.kind is ExitKind.WATCH
         if exit_ is _IDLE:
             return VmExit(ExitKind.BUDGET, rip=self.cpu.rip, detail="idle")
         return exit_
@@ -165,6 +167,7 @@ class EmulatedVcpu(Vcpu):
         if exit_ is _IDLE:
             return None  # the owner thread finishes the step (and its range)
         self._end_range()
+        self._watch_pending = exit_.kind is ExitKind.WATCH
         return exit_
 
     def _end_range(self) -> None:
@@ -256,6 +259,9 @@ class EmulatedVcpu(Vcpu):
         mail = self._mail
         if mail.in_run:
             raise VmmError(f"vCPU {self.index}: complete_access only while parked")
+        if not self._watch_pending:
+            return  # done already (or the access happened in a later run): never twice
+        self._watch_pending = False
         if mail.take_points():
             self._slices.points.sync(self._vm.points.armed)
         if mail.dirty:
@@ -352,6 +358,7 @@ class EmulatedVcpu(Vcpu):
         if was_on:
             self._tf.enable()
         self._end = self._pending = None
+        self._watch_pending = False
         self._end_range()
         self._slices.points.parked_at = None
 

@@ -44,6 +44,8 @@ def test_write_watch_stops_before_the_access(make_vm):
     assert u64(vm, sym["var"]) == 0 and u64(vm, sym["other"]) == 5  # non-hit went through
     v.complete_access()
     assert u64(vm, sym["var"]) == 7 and v.get_register("rip") == sym["after"]
+    v.complete_access()  # once per hit: a repeat executes nothing
+    assert v.get_register("rip") == sym["after"]
     assert v.run().rip == sym["after"]
 
 
