@@ -1,12 +1,16 @@
-"""Debian's kernel on our stub: what the bzImage loader guarantees, whatever the
-platform still lacks. The kernel decompresses itself, enters long mode, and its early
-console shows the command line and the e820 map we gave it (docs/linux.md says where
-it stops today and why; ``probe.py`` measures it)."""
+"""Debian's kernel on our stub: what the loaders guarantee, whatever the platform still
+lacks. As a bzImage (the Linux boot protocol) the kernel decompresses itself and enters
+long mode; as the vmlinux inside it (PVH) it starts at its PVH entry; either way its
+early console shows the command line, the e820 map and the initrd we gave it
+(docs/linux.md says where it stops today and why; ``probe.py`` measures it)."""
 
 from __future__ import annotations
 
 import threading
 
+import pytest
+
+from stub.symbols import vmlinux
 from stub.vmm.api import ExitKind
 from stub.vmm.emulated import create_vm
 from tests.guests.linux.kit import Kit
@@ -36,10 +40,22 @@ class Console:
             self.seen.set()
 
 
-def test_debian_kernel_decompresses_and_reads_our_zero_page(linux_kit: Kit):
+@pytest.fixture(scope="module")
+def debian_vmlinux(linux_kit: Kit, tmp_path_factory):
+    path = tmp_path_factory.mktemp("vmlinux") / "vmlinux"
+    path.write_bytes(vmlinux(linux_kit.vmlinuz.read_bytes()))
+    return path
+
+
+@pytest.mark.parametrize("image, protocol", [("bzimage", "linux"), ("vmlinux", "pvh")])
+def test_debian_kernel_starts_with_our_boot_information(linux_kit: Kit, request, image,
+                                                        protocol):
+    kernel = linux_kit.vmlinuz if image == "bzimage" else request.getfixturevalue(
+        "debian_vmlinux")
     console = Console()
-    vm = create_vm(linux_kit.vmlinuz, vcpus=1, memory=MEMORY, cpu="amd", timer_hz=0,
+    vm = create_vm(kernel, vcpus=1, memory=MEMORY, cpu="amd", timer_hz=0,
                    console=console.write, initrd=[linux_kit.initramfs], cmdline=APPEND)
+    assert vm.boot.protocol == protocol
     placed = vm.boot.modules[0]  # the kernel reserves the initrd's pages
     ramdisk = f"RAMDISK: [mem {placed.start:#010x}-{(placed.end | 0xFFF):#010x}]"
     console.wanted.append(ramdisk.encode())  # before the vCPU runs: no output yet
