@@ -253,21 +253,30 @@ class Session:
         # has been accepted: a refused packet changes nothing.
         try:
             self.rt.resume(request, at=None if addr is None else (self.g_vcpu, addr))
-        except StepUnavailable as err:
-            return self._step_refused(request, err)
+        except (StepUnavailable, BadVcpu) as err:
+            return self._refused(request, err)
         return None
 
-    def _step_refused(self, request, err: StepUnavailable) -> Outcome:
-        """A step the VM cannot do (``--cpu none``): the reason for gdb to print, then
-        a stop with no signal for the thread it would have stepped. Nothing ran. An
-        error reply instead makes gdb 13 loop when it steps over a breakpoint: it keeps
-        the breakpoint's stop reason and sends the step again, thousands of times a
-        second (tests/e2e/test_nostep.py)."""
+    def _refused(self, request, err: ProtocolError) -> Outcome:
+        """A resume the VM cannot do — a step without a step mechanism (``--cpu
+        none``), a vCPU the guest has not started — answered as a stop: the reason
+        for the debugger to print (an O packet), then ``T00`` (no signal) for the
+        thread it was about. Nothing ran. An error reply instead makes gdb 13 loop
+        when it steps over a breakpoint (it keeps the breakpoint's stop reason and
+        sends the step again, thousands of times a second: tests/e2e/test_nostep.py),
+        and makes LLDB drop the connection."""
         log.warning("resume refused: %s", err)
-        stop = Stop(0, min(request.steps, default=self.g_vcpu))
+        started = set(self.rt.active_vcpus())
+        named = [i for i, _ in request.actions]
+        vcpu = next((i for i in named if i not in started),
+                    min(request.steps, default=self.g_vcpu))
+        stop = Stop(0, vcpu)
         self.select_stopped(stop)
-        return Outcome(self.format_stop(stop, None),
-                       console=f"{err}: the guest did not run\n".encode())
+        text = f"{err} (thread {T.thread_id(vcpu)}): nothing ran"
+        # LLDB's keys (gdb skips keys it does not know): without a reason LLDB takes
+        # the stop for its step's and sends the step again, forever.
+        lldb = b"reason:exception;description:%s;" % hex_encode(text.encode())
+        return Outcome(self.format_stop(stop, None) + lldb, console=text.encode() + b"\n")
 
     def _VCtrlC(self, cmd) -> bytes:
         self.rt.interrupt()

@@ -15,7 +15,7 @@ from model.step_mode import StepConfig, StepMode
 from stub.connection import GdbConnection
 from stub.rsp import packets as P
 from stub.rsp.framing import encode_packet
-from stub.rsp.hexutil import hex_decode
+from stub.rsp.hexutil import hex_decode, hex_encode
 from stub.rsp.registers import I386, X86_64
 from stub.runtime import MemoryAccessError
 from stub.session import Session
@@ -234,11 +234,16 @@ def test_an_empty_or_backward_range_is_refused(packet):
 # ------------------------------------------------------------------ threads and errors
 
 
-def test_resuming_a_vcpu_that_has_not_started_gives_the_reason():
+def test_resuming_a_vcpu_that_has_not_started_is_a_stop_with_the_reason():
+    """Not an error reply: LLDB drops the connection on one."""
     t = Target()
     t.fail = BadVcpu("vCPU 1 has not started")
-    reply = ask(Session(t), b"vCont;s:2")
-    assert reply == b"E.vCPU 1 has not started"
+    s = Session(t)
+    out = s.handle(P.parse(b"vCont;c:2"))
+    text = b"vCPU 1 has not started (thread 2): nothing ran"
+    # a stop with no signal, and LLDB's reason (without one LLDB steps again forever)
+    assert out.reply == b"T00thread:02;reason:exception;description:%s;" % hex_encode(text)
+    assert out.console == text + b"\n"
 
 
 def test_threads_past_the_configured_vcpus_do_not_exist():
@@ -311,10 +316,10 @@ def test_a_step_the_vm_cannot_do_is_a_stop_with_the_reason_not_an_error():
     s = Session(t)
     ask(s, b"qSupported:swbreak+")
     out = s.handle(P.parse(b"vCont;s:2;c"))
-    assert out.reply == b"T00thread:02;"
+    assert out.reply.startswith(b"T00thread:02;reason:exception;")
     assert b"no single-step mechanism" in out.console
     assert s.g_vcpu == 1  # the stop selects its thread, as every stop does
     conn = GdbConnection(t)
     conn.session.handle = lambda cmd: out
     sent = conn.receive(encode_packet(b"vCont;s:2;c"))
-    assert sent.index(b"$O") < sent.index(b"$T00thread:02;")
+    assert sent.index(b"$O") < sent.index(b"$T00thread:02;")  # printed, then the stop

@@ -66,11 +66,12 @@ def test_every_configured_vcpu_is_a_thread_before_it_starts(served):
     assert int.from_bytes(hex_decode(c.ask(b"p10")), "little") == 0xFFF0
 
 
-def test_resuming_a_vcpu_that_has_not_started_is_a_clear_error(served):
+def test_resuming_a_vcpu_that_has_not_started_is_a_clear_refusal(served):
     _vm, rt, c = served(3)
-    for packet in (b"vCont;s:3", b"vCont;c:3", b"vCont;s:3;c"):
-        reply = c.ask(packet)
-        assert reply.startswith(b"E.") and b"vCPU 2 has not started" in reply, reply
+    for packet in (b"vCont;s:3", b"vCont;c:3", b"vCont;s:3;c", b"vCont;c:3;s:1"):
+        text = hex_decode(c.ask(packet)[1:])  # O: what the debugger prints
+        assert text == b"vCPU 2 has not started (thread 3): nothing ran\n", text
+        assert c.recv_packet().startswith(b"T00thread:03;")  # then a stop: nothing ran
     assert rt.coord.is_stopped  # nothing was released
     # resuming everyone is fine: the default applies to the started vCPUs
     c.send(b"vCont;s:1;c")
