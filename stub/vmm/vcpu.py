@@ -266,7 +266,17 @@ class EmulatedVcpu(Vcpu):
             self._slices.points.sync(self._vm.points.armed)
         if mail.dirty:
             self.cpu.forget_code(mail.take_dirty())
-        exit_ = self._slices.complete_access()
+        # The debugger's TF (a TF step stopped by the watchpoint) is no part of the
+        # access: the instruction runs with the guest's own TF (a pushf writes it, a
+        # popf sets it, and it traps to the guest only if the guest single-steps).
+        hidden = self._tf.on
+        if hidden:
+            self._tf.disable()  # a pending pushf/popf intercept goes with the step
+        try:
+            exit_ = self._slices.complete_access()
+        finally:
+            if hidden:
+                self._tf.enable()
         if exit_ is not None:  # a fault it raised and could not deliver, ...
             self._pending = exit_
 

@@ -361,3 +361,21 @@ def test_no_hooks_while_nothing_is_armed(make_vm):
     assert v.run().kind is ExitKind.HWBREAK and v._slices.points.active
     vm.disarm_point(point)
     assert v.run().kind is ExitKind.BPT and not v._slices.points.active
+
+
+def test_a_tf_step_stopped_by_a_watchpoint_completes_without_the_debuggers_tf(make_vm):
+    from stub.vmm.api import Cap as C
+    vm, sym = make_vm("main:\n int3\n lea rsp, [rip + var + 8]\nw: pushfq\n int3\n" + DATA,
+                      personality="amd")
+    v = vm.vcpus[0]
+    bpt(vm)
+    v.set_register("rip", v.run().rip + 1)
+    vm.arm_point(Point(WRITE, sym["var"], 8), v)
+    assert step(v).kind is ExitKind.DB  # the lea
+    v.set_capability(C.RFLAGS_TF, True)
+    exit_ = v.run()
+    assert exit_.kind is ExitKind.WATCH and exit_.rip == sym["w"]
+    v.complete_access()  # the capability is still on, as the stub leaves it here
+    v.set_capability(C.RFLAGS_TF, False)
+    assert u64(vm, sym["var"]) & 0x100 == 0  # the image has the guest's TF, not ours
+    assert u64(vm, sym["db_count"]) == 0 and v.get_register("rip") == sym["w"] + 1
