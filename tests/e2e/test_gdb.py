@@ -43,7 +43,7 @@ def test_break_continue_threads_and_registers(stub_factory, vm):
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     no_stray_sigtrap(out)
-    assert re.search(r"Thread \d+ hit Breakpoint 1, .*cpu_loop", out), out
+    assert re.search(r'Thread \d+ "CPU#\d+" hit Breakpoint 1, .*cpu_loop', out), out
     threads = re.findall(r"^\*?\s+\d+\s+Thread (\d+)", out, re.MULTILINE)
     assert len(set(threads)) == 4, out
     for reg in ("fs_base", "cr3", "efer", "cr0"):

@@ -175,7 +175,8 @@ def test_gdb_session_at_source_level(stub_factory, kernel: str) -> None:
     assert re.search(r'^\d+\t +kprintf\("bye\\n"\);$', section(out, "NEXT", "THREADS"),
                      re.MULTILINE), log
     threads = section(out, "THREADS", "CONTINUE")
-    assert re.search(r"^\* 1 +Thread 1 \(vCPU 0[^)]*\) kmain \(", threads, re.MULTILINE), log
+    assert re.search(r'^\* 1 +Thread 1 "CPU#0" \(at a breakpoint\) kmain \(', threads,
+                     re.MULTILINE), log
     assert len(re.findall(r"^\*? +\d+ +Thread ", threads, re.MULTILINE)) == 1, log
     assert "[Inferior 1 (Remote target) exited with code 020]" in section(out, "CONTINUE"), log
     assert status == EXIT_STATUS, log
