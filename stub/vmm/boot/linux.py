@@ -156,8 +156,12 @@ def parse(image: bytes) -> SetupHeader:
         raise LoaderError(f"Linux boot protocol {version >> 8}.{version & 0xFF:02d} is too "
                           f"old: 2.12 or later needed (kernels since 3.8)")
     header_end = OFF_MAGIC + _u8(image, OFF_HEADER_END)
-    if header_end < OFF_INIT_SIZE + 4 or header_end > len(image):
-        raise LoaderError(f"malformed bzImage: the setup header ends at {header_end:#x}")
+    if header_end > len(image):
+        raise LoaderError(f"truncated bzImage: the file ends at {len(image):#x}, inside "
+                          f"the setup header (to {header_end:#x})")
+    if header_end < OFF_INIT_SIZE + 4:
+        raise LoaderError(f"malformed bzImage: the setup header ends at {header_end:#x}, "
+                          f"before init_size")
     setup_sects = _u8(image, OFF_SETUP_SECTS) or DEFAULT_SETUP_SECTS
     hdr = SetupHeader(
         version=version, setup_sects=setup_sects,

@@ -133,6 +133,15 @@ def test_refusals_are_one_line(case):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("size, pattern", [
+    (0x250, "truncated bzImage: the file ends at 0x250, inside the setup header"),
+    (0x400, "malformed bzImage: 3 setup sectors but the file has 1024 bytes"),
+])
+def test_truncated_images_are_refused(size, pattern):
+    with pytest.raises(LoaderError, match=pattern):
+        loaded(bzimage()[:size])
+
+
 def test_forcing_linux_on_something_else_is_refused():
     with pytest.raises(LoaderError, match='no "HdrS"'):
         create_vm(b"\x7fELF" + bytes(600), vcpus=1, memory=MEMORY, cpu="amd", timer_hz=0,
