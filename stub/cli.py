@@ -145,14 +145,13 @@ def run(cfg: VmConfig, host: str, port: int, wait: bool, console=None) -> int:
     """Boot ``cfg`` and serve gdb until the guest ends; returns the exit status.
     ``console``: a :class:`stub.console.Console` (default: stdio)."""
     # Imported here so that configuration errors answer fast.
-    from stub.console import forward_stdin, open_console
     from stub.runtime import Runtime
     from stub.server import ListenError, Server, open_listener
     from stub.vmm import backends
     from stub.vmm.api import VmmError
 
     if console is None:
-        console = open_console("stdio")
+        console = consoles.open_console(consoles.STDIO)
     # The VM first: a broken kernel is reported as broken even while the port is busy.
     try:
         vm = backends.create_vm(cfg.backend, kernel=cfg.kernel, vcpus=cfg.vcpus,
@@ -178,7 +177,7 @@ def run(cfg: VmConfig, host: str, port: int, wait: bool, console=None) -> int:
         log.info("guest console: %s", console.name)
     _stop_on_sigint(runtime)
     runtime.start()
-    forward_stdin(console, getattr(vm, "console_input", None), runtime.finished)
+    consoles.forward_stdin(console, getattr(vm, "console_input", None), runtime.finished)
     try:
         server.serve()
     finally:
