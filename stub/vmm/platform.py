@@ -83,8 +83,12 @@ class Platform:
 
     def reset(self) -> None:
         """system_reset: every device back to its power-on state (``reset()`` on each
-        attribute that has one; the guest clock goes on, as QEMU's virtual clock does)."""
-        devices = {id(d): d for d in vars(self).values()
+        attribute that has one, and on each item of a list or tuple attribute, e.g. one
+        device per vCPU; the guest clock goes on, as QEMU's virtual clock does)."""
+        found = []
+        for value in vars(self).values():
+            found.extend(value if isinstance(value, (list, tuple)) else (value,))
+        devices = {id(d): d for d in found
                    if d is not self.clock and callable(getattr(d, "reset", None))}
         for device in devices.values():
             device.reset()
