@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 
 _WRITES_ONLY = UC_PROT_EXEC | UC_PROT_READ  # a page only writes of which are watched
+_PAGE_MASK = ~(PAGE - 1)
 
 
 class PointHooks:
@@ -46,7 +47,6 @@ class PointHooks:
 
     def __init__(self, cpu: Cpu, on_hit, on_pass, on_stop):
         self._cpu = cpu
-        self._ram = cpu.ram
         self._on_hit = on_hit
         self._on_pass = on_pass
         self._on_stop = on_stop
@@ -54,6 +54,9 @@ class PointHooks:
         self._code: dict[int, int] = {}  # address -> hook handle
         self._prot: list[int] = []  # the two protection hooks, while any page is watched
         self._pages: dict[int, int] = {}  # page GPA -> permissions while protected
+        # Pages only writes of which are watched -> the watched ranges on them.
+        self._writes_only: dict[int, tuple[tuple[int, int, Point], ...]] = {}
+        self._view = cpu.ram.view
         self._lifted = False
         # RF: where the vCPU last stopped for a VA point (None: nowhere), and the
         # slice's view of it.
@@ -100,6 +103,9 @@ class PointHooks:
             if self._pages.get(page) != p and not self._lifted:
                 uc.mem_protect(page, PAGE, p)
         self._pages = perms
+        self._writes_only = {page: tuple((s, e, point) for point, ranges in self.armed.watches
+                                         for s, e in ranges if s < page + PAGE and page < e)
+                             for page, p in perms.items() if p == _WRITES_ONLY}
         _flush_tlb(uc)
         if not perms and self._prot:
             for handle in self._prot:
@@ -167,15 +173,21 @@ class PointHooks:
             uc.emu_stop()
 
     def _on_write(self, uc, _access, gpa: int, size: int, value: int, _data) -> bool:
-        point = self.armed.watch_hit(gpa, size, True)
-        if point is None and self._pages.get(gpa & ~(PAGE - 1)) == _WRITES_ONLY:
-            # Other data on a page only writes of which are watched: make the write here
-            # and tell Unicorn it is handled (it then skips its own store). Reads of the
-            # page are not watched, so the TLB entry Unicorn fills after it may grant
-            # them; its writes stay checked (the page is read-only to Unicorn).
-            self._ram.write(gpa, (value & ((1 << 8 * size) - 1)).to_bytes(size, "little"))
-            return True
-        return self._on_access(gpa, size, True)
+        ranges = self._writes_only.get(gpa & _PAGE_MASK)
+        if ranges is None:
+            return self._on_access(gpa, size, True)
+        end = gpa + size
+        for start, stop, point in ranges:
+            if start < end and gpa < stop:
+                self._on_hit(point)
+                return False
+        # Other data on a page only writes of which are watched: make the write here and
+        # tell Unicorn it is handled (it then skips its own store). Reads of the page
+        # are not watched, so the TLB entry Unicorn fills after it may grant them; its
+        # writes stay checked (the page is read-only to Unicorn). The hot path of a
+        # page the guest writes all the time: kept short.
+        self._view[gpa:end] = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")
+        return True
 
     def _on_read(self, uc, _access, gpa: int, size: int, _value, _data) -> bool:
         return self._on_access(gpa, size, False)
