@@ -24,9 +24,16 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from unicorn import (
+    UC_HOOK_CODE,
+    UC_HOOK_MEM_READ_PROT,
+    UC_HOOK_MEM_WRITE_PROT,
+    UC_PROT_ALL,
+    UC_PROT_EXEC,
+    UC_PROT_READ,
+    UC_PROT_WRITE,
+)
 from unicorn import unicorn_const as U
-from unicorn import (UC_HOOK_CODE, UC_HOOK_MEM_READ_PROT, UC_HOOK_MEM_WRITE_PROT,
-                     UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE)
 from unicorn import x86_const as X
 
 from model.points import Point

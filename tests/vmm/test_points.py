@@ -8,7 +8,7 @@ import pytest
 
 from model.points import ACCESS, HW, READ, SW_VA, WRITE, Point
 from stub.vmm.api import Cap, ExitKind, Feature, TranslationFault, VmmError
-from tests.vmm.conftest import run_to_stop, step, u64
+from tests.vmm.conftest import step, u64
 
 DATA = """
 .data
@@ -379,3 +379,30 @@ def test_a_tf_step_stopped_by_a_watchpoint_completes_without_the_debuggers_tf(ma
     v.set_capability(C.RFLAGS_TF, False)
     assert u64(vm, sym["var"]) & 0x100 == 0  # the image has the guest's TF, not ours
     assert u64(vm, sym["db_count"]) == 0 and v.get_register("rip") == sym["w"] + 1
+
+
+def test_arming_and_disarming_while_the_vcpu_runs(make_vm):
+    import time
+
+    from tests.vmm.conftest import WAIT, Runner
+    vm, sym = make_vm("main:\n1: inc qword ptr [rip + other]\n"
+                      "w: mov qword ptr [rip + var], 1\n jmp 1b\n" + DATA)
+    v = vm.vcpus[0]
+    runner = Runner(v).go()
+    point = Point(WRITE, sym["var"], 8)
+    vm.arm_point(point, vm.vcpus[0])  # translates through a running vCPU's tables
+    exit_ = runner.result()  # the running vCPU was kicked to take the new set
+    assert exit_.kind is ExitKind.WATCH and exit_.rip == sym["w"] and exit_.point == point
+    before = u64(vm, sym["other"])
+    runner.go()
+    vm.disarm_point(point)  # the vCPU runs: it takes the change at its next slice
+    deadline = time.monotonic() + WAIT
+    while u64(vm, sym["other"]) < before + 1000 and not runner.done.is_set():
+        assert time.monotonic() < deadline, "the guest made no progress after the disarm"
+    v.request_suspend()
+    exit_ = runner.result()
+    assert exit_.kind in (ExitKind.DEBUG, ExitKind.WATCH)  # a hit in flight is possible
+    v.clear_suspend()
+    if exit_.kind is ExitKind.WATCH:
+        assert exit_.point == point  # stale: the model drops it
+    assert not vm.points.armed.watches
