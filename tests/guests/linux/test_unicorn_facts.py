@@ -49,3 +49,32 @@ def test_sysretq_returns_to_cpl3_natively():
         pass  # the hlt's #GP: Unicorn reports exceptions, the VMM delivers them
     regs = cpu.regs.read(("rip", "cs", "ss"))
     assert regs == {"rip": USER, "cs": 0x10 + 16 | 3, "ss": 0x10 + 8 | 3}
+
+
+def test_a_stop_inside_a_store_repeats_a_read_modify_write():
+    """``emu_stop`` that takes effect inside an instruction's memory write (here from a
+    write hook, deterministic; a kick from another thread lands there too, found with
+    kicks every 0.2 ms on a loop of ``inc qword [mem]``: nearly every stop repeated
+    it) ends the run with the store done but RIP still at the instruction, so the next
+    ``emu_start`` runs it again: ``inc qword [mem]`` counts twice. Linux's ftrace and
+    alternatives patching went wrong under 1 kHz kicks (docs/linux.md, item 7)."""
+    from unicorn import UC_ARCH_X86, UC_HOOK_MEM_WRITE, UC_MODE_64, Uc
+
+    counter = 0x30_0000
+    inc_mem = b"\x48\xff\x04\x25" + counter.to_bytes(4, "little")  # inc qword [counter]
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map(0, 4 << 20)
+    uc.mem_write(CODE, inc_mem + b"\xf4")
+    stops = []
+
+    def stop_in_write(uc, access, address, size, value, data):
+        if not stops:
+            stops.append(address)
+            uc.emu_stop()
+
+    uc.hook_add(UC_HOOK_MEM_WRITE, stop_in_write, begin=counter, end=counter + 7)
+    uc.emu_start(CODE, 0)
+    assert uc.reg_read(X.UC_X86_REG_RIP) == CODE and stops == [counter]
+    assert bytes(uc.mem_read(counter, 8)) == (1).to_bytes(8, "little")  # the store is done
+    uc.emu_start(CODE, CODE + len(inc_mem))  # resume at the reported RIP, to its end
+    assert bytes(uc.mem_read(counter, 8)) == (2).to_bytes(8, "little")  # counted twice
