@@ -130,6 +130,7 @@ class SliceRunner:
                 if mode is SliceMode.SINGLE or mode is SliceMode.TF or self.event \
                         or self.error or watch.stopped or self._spent():
                     break
+                self.points.begin_slice(cpu.rip, False)  # the nested run changed it
                 self._start(cpu.rip)  # carry on where the free/bounded slice was
         finally:
             self.kicked = mail.leave_guest()  # guest time stops here, whatever happened

@@ -406,3 +406,17 @@ def test_arming_and_disarming_while_the_vcpu_runs(make_vm):
     if exit_.kind is ExitKind.WATCH:
         assert exit_.point == point  # stale: the model drops it
     assert not vm.points.armed.watches
+
+
+def test_a_va_breakpoint_right_after_a_pass_hits_in_the_same_slice(make_vm):
+    vm, sym = make_vm("main:\n inc qword ptr [rip + other]\nt: nop\n int3\n" + DATA)
+    v = vm.vcpus[0]
+    bpt(vm)
+    vm.arm_point(Point(ACCESS, sym["var"], 8), v)  # a pass then stops the slice
+    vm.arm_point(Point(HW, sym["t"]), v)
+    slices = []
+    real = v._slices.run
+    v._slices.run = lambda *a, **k: slices.append(a) or real(*a, **k)  # count slices
+    exit_ = v.run()
+    assert exit_.kind is ExitKind.HWBREAK and exit_.rip == sym["t"]
+    assert u64(vm, sym["other"]) == 1 and len(slices) == 1
