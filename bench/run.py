@@ -14,7 +14,10 @@ D. the emulated PC, no gdb attached (bench/pc.py): our stub and QEMU TCG each bo
    Multiboot kernel, one process at a time, in turn: the free-running speed of
    ``bench/guests/loop.elf`` and the time from process start to mbkernel's first
    serial line.
-E. the model checker against SPIN (if proofs/ and its SPIN cross-check exist).
+E. gdb ``next``/``until`` over smpkernel's 1000-iteration loop line (bench/smpsteps.py):
+   ours with 1 and with 4 busy vCPUs and QEMU TCG with one, a fresh debuggee per gdb
+   session, in turn; then guest speed with 4 watchpoints against none (bench/watch.py).
+F. the model checker against SPIN (if proofs/ and its SPIN cross-check exist).
 
 ``--baseline REV`` adds our stub at git revision REV (bench/baseline.py) as one more
 column in the stepping, memory-read and breakpoint rows, in turn with ours at every trial.
@@ -33,7 +36,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import baseline, checker, gdbbench, measure, pc, report, sysinfo, targets
+from bench import baseline, checker, gdbbench, measure, pc, report, smpsteps, sysinfo, targets
 from bench.report import Row
 
 HERE = Path(__file__).resolve().parent
@@ -54,14 +57,20 @@ class Plan:
     checker_reps: int
     loop_trials: int  # runs of bench/guests/loop.elf, each side
     first_line_trials: int  # boots of mbkernel, each side
+    smp_trials: int  # gdb sessions on smpkernel, each debuggee
+    smp_per_session: int  # timed `next` (and as many `until`) per session
+    watch_trials: int  # bench/watch.py: with/without alternations per placement
+    watch_seconds: float
 
 
 FULL = Plan(trials=5, seconds=1.5, ctrl_c=40, speed_trials=5, speed_seconds=2.5, stepi=1000,
             stepi_reps=3, dump_bytes=16 << 20, dump_reps=3, checker_reps=3, loop_trials=5,
-            first_line_trials=7)
+            first_line_trials=7, smp_trials=3, smp_per_session=2, watch_trials=3,
+            watch_seconds=2.0)
 QUICK = Plan(trials=3, seconds=0.4, ctrl_c=12, speed_trials=2, speed_seconds=1.0, stepi=300,
              stepi_reps=2, dump_bytes=4 << 20, dump_reps=1, checker_reps=1, loop_trials=2,
-             first_line_trials=3)
+             first_line_trials=3, smp_trials=1, smp_per_session=2, watch_trials=2,
+             watch_seconds=1.0)
 
 
 def log(msg: str) -> None:
@@ -137,9 +146,42 @@ def make_rows(p: Plan) -> dict[str, Row]:
                           else r.median("ours") <= 1.5 * r.median("tcg")),
         "first-line-nocache": Row("the same, ours compiling its source (no .pyc)", "ms",
                                   higher_better=False),
+        **smp_rows(),
         "checker": Row("model checker, same model (2 vCPUs, amd)", "states/s",
                        ref_label="SPIN", target="report (no target)"),
     }
+
+
+SMP_ROWS = ("next", "until", "next4", "until4", "watch-quiet", "watch-hot")
+
+
+def smp_rows() -> dict[str, Row]:
+    """Issue 14's range-stepping rows and issue 13's watchpoint rows (phase E)."""
+    def faster(factor: float):  # times: the peer's over ours
+        return lambda r: None if r.median("tcg") is None else \
+            r.median("tcg") >= factor * r.median("ours")
+
+    def within(factor: float):  # ours (4 vCPUs) against the ref (ours, 1 vCPU)
+        return lambda r: None if r.median("ref") is None else \
+            r.median("ours") <= factor * r.median("ref")
+
+    def watched(r):
+        return None if not r.pairs else r.ratio("ref") >= 0.5
+
+    rows = {}
+    for cmd in smpsteps.COMMANDS:
+        rows[cmd] = Row(f"gdb 13 `{cmd}` over a 1000-iteration loop line (smpkernel), 1 vCPU",
+                        "ms", higher_better=False, target="≥ 10× faster than QEMU TCG",
+                        check=faster(10))
+        rows[f"{cmd}4"] = Row(f"the same `{cmd}`, ours 4 busy vCPUs", "ms",
+                              higher_better=False, ref_label="ours, 1 vCPU",
+                              target="≤ 2× ours with 1 vCPU", check=within(2))
+    for where, what in (("quiet", "on pages the guest does not write"),
+                        ("hot", "on the page the guest writes every pass")):
+        rows[f"watch-{where}"] = Row(f"guest speed, 4 write watchpoints {what} (demo)",
+                                     "loops/s", ref_label="none set",
+                                     target="≥ 0.5× none set", check=watched)
+    return rows
 
 
 # ------------------------------------------------------------------ phases
@@ -447,6 +489,73 @@ def phase_pc(p: Plan, rows: dict[str, Row], qemu: str | None, why_not: str) -> N
     log("time to the first serial line done")
 
 
+def phase_smp(p: Plan, rows: dict[str, Row], tcg: bool) -> None:
+    """Phase E: gdb ``next``/``until`` over smpkernel's loop line, a fresh debuggee per
+    gdb session (bench/smpsteps.py), ours with 1 and 4 vCPUs and QEMU TCG in turn, the
+    order alternating; then bench/watch.py, with and without watchpoints alternating."""
+    keys = ["ours1", "ours4", *(["tcg"] if tcg else [])]
+    if not tcg:
+        for cmd in smpsteps.COMMANDS:
+            rows[cmd].na("tcg", "skipped")
+    cells = {"ours1": {c: (rows[c], "ours") for c in smpsteps.COMMANDS},
+             "ours4": {c: (rows[f"{c}4"], "ours") for c in smpsteps.COMMANDS},
+             "tcg": {c: (rows[c], "tcg") for c in smpsteps.COMMANDS}}
+    for trial in range(p.smp_trials):
+        for key in (keys if trial % 2 == 0 else keys[::-1]):
+            try:
+                got = smpsteps.measure(key, p.smp_per_session)
+            except Exception as err:  # noqa: BLE001
+                log(f"{key} next/until: {type(err).__name__}: {err}")
+                for row, col in cells[key].values():
+                    row.na(col, f"error: {type(err).__name__}")
+                continue
+            for cmd, secs in got.items():
+                row, col = cells[key][cmd]
+                row.add(col, [s * 1e3 for s in secs])
+                if key == "ours1":  # the 4-vCPU rows' reference
+                    rows[f"{cmd}4"].add("ref", [s * 1e3 for s in secs])
+    for cmd in smpsteps.COMMANDS:
+        for r in (rows[cmd], rows[f"{cmd}4"]):
+            for col in ("kvm", "udb"):
+                r.na(col, "n/a")
+        rows[f"{cmd}4"].na("tcg", "n/a")
+        ours, tcg_ms = rows[cmd].median("ours"), rows[cmd].median("tcg")
+        speedup = f"QEMU TCG / ours = {tcg_ms / ours:,.0f}×; " if ours and tcg_ms else ""
+        rows[cmd].detail = (f"{speedup}gdb sends vCont;r to ours; QEMU has no range "
+                            f"stepping: gdb single-steps each instruction; "
+                            f"{p.smp_per_session} per session")
+    log("next/until over the loop line done")
+    try:
+        for d in watch_speeds(p.watch_seconds, p.watch_trials):
+            row = rows[f"watch-{d['placement']}"]
+            row.add("ours", [d["loops_per_s_with"]])
+            row.add("ref", [d["loops_per_s_without"]])
+            row.pairs.append(d["ratio"])
+            row.detail = (f"{d['vcpus']} vCPUs, {d['watchpoints']} watchpoints, medians of "
+                          f"{p.watch_trials} alternations of {p.watch_seconds:g} s")
+    except Exception as err:  # noqa: BLE001
+        log(f"bench.watch: {type(err).__name__}: {err}")
+        for where in ("quiet", "hot"):
+            rows[f"watch-{where}"].na("ours", f"error: {type(err).__name__}")
+    for where in ("quiet", "hot"):
+        for col in ("tcg", "kvm", "udb"):
+            rows[f"watch-{where}"].na(col, "n/a")
+    log("guest speed with watchpoints done")
+
+
+def watch_speeds(seconds: float, trials: int) -> list[dict]:
+    """bench/watch.py's JSON lines (one per placement), run in its own process."""
+    out = subprocess.run([sys.executable, "-m", "bench.watch", str(seconds), str(trials)],
+                         cwd=targets.ROOT, capture_output=True, text=True, timeout=600,
+                         check=False)
+    found = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    good = [d for d in found if "placement" in d]
+    if out.returncode != 0 or not good:
+        raise RuntimeError(f"bench.watch (exit {out.returncode}): {out.stdout[-300:]} "
+                           f"{out.stderr[-300:]}")
+    return good
+
+
 def phase_checker(p: Plan, rows: dict[str, Row]) -> None:
     row = rows["checker"]
     ok, why = checker.available()
@@ -483,6 +592,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS, help=f"Markdown (default {RESULTS})")
     ap.add_argument("--profile", action="store_true",
                     help="instead: profile our stub's step and memory-read paths (py-spy)")
+    ap.add_argument("--only-smp", action="store_true",
+                    help="only phase E: next/until over smpkernel's loop line, watchpoints")
     ap.add_argument("-v", action="store_true", help="tracebacks of failed measurements")
     a = ap.parse_args(argv)
     if a.profile:
@@ -508,6 +619,14 @@ def main(argv: list[str] | None = None) -> int:
                 r.notes.setdefault(col, "skipped")
     t0 = time.monotonic()
     log(f"{'quick' if a.quick else 'full'} run; load average {load_before}")
+    if a.only_smp:
+        phase_smp(plan, rows, peers["tcg"])
+        ordered = [rows[k] for k in SMP_ROWS]
+        print()
+        print(report.text_table(ordered))
+        print(f"\nload average before {load_before}, after {sysinfo.load()}; "
+              f"{time.monotonic() - t0:.0f} s (not written to {a.out.name})")
+        return 0
     with baseline.checkout(a.baseline) if a.baseline else contextlib.nullcontext() as base:
         if base:
             log(f"baseline: {base.label}, checked out in {base.path}")
@@ -516,6 +635,7 @@ def main(argv: list[str] | None = None) -> int:
         phase_four(plan, rows, peers, base)
     qemu = pc.qemu_binary() if not a.no_qemu else None
     phase_pc(plan, rows, qemu, "skipped (--no-qemu)" if a.no_qemu else "no qemu-system-i386")
+    phase_smp(plan, rows, peers["tcg"])
     if not a.no_checker:
         phase_checker(plan, rows)
     else:
@@ -525,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ordered = [rows[k] for k in ("s", "s-intel", "vcont", "stepi", "stepi4", "m", "x", "dump",
                                  "bp", "bp4", "ctrlc", "speed", "speed-d", "loop", "first-line",
-                                 "first-line-nocache", "checker")]
+                                 "first-line-nocache", *SMP_ROWS, "checker")]
     label = base.label if base else ""
     print()
     print(report.text_table(ordered, label))
@@ -549,7 +669,9 @@ people's tests were running).
 
 Medians of {plan.trials} trials (gdb rows: {plan.stepi_reps} timed commands; Ctrl-C:
 {plan.ctrl_c} interrupts; guest speed: {plan.speed_trials} trials of {plan.speed_seconds:g} s;
-Multiboot guest: {plan.loop_trials} runs, first serial line: {plan.first_line_trials} boots).
+Multiboot guest: {plan.loop_trials} runs, first serial line: {plan.first_line_trials} boots;
+`next`/`until`: {plan.smp_trials} gdb sessions of {plan.smp_per_session} each per debuggee;
+watchpoints: {plan.watch_trials} alternations of {plan.watch_seconds:g} s per placement).
 Peer cells read `value (×ours/peer)`. Higher is better unless the row says otherwise.
 {base_note(base)}
 {report.markdown(rows, base.label if base else "")}
@@ -587,6 +709,16 @@ Targets met: {sum(r.met() is True for r in rows)} of {sum(bool(r.target) and r.c
   installed stub, and in the next row as this environment runs it
   (`PYTHONDONTWRITEBYTECODE=1`: every start compiles the stub's and the model's source).
   Every run must end with exit status 33 (isa-debug-exit of 0x10).
+- `next`/`until` rows (bench/smpsteps.py): `tests/guests/smpkernel/smpkernel.elf`, ours
+  `python -m stub --kernel K --boot vmstub --vcpus 1|4` (4: vCPUs 1-3 spin throughout),
+  QEMU `qemu-system-x86_64 -machine pc,accel=tcg -bios qboot.rom -smp 1 -kernel K -S`
+  (Multiboot entry, one CPU, the same C loop line); a fresh debuggee per gdb session:
+  `break kernel.c:LOOP_LINE`, then `continue` and the timed command, alternately `next`
+  and `until`, each checked to stop on the line after the loop. The 4-vCPU rows'
+  reference is ours with 1 vCPU from the same trials.
+- Watchpoint rows: `python -m bench.watch SECONDS TRIALS` (the demo VM on the bare VMM,
+  4 vCPUs, `Vm.arm_point` of 4 write watchpoints, with and without alternating); ratio:
+  with / without.
 
 ## Samples
 
