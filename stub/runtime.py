@@ -75,6 +75,9 @@ INT3 = b"\xcc"
 PAGE = 4096
 SIGSEGV = 11
 TRIPLE_FAULT_STATUS = 1
+# The stub itself failed (a bug, not the guest): sysexits' EX_SOFTWARE; even, so never
+# an isa-debug-exit status, which is always odd.
+STUB_FAILURE_STATUS = 70
 
 
 @dataclass(frozen=True)
@@ -253,8 +256,8 @@ class Runtime:
         """With gdb attached the fault is a stop (SIGSEGV) and the VM stays as it was
         until gdb continues (which ends it) or kills it; without gdb the guest ends."""
         self.fault_details[i] = detail
+        self.exit_status = TRIPLE_FAULT_STATUS  # kept if gdb kills the faulted guest
         if not self.coord.attached:
-            self.exit_status = TRIPLE_FAULT_STATUS
             self._guest_ended_locked("X", SIGSEGV, f"guest triple fault on vCPU {i}: {detail}")
             return
         log.warning("guest triple fault on vCPU %d: %s; stopped for gdb (continue or "
@@ -262,7 +265,9 @@ class Runtime:
         self._apply(self.coord.vcpu_faulted(i))
 
     def _guest_ended(self, kind: str, code: int, why: str) -> None:
+        """The stub failed inside a vCPU's run or step (its only caller)."""
         with self.lock:
+            self.exit_status = STUB_FAILURE_STATUS
             self._guest_ended_locked(kind, code, why)
         self.shutdown(why)
 
@@ -329,6 +334,7 @@ class Runtime:
         # The coordinator restored every int3 first, so no saved byte is left.
         self.vm.reset()
         self.fault_details.clear()
+        self.exit_status = 0  # a fault before the reset is history
 
     def send_stop(self, action: SendStop) -> None:
         self.outbox.put(StopEvent(action.stop, self._stop_registers(action.stop.vcpu)))

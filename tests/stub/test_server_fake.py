@@ -147,6 +147,7 @@ def test_a_vmm_failure_inside_a_lone_step_ends_the_vm_with_x(served):
     assert c.ask(b"vCont;s:1") == b"X0b"  # SIGSEGV: the stub failed, not the guest
     assert rt.finished.wait(10)
     assert "failed inside the stub" in rt.ended_how
+    assert rt.exit_status == 70  # STUB_FAILURE_STATUS, not the guest's
 
 
 def test_a_second_debugger_gets_the_reason_then_the_end(served, caplog):
