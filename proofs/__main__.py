@@ -50,6 +50,10 @@ def _config(a) -> Config:
         frame_fixup=not a.no_frame_fixup, iret_fixup=not a.no_iret_fixup,
         interrupts=not a.no_interrupts, poweroff=a.poweroff, boot_registered=not a.boot_race,
         checks=frozenset(x for x in a.check.split(",") if x),
+        hw_addrs=tuple(int(x) for x in a.hw.split(",") if x != ""),
+        watch=tuple(x for x in a.watch.split(",") if x),
+        step_range=tuple(int(x) for x in a.range.split(",")) if a.range else None,
+        faults=a.faults, gdb_reset=a.reset,
     )
 
 
@@ -164,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--poweroff", action="store_true")
     c.add_argument("--boot-race", action="store_true", help="gdb may connect first")
     c.add_argument("--check", default="", help=f"optional checks: {','.join(OPTIONAL_CHECKS)}")
+    c.add_argument("--hw", default="", help="addresses gdb may put a Z1 at, e.g. 0")
+    c.add_argument("--watch", default="", help="watchpoint kinds on the datum the program's "
+                   "store/load access: write,read,access")
+    c.add_argument("--range", default="", help="vCont;r range START,END (intel/both)")
+    c.add_argument("--faults", action="store_true", help="vCPUs may triple-fault")
+    c.add_argument("--reset", action="store_true", help="gdb may monitor system_reset")
     c.add_argument("--mutant", help="a seeded bug (python -m proofs mutants)")
     c.add_argument("--symmetry", action="store_true")
     c.add_argument("--liveness", action="store_true")

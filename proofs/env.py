@@ -16,10 +16,12 @@ A state is a tuple (hashable, compared by value)::
 ``?`` not yet sent), ``qwait`` (waiting for the ``?`` reply), ``wait`` (waiting for a
 resume's reply), ``stopped`` (has its reply), ``exited`` (got ``W``); ``ctrlc``: gdb sent
 Ctrl-C during this wait (or, when stopped, one arrived after the reply: the race of a
-Ctrl-C with the stop reply); ``bps``: the breakpoints gdb inserted (bit g = GPA g); ``mem``:
-the GPAs whose byte is the debugger's 0xCC; ``ended``: the guest powered off. Each vCPU::
+Ctrl-C with the stop reply); ``bps``: the points gdb inserted (bit g = the ``sw``
+breakpoint at GPA g < K, bit K+j = the configuration's VMM point j, ``Config.va_points``);
+``mem``: the VMM's side of the same bits: the GPAs whose byte is the debugger's 0xCC, and
+the points the VMM has armed (``ArmPoint``); ``ended``: the guest ended. Each vCPU::
 
-    (started, pc, own, real, isr, tfs, vcaps, susp, exit, step, hit)
+    (started, pc, own, real, isr, tfs, vcaps, susp, exit, step, hit, rf, flt, acc, rng)
 
 ``started``: the guest started it (vCPU 0 at boot, others by a start-up request);
 ``pc``: its place in the abstract program; ``own``: the TF the guest believes it has;
@@ -28,43 +30,55 @@ when a step ended at the first instruction of an interrupt ("irq") or #BP ("bp")
 handler whose only instruction left is ``iret``; ``tfs``: the TfShadow snapshot;
 ``vcaps``: the capabilities the VMM has on (bits below); ``susp``: the VMM's suspend
 request; ``exit``: the exit ``run()`` returned that the vCPU thread has not yet handed
-to the coordinator (``debug``, ``mtrap``, ``db``, a breakpoint GPA), or ``due`` when an
-injected event already ended a step and the next ``run()`` returns the trap; ``step``:
-gdb's view of a vCPU it asked to step in this resume (``None`` not stepping, 0 not yet
-executed, 1 executed); ``hit``: ``(gpa, must)`` for a debugger int3 this vCPU executed whose stop
-gdb has not seen; ``must`` is cleared when gdb removes that breakpoint (the protocol may
-then drop the event).
+to the coordinator (``debug``, ``mtrap``, ``db``, ``mtrapin`` (a range step's trap with
+RIP still in the range), ``fault`` (a triple fault), a breakpoint GPA g < K, or K+j for a
+HWBREAK/WATCH exit at VMM point j), or ``due`` when an injected event already ended a
+step and the next ``run()`` returns the trap; ``step``: gdb's view of a vCPU it asked to
+step in this resume (``None`` not stepping, 0 not yet executed, 1 executed); ``hit``:
+``(bit, must)`` for a hit of point ``bit`` (as in ``bps``) whose stop gdb has not seen;
+``must`` is cleared when gdb removes that point (the protocol may then drop the event);
+``rf``: the VMM resumes this vCPU past the hardware breakpoint it stopped at (x86's RF);
+``flt``: 1 after a triple fault gdb has not been told of, 2 once told; ``acc``: its
+watched access was completed (``CompleteAccess``) for the hit in ``hit``; ``rng``: the
+VMM holds a range for this vCPU's step (``StepRange``).
 """
 
 from __future__ import annotations
 
 from dataclasses import fields, replace
+from functools import cache
 
 from model import lifecycle
 from model.actions import (
     SIGINT,
+    SIGSEGV,
     SIGTRAP,
+    ArmPoint,
     Cap,
     ClearSuspend,
+    CompleteAccess,
+    DisarmPoint,
     PatchBreakpoint,
     ReinjectBreakpoint,
     RequestSuspend,
+    ResetVm,
     RestoreBreakpoint,
     SendExit,
     SendStop,
     SetCap,
+    StepRange,
 )
 from model.coordinator import Coordinator, Snapshot
 from model.errors import ProtocolError
 from model.executor import dispatcher
-from model.points import SW, Point
+from model.points import HW, REASON, SW, WATCH_KINDS, Point
 from model.resume import CONTINUE_ALL, ResumeRequest, from_legacy, from_vcont
 from model.step_mode import StepConfig, probe_step_config
 from model.tf_shadow import FixFlagsImage, ReflectDebugTrap, SetTrapFlag, TfShadow
-from proofs.config import INT3, NOP, POPF, POPF0, POPF1, PUSHF, Config
+from proofs.config import INT3, NOP, POPF, POPF0, POPF1, PUSHF, WATCHED, Config
 
 # vCPU tuple fields
-STARTED, PC, OWN, REAL, ISR, TFS, VCAPS, SUSP, EXIT, STEP, HIT = range(11)
+STARTED, PC, OWN, REAL, ISR, TFS, VCAPS, SUSP, EXIT, STEP, HIT, RF, FLT, ACC, RNG = range(15)
 # VMM capability bits
 MT, TF, MASK, BPT = 1, 2, 4, 8
 CAP_BIT = {Cap.MTRAP_EXIT: MT, Cap.RFLAGS_TF: TF, Cap.MASK_HWINTR: MASK, Cap.BPT_EXIT: BPT}
@@ -75,19 +89,34 @@ IN_GUEST = frozenset(lifecycle.IN_GUEST)
 STEP_ARMED = frozenset(lifecycle.STEP_ARMED)
 WAITING = ("qwait", "wait")
 FAIR_KINDS = ("run", "honour", "deliver", "start")
+WATCH_REASONS = frozenset(REASON[k] for k in WATCH_KINDS)
 
 
 # The resumes gdb 13 sends, built by the function the session uses (model.resume).
 # ``c`` and ``vCont;c`` are CONTINUE_ALL; ``Hc``+``s`` and ``vCont;s:N`` are
 # step_alone; proofs/test_resume_shapes.py checks that no shape means anything else.
+@cache  # pure, and built once per resume move otherwise
 def step_alone(i: int) -> ResumeRequest:
     """``Hc<i+1>`` then ``s`` (and ``vCont;s:<i+1>``): vCPU i steps, the rest stay."""
     return from_legacy("s", i, i)
 
 
+@cache  # pure, and built once per resume move otherwise
 def step_others_continue(i: int) -> ResumeRequest:
     """``vCont;s:<i+1>;c``: gdb's default ``stepi``."""
     return from_vcont((("s", i), ("c", None)), ())
+
+
+@cache  # pure, and built once per resume move otherwise
+def range_alone(i: int, span: tuple[int, int]) -> ResumeRequest:
+    """``vCont;rSTART,END:<i+1>``: gdb's ``next`` with scheduler-locking."""
+    return from_vcont((("r", i, span),), ())
+
+
+@cache  # pure, and built once per resume move otherwise
+def range_others_continue(i: int, span: tuple[int, int]) -> ResumeRequest:
+    """``vCont;rSTART,END:<i+1>;c``: gdb 13's ``next`` and ``step``."""
+    return from_vcont((("r", i, span), ("c", None)), ())
 
 
 class Violation(Exception):
@@ -153,7 +182,12 @@ class System:
         self._tf_memo: dict = {}
         self._stopped_memo: dict[int, bool] = {}
         self._intern: dict = {}
+        self.va = cfg.va_points
+        self.sw_mask = (1 << self.k) - 1
         self._execute = dispatcher(self)  # this System is the actions' executor
+        self._completing: int | None = None
+        self._perm_memo: dict = {}  # (cid, perm) -> the permuted snapshot's cid
+        self._moves: dict = {}  # move kind -> its bound _do_ method
 
     # ----------------------------------------------------------- real model code
     def _probe(self) -> StepConfig:
@@ -211,8 +245,8 @@ class System:
     # --------------------------------------------------------------- the start
     def initial(self):
         c = self.mut.coordinator(self.n, self.step_cfg, wait_for_debugger=self.cfg.wait)
-        cpu0 = (True, 0, 0, 0, None, ("off", False), 0, False, None, None, None)
-        idle = (False, 0, 0, 0, None, ("off", False), 0, False, None, None, None)
+        cpu0 = (True, 0, 0, 0, None, ("off", False), 0, False, None, None, None, 0, 0, 0, False)
+        idle = (False,) + cpu0[1:]
         state = (self.snap(c.snapshot()), "det", False, 0, 0, False,
                  (cpu0,) + (idle,) * (self.n - 1))
         if self.cfg.boot_registered:
@@ -251,13 +285,20 @@ class System:
             # (Vcpu.run); a free-running one may execute on while the kick travels.
             if caps & (MT | TF) and ex is None:
                 return
-        if (ex is None and cpu[ISR] is None and self.prog[cpu[PC]] == POPF
-                and not mem >> cpu[PC] & 1):
+        pops = (ex is None and cpu[ISR] is None and self.prog[cpu[PC]] == POPF
+                and not mem >> cpu[PC] & 1)
+        if cpu[RNG] and ex is None and cpu[ISR] is None and self._in_range((cpu[PC] + 1) % self.k):
+            # A range step whose next RIP is still in the range: the VMM may go on
+            # silently (0) or report the in-range trap (1).
+            out += [("run", i, p, q) for p in ((0, 1) if pops else (None,)) for q in (0, 1)]
+        elif pops:
             out += [("run", i, 0), ("run", i, 1)]  # the TF the popped image has
         else:
             out.append(("run", i))
         if ex is not None:
             return
+        if self.cfg.faults and cpu[ISR] is None:
+            out.append(("fault", i))
         if (self.cfg.interrupts and caps & (MT | TF) and not caps & MASK
                 and cpu[ISR] is None):
             out.append(("irq", i))
@@ -290,12 +331,22 @@ class System:
                 if cfg.gdb_vcont and len(active) > 1:
                     for i in active:
                         out.append(("vcont", i))
+                if cfg.step_range is not None:
+                    for i in active:
+                        out.append(("range", i))
+                        if len(active) > 1:
+                            out.append(("rangec", i))
             if cfg.gdb_ctrlc and not ctrlc:
                 # A Ctrl-C sent just before the stop reply reached gdb arrives now.
                 out.append(("ctrlc",))
             for g in cfg.bp_gpas:
                 out.append(("insert", g))
                 out.append(("remove", g))
+            for j in range(len(self.va)):
+                out.append(("zins", j))
+                out.append(("zrem", j))
+            if cfg.gdb_reset:
+                out.append(("reset",))
             if cfg.gdb_query_when_stopped:
                 out.append(("query",))
 
@@ -308,9 +359,13 @@ class System:
     def apply(self, state, label: tuple, log: list[str] | None = None):
         """Carry out one move. Returns ``(next_state, violation or None)``."""
         w = World(state, log)
-        getattr(self, "_do_" + label[0])(w, *label[1:])
+        move = self._moves.get(label[0])
+        if move is None:
+            move = self._moves[label[0]] = getattr(self, "_do_" + label[0])
+        move(w, *label[1:])
+        intern = self._intern.setdefault
         nxt = (w.cid, w.phase, w.ctrlc, w.bps, w.mem, w.ended,
-               tuple(c if type(c) is tuple else self.intern(tuple(c)) for c in w.cpus))
+               tuple([c if type(c) is tuple else intern(t := tuple(c), t) for c in w.cpus]))
         return nxt, w.viol
 
     # gdb ----------------------------------------------------------------------
@@ -333,8 +388,21 @@ class System:
     def _do_vcont(self, w: World, i: int) -> None:
         self._resume(w, step_others_continue(i), f"vCont;s:{i + 1};c")
 
+    def _do_range(self, w: World, i: int) -> None:
+        a, b = self.cfg.step_range
+        self._resume(w, range_alone(i, (a, b)), f"vCont;r{a:x},{b:x}:{i + 1}")
+
+    def _do_rangec(self, w: World, i: int) -> None:
+        a, b = self.cfg.step_range
+        self._resume(w, range_others_continue(i, (a, b)), f"vCont;r{a:x},{b:x}:{i + 1};c")
+
+    def _in_range(self, pc: int) -> bool:
+        a, b = self.cfg.step_range
+        return a <= pc < b
+
     def _resume(self, w: World, request: ResumeRequest, packet: str) -> None:
-        w.note(f"gdb -> {packet}")
+        if w.log is not None:  # traces only: no formatting on the hot path
+            w.note(f"gdb -> {packet}")
         w.phase = "wait"
         w.ctrlc = False
         for i in request.steps:
@@ -362,6 +430,26 @@ class System:
                 w.mut(i)[HIT] = (g, False)
         self.call(w, "remove_point", Point(SW, g))
 
+    def _do_zins(self, w: World, j: int) -> None:
+        p = self.va[j]
+        w.note(f"gdb -> Z{_zkind(p)},{p.addr:x},{p.length}")
+        w.bps |= 1 << (self.k + j)
+        self.call(w, "insert_point", p)
+
+    def _do_zrem(self, w: World, j: int) -> None:
+        p = self.va[j]
+        bit = self.k + j
+        w.note(f"gdb -> z{_zkind(p)},{p.addr:x},{p.length}")
+        w.bps &= ~(1 << bit)
+        for i, c in enumerate(w.cpus):
+            if c[HIT] == (bit, True):
+                w.mut(i)[HIT] = (bit, False)  # may be dropped now, as for z0
+        self.call(w, "remove_point", p)
+
+    def _do_reset(self, w: World) -> None:
+        w.note("gdb -> qRcmd system_reset")
+        self.call(w, "reset_vm")
+
     def _do_detach(self, w: World) -> None:
         w.note("gdb -> D (or the connection drops)")
         w.phase = "det"
@@ -372,11 +460,13 @@ class System:
                 c = w.mut(i)
                 c[STEP] = None
                 c[HIT] = None  # gdb forgets; the protocol drops pending events on detach
+                c[ACC] = 0
         self.call(w, "detach")
 
     # vCPU threads and hardware ------------------------------------------------
     def _do_start(self, w: World, i: int) -> None:
-        w.note(f"vCPU{i} thread registers (vcpu_started)")
+        if w.log is not None:  # traces only: no formatting on the hot path
+            w.note(f"vCPU{i} thread registers (vcpu_started)")
         self.call(w, "vcpu_started", i, actor=i)
         states = self.snaps[w.cid].states
         held = any(states[j] in PARKED for j in range(self.n) if j != i)
@@ -394,19 +484,39 @@ class System:
         w.ended = True
         self.call(w, "guest_ended", "W", 0, actor=i)
 
+    def _do_fault(self, w: World, i: int) -> None:
+        w.note(f"vCPU{i} triple-faults: run() returns TRIPLE_FAULT, registers as they were")
+        self._left_hit_behind(w, i)
+        cpu = w.mut(i)
+        cpu[EXIT] = "fault"
+        cpu[FLT] = 1
+
     def _do_honour(self, w: World, i: int) -> None:
-        w.note(f"vCPU{i} VMM honours the suspend request: run() returns DEBUG")
+        if w.log is not None:  # traces only: no formatting on the hot path
+            w.note(f"vCPU{i} VMM honours the suspend request: run() returns DEBUG")
         w.mut(i)[EXIT] = "debug"
 
     def _do_deliver(self, w: World, i: int) -> None:
         cpu = w.mut(i)
         ex, cpu[EXIT] = cpu[EXIT], None
         if ex == "debug":
-            w.note(f"vCPU{i} thread -> vcpu_exit_debug")
+            if w.log is not None:  # traces only: no formatting on the hot path
+                w.note(f"vCPU{i} thread -> vcpu_exit_debug")
             self.call(w, "vcpu_exit_debug", i, actor=i)
         elif ex in ("mtrap", "db"):
-            w.note(f"vCPU{i} thread -> vcpu_step_trap (exit {ex.upper()})")
+            if w.log is not None:  # traces only: no formatting on the hot path
+                w.note(f"vCPU{i} thread -> vcpu_step_trap (exit {ex.upper()})")
             self.call(w, "vcpu_step_trap", i, ex == "mtrap", actor=i)
+        elif ex == "mtrapin":
+            w.note(f"vCPU{i} thread -> vcpu_step_trap (exit MTRAP, RIP still in the range)")
+            self.call(w, "vcpu_step_trap", i, True, True, actor=i)
+        elif ex == "fault":
+            w.note(f"vCPU{i} thread -> vcpu_faulted")
+            self.call(w, "vcpu_faulted", i, actor=i)
+        elif ex >= self.k:
+            p = self.va[ex - self.k]
+            w.note(f"vCPU{i} thread -> vcpu_point_hit({_fmt_point(p)})")
+            self.call(w, "vcpu_point_hit", i, p, actor=i)
         else:
             ours = bool(w.mem >> ex & 1)
             present = ours or self.prog[ex] == INT3
@@ -420,7 +530,8 @@ class System:
         self._left_hit_behind(w, i)
         self._deliver_event(w, i, "irq", in_run=True)
 
-    def _do_run(self, w: World, i: int, popped: int | None = None) -> None:
+    def _do_run(self, w: World, i: int, popped: int | None = None,
+                quiet: int | None = None) -> None:
         cpu = w.mut(i)
         if cpu[EXIT] == DUE:
             cpu[EXIT] = self._trap_kind(cpu)
@@ -430,13 +541,39 @@ class System:
         if cpu[ISR] is not None:
             self._iret(w, i)
         else:
-            self._exec(w, i, popped)
+            self._exec(w, i, popped, quiet)
+
+    def _point_at(self, w: World, cpu, pc: int) -> int | None:
+        """The armed VMM point vCPU's next instruction trips, if any: a fetch at a
+        hardware breakpoint (not the one it is resuming from), else an access a
+        watchpoint catches."""
+        armed = w.mem >> self.k
+        ins = self.prog[pc]
+        for j, p in enumerate(self.va):
+            if armed >> j & 1 and p.kind == HW and p.addr == pc and not cpu[RF]:
+                return j
+        for j, p in enumerate(self.va):
+            if armed >> j & 1 and p.is_watch and ins in WATCHED[p.kind]:
+                return j
+        return None
 
     # ------------------------------------------------------- the guest executes
-    def _exec(self, w: World, i: int, popped: int | None) -> None:
+    def _exec(self, w: World, i: int, popped: int | None, quiet: int | None = None) -> None:
         cpu = w.mut(i)
         pc = cpu[PC]
         caps = cpu[VCAPS]
+        if w.mem >> self.k:
+            j = self._point_at(w, cpu, pc)
+            if j is not None:
+                p = self.va[j]
+                what = "fetches at" if p.kind == HW else "is about to access"
+                w.note(f"vCPU{i} {what} {_fmt_point(p)}: run() returns "
+                       f"{'HWBREAK' if p.kind == HW else 'WATCH'}, nothing executed")
+                cpu[EXIT] = self.k + j
+                cpu[HIT] = (self.k + j, True)
+                cpu[RF] = int(p.kind == HW)
+                return
+        cpu[RF] = 0
         if w.mem >> pc & 1:
             self._int3_exit(w, i, pc, ours=True)
             return
@@ -449,7 +586,8 @@ class System:
         elif ins in (POPF0, POPF1):
             popped = int(ins == POPF1)
         shown = ins if popped is None else f"popf (TF={popped})"
-        w.note(f"vCPU{i} executes {shown} at {pc}" + (" (stepping)" if caps & (MT | TF) else ""))
+        if w.log is not None:  # traces only: no formatting on the hot path
+            w.note(f"vCPU{i} executes {shown} at {pc}" + (" (stepping)" if caps & (MT | TF) else ""))
         tf_on = caps & TF
         if tf_on and (ins == PUSHF or popped is not None):
             self.tf(w, i, "intercept_pushf" if ins == PUSHF else "intercept_popf")
@@ -461,7 +599,7 @@ class System:
             cpu[REAL] = cpu[OWN] = popped
         cpu[PC] = (pc + 1) % self.k
         self._ran(cpu)
-        image = self._after_instruction(w, i, own_before, image)
+        image = self._after_instruction(w, i, own_before, image, quiet)
         if image is not None and image != own_before:
             w.fail("P5", f"vCPU{i}: pushf wrote TF={image} to the stack; the guest's TF is {own_before}")
 
@@ -499,7 +637,7 @@ class System:
         self._after_instruction(w, i, own_before, None)
 
     def _after_instruction(self, w: World, i: int, own_before: int,
-                           image: int | None) -> int | None:
+                           image: int | None, quiet: int | None = None) -> int | None:
         """The stepped instruction is done: its trap (TF, with the shadow's fix-up of a
         pushf ``image`` and the guest's own #DB handed back) or MTRAP. Returns the
         image as the guest ends up with it."""
@@ -516,7 +654,13 @@ class System:
             self._own_trap_reflected(w, i, own_before, reflected)
             cpu[EXIT] = "db"
         elif cpu[VCAPS] & MT:
-            cpu[EXIT] = "mtrap"
+            if cpu[RNG] and cpu[ISR] is None and self._in_range(cpu[PC]):
+                if quiet == 0:
+                    w.note(f"vCPU{i} VMM: RIP {cpu[PC]} still in the range, goes on")
+                    return image
+                cpu[EXIT] = "mtrapin"
+            else:
+                cpu[EXIT] = "mtrap"
         return image
 
     def _deliver_event(self, w: World, i: int, kind: str, in_run: bool) -> None:
@@ -574,13 +718,19 @@ class System:
 
     def _left_hit_behind(self, w: World, i: int) -> None:
         """vCPU ``i`` is back in the guest: an unreported hit of a still-inserted
-        breakpoint is an event lost (properties 2 and 3)."""
-        hit = w.cpus[i][HIT]
+        breakpoint is an event lost (properties 2 and 3); a triple-faulted vCPU has
+        nothing to run (property 10)."""
+        cpu = w.cpus[i]
+        if cpu[FLT]:
+            w.fail("F1", f"vCPU{i} runs again after its triple fault")
+        if cpu[ACC]:
+            w.mut(i)[ACC] = 0
+        hit = cpu[HIT]
         if hit is None:
             return
         if hit[1]:
-            w.fail("P3", f"vCPU{i} re-entered the guest with its hit of breakpoint {hit[0]} "
-                         "never reported")
+            w.fail("P3", f"vCPU{i} re-entered the guest with its hit of "
+                         f"{self._point_name(hit[0])} never reported")
         w.mut(i)[HIT] = None
 
     def tf(self, w: World, i: int, trigger: str, *args) -> tuple:
@@ -609,12 +759,18 @@ class System:
             return False
         w.cid = cid
         self._w, self._before, self._actor, self._reinjected = w, before, actor, False
+        self._completing = None
         if w.log is None:
             self._execute(actions)
         else:
             for a in actions:
                 w.log.append("   " + fmt_action(a))
                 self._execute((a,))
+        if self._completing is not None:
+            w.fail("W1", f"CompleteAccess for vCPU{self._completing} with no stop reporting "
+                         "its watch hit after it")
+        if not w.ended and self.snaps[cid].ended:
+            w.ended = True  # a fault without a debugger, or gdb resumed from one
         return self._reinjected
 
     # The ActionExecutor, on the World of the event being carried out.
@@ -647,7 +803,66 @@ class System:
         self._stop_reply(self._w, a.stop)
 
     def send_exit(self, a: SendExit) -> None:
-        self._exit_reply(self._w)
+        self._exit_reply(self._w, a)
+
+    def arm_point(self, a: ArmPoint) -> None:
+        bit = self._va_bit(a.point)
+        if self._w.mem >> bit & 1:
+            self._w.fail("P6", f"{_fmt_point(a.point)} armed twice")
+        self._w.mem |= 1 << bit  # every vCPU, later ones included: one VMM-wide set
+
+    def disarm_point(self, a: DisarmPoint) -> None:
+        bit = self._va_bit(a.point)
+        if not self._w.mem >> bit & 1:
+            self._w.fail("P6", f"disarming {_fmt_point(a.point)}, which is not armed")
+        self._w.mem &= ~(1 << bit)
+
+    def complete_access(self, a: CompleteAccess) -> None:
+        """The VMM executes the parked vCPU's pending access with its watchpoints
+        lifted. Check W1: only now, with nobody else running, once."""
+        w, i = self._w, a.vcpu
+        states = self.snaps[w.cid].states
+        running = [j for j in range(self.n) if states[j] in IN_GUEST]
+        cpu = w.mut(i)
+        hit = cpu[HIT]
+        if running:
+            w.fail("W1", f"CompleteAccess for vCPU{i} while vCPU{running[0]} runs: another "
+                         "vCPU may access the datum between the access and its report")
+        if (hit is None or hit[0] < self.k or not self.va[hit[0] - self.k].is_watch
+                or cpu[EXIT] is not None or states[i] != "at_watchpoint"):
+            w.fail("W1", f"CompleteAccess for vCPU{i}, which has no watched access pending")
+        elif cpu[ACC]:
+            w.fail("W1", f"vCPU{i}'s watched access completed twice")
+        else:
+            w.note(f"vCPU{i} VMM executes its access at {cpu[PC]} with watchpoints lifted")
+            cpu[PC] = (cpu[PC] + 1) % self.k
+            cpu[ACC] = 1
+        self._completing = i
+
+    def step_range(self, a: StepRange) -> None:
+        w = self._w
+        if self._before[a.vcpu] not in PARKED:
+            w.fail("ERR", f"StepRange for vCPU{a.vcpu}, which is in the guest")
+        if (a.start, a.end) != self.cfg.step_range:
+            w.fail("ERR", f"StepRange [{a.start}, {a.end}) is not gdb's range")
+        w.mut(a.vcpu)[RNG] = True
+
+    def reset_vm(self, a: ResetVm) -> None:
+        """Every vCPU back to its boot state and the kernel loaded again; the
+        debugger's own VMM state (capabilities, suspend requests, armed points) stays."""
+        w = self._w
+        states = self.snaps[w.cid].states
+        if any(st in IN_GUEST for st in states):
+            w.fail("ERR", "ResetVm while a vCPU runs")
+        if w.mem & self.sw_mask:
+            w.fail("P6", f"reset with the debugger's int3 at {_bits(w.mem & self.sw_mask)}: "
+                         "its saved byte is the old kernel's")
+        w.mem &= ~self.sw_mask  # memory reloaded
+        for j, c in enumerate(w.cpus):
+            w.cpus[j] = (j == 0, 0, 0, 0, None, ("off", False), c[VCAPS], c[SUSP],
+                         None, None, None, 0, 0, 0, False)
+        if w.cpus[0][VCAPS] & STEP_BITS:
+            w.fail("P4", "vCPU0 has step capabilities on at reset")
 
     def _set_cap(self, w: World, a: SetCap, before: tuple, actor: int | None) -> None:
         bit = CAP_BIT[a.cap]
@@ -662,6 +877,8 @@ class System:
             w.fail("P4", f"{fmt_action(a)} while vCPU{a.vcpu} is inside the guest")
         was = cpu[VCAPS] & bit
         cpu[VCAPS] = cpu[VCAPS] | bit if a.on else cpu[VCAPS] & ~bit
+        if bit & (MT | TF) and not a.on:
+            cpu[RNG] = False  # the range belonged to that one step
         if bit == TF and bool(was) != a.on:
             # svm_setcap: enable saves the guest's TF and sets the debugger's; disable
             # writes the shadow back.
@@ -688,8 +905,13 @@ class System:
     # ------------------------------------------------------------- gdb's side
     def _stop_reply(self, w: World, stop) -> None:
         j = stop.vcpu
-        sig = "T02" if stop.signal == SIGINT else "T05"
-        w.note(f"stub -> {sig}thread:{j + 1:02x};" + ("swbreak:;" if stop.reason else ""))
+        if w.log is not None:  # traces only: no formatting on the hot path
+            w.note(f"stub -> {stop_text(stop)}")
+        if self._completing is not None:
+            if stop.vcpu != self._completing or stop.reason not in WATCH_REASONS:
+                w.fail("W1", f"CompleteAccess for vCPU{self._completing}, but the stop "
+                             f"reports {stop_text(stop)}")
+            self._completing = None
         if w.phase not in WAITING:
             w.fail("P1", f"a stop reply gdb did not ask for (gdb is {w.phase})")
             return
@@ -714,14 +936,27 @@ class System:
         if stop.signal == SIGINT:
             if not w.ctrlc:
                 w.fail("P2", "SIGINT reported but gdb sent no Ctrl-C")
+        elif stop.signal == SIGSEGV:
+            if cpu[FLT] != 1:
+                w.fail("P2", f"SIGSEGV for vCPU{j}, which has no unreported triple fault")
+            cpu[FLT] = 2
         elif stop.signal != SIGTRAP:
             w.fail("P2", f"unexpected signal {stop.signal}")
-        elif stop.reason == "swbreak":
+        elif stop.reason is not None:
             hit = cpu[HIT]
             if hit is None or not w.bps >> hit[0] & 1:
-                w.fail("P2", f"swbreak for vCPU{j}, which has no unreported hit of an inserted "
-                             "breakpoint (a stale or repeated report)")
+                w.fail("P2", f"{stop.reason} for vCPU{j}, which has no unreported hit of an "
+                             "inserted point (a stale or repeated report)")
+            else:
+                want = self._reason(hit[0])
+                if (stop.reason, stop.addr) != want:
+                    w.fail("P2", f"vCPU{j} hit {self._point_name(hit[0])}, reported as "
+                                 f"{stop.reason} {stop.addr}")
+                elif stop.reason in WATCH_REASONS and not cpu[ACC]:
+                    w.fail("W1", f"watch stop for vCPU{j} before its access completed: RIP "
+                                 "at the accessing instruction, gdb's Old/New value wrong")
             cpu[HIT] = None
+            cpu[ACC] = 0
         elif cpu[STEP] != 1:
             what = "did not ask to step" if cpu[STEP] is None else "whose step did not execute"
             w.fail("P2", f"SIGTRAP for vCPU{j}, which gdb {what}: gdb prints "
@@ -730,8 +965,25 @@ class System:
             w.fail("U1", f"stepi on vCPU{j} stops at the first instruction of the timer "
                          "interrupt handler, not after the stepped instruction")
 
-    def _exit_reply(self, w: World) -> None:
-        w.note("stub -> W00")
+    def _reason(self, bit: int) -> tuple[str, int | None]:
+        """What a hit of point ``bit`` is reported as: (reason, watch address)."""
+        if bit < self.k:
+            return "swbreak", None
+        p = self.va[bit - self.k]
+        return p.reason, p.addr if p.is_watch else None
+
+    def _point_name(self, bit: int) -> str:
+        return f"breakpoint {bit}" if bit < self.k else _fmt_point(self.va[bit - self.k])
+
+    def _va_bit(self, point: Point) -> int:
+        try:
+            return self.k + self.va.index(point)
+        except ValueError:
+            self._w.fail("ERR", f"{point} is not one gdb inserts here")
+            return self.k + len(self.va)
+
+    def _exit_reply(self, w: World, a: SendExit | None = None) -> None:
+        w.note(f"stub -> {a.kind}{a.code:02x}" if a else "stub -> W00")
         if w.phase in WAITING:
             w.phase = "exited"
         elif w.phase != "det":
@@ -747,9 +999,9 @@ class System:
         for i, cpu in enumerate(cpus):
             cs = snap.states[i]
             caps = cpu[VCAPS]
-            if cs != "absent" and bool(caps & BPT) != bool(bps) and not ended:
+            if cs != "absent" and bool(caps & BPT) != bool(bps & self.sw_mask) and not ended:
                 return Violation("P6", f"vCPU{i} has BPT_EXIT {'on' if caps & BPT else 'off'} "
-                                       f"with breakpoints {_bits(bps)}")
+                                       f"with breakpoints {_bits(bps & self.sw_mask)}")
             if caps & STEP_BITS and cs not in STEP_ARMED:
                 return Violation("P4", f"vCPU{i} is {cs} with step capabilities on "
                                        f"({_caps(caps)})")
@@ -774,6 +1026,12 @@ class System:
     def permute(self, state, perm: tuple[int, ...]):
         """The state with vCPU ``perm[k]`` renumbered ``k``."""
         cid, phase, ctrlc, bps, mem, ended, cpus = state
+        pcid = self._perm_memo.get((cid, perm))
+        if pcid is None:
+            pcid = self._perm_memo[(cid, perm)] = self._permute_snapshot(cid, perm)
+        return (pcid, phase, ctrlc, bps, mem, ended, tuple(cpus[p] for p in perm))
+
+    def _permute_snapshot(self, cid: int, perm: tuple[int, ...]) -> int:
         s = self.snaps[cid]
         inv = {old: new for new, old in enumerate(perm)}
         ps = replace(
@@ -787,7 +1045,7 @@ class System:
             completed=frozenset(inv[i] for i in s.completed),
             ranging=frozenset(inv[i] for i in s.ranging),
         )
-        return (self.snap(ps), phase, ctrlc, bps, mem, ended, tuple(cpus[p] for p in perm))
+        return self.snap(ps)
 
 
 # Snapshot fields by how a renumbering of vCPUs touches them. A field the model gains
@@ -826,12 +1084,28 @@ def fmt_action(a) -> str:
         return f"SendExit {a.kind}{a.code:02x}"
     if t in (PatchBreakpoint, RestoreBreakpoint):
         return f"{t.__name__} gpa={a.gpa}"
+    if t in (ArmPoint, DisarmPoint):
+        return f"{t.__name__} {_fmt_point(a.point)}"
+    if t is StepRange:
+        return f"StepRange vCPU{a.vcpu} [{a.start}, {a.end})"
+    if t is ResetVm:
+        return "ResetVm"
     return f"{t.__name__} vCPU{a.vcpu}"
 
 
 def stop_text(stop) -> str:
-    sig = "T02" if stop.signal == SIGINT else "T05"
-    return f"{sig}thread:{stop.vcpu + 1:02x};" + ("swbreak:;" if stop.reason else "")
+    text = f"T{stop.signal:02x}thread:{stop.vcpu + 1:02x};"
+    if stop.reason:
+        text += f"{stop.reason}:{'' if stop.addr is None else format(stop.addr, 'x')};"
+    return text
+
+
+def _fmt_point(p: Point) -> str:
+    return f"{p.kind}@{p.addr:#x}" + (f"/{p.length}" if p.is_watch else "")
+
+
+def _zkind(p: Point) -> int:
+    return {"sw": 0, "sw_va": 0, "hw": 1, "write": 2, "read": 3, "access": 4}[p.kind]
 
 
 __all__ = ["NOP", "Mutation", "System", "Violation", "World"]

@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from model import lifecycle
-from model.actions import Cap, ClearSuspend, SetCap
+from model.actions import Cap, ClearSuspend, CompleteAccess, RestoreBreakpoint, SetCap
 from model.coordinator import Coordinator
 from model.machine import MachineSpec, run_effects, select
 from model.resume import Resume, ResumeRequest
 from model.tf_shadow import TfShadow
-from proofs.config import INT3, NOP, Config
+from proofs.config import INT3, NOP, STORE, Config
 from proofs.env import Mutation
 
 
@@ -166,6 +166,66 @@ class ExitDebugKeepsStep(_SpecCoordinator):
                  and "disarm" in tx.effects else tx)
 
 
+# ------------------------------------------- debug points, range steps, faults
+class CompleteAccessEarly(Coordinator):
+    """The watched access is completed as soon as the hit arrives, while the other
+    vCPUs may still run (and write the datum before gdb reads its New value)."""
+
+    def record_hit(self, i: int, point=None) -> None:
+        super().record_hit(i, point)
+        if point is not None and point.is_watch:
+            self.completed.add(i)
+            self._out.append(CompleteAccess(i))
+
+
+class RemovedWatchReported(Coordinator):
+    """A pending watch hit is kept when its watchpoint is removed (only breakpoint
+    hits are dropped)."""
+
+    def _drop_stale_hits(self) -> None:
+        for i, point in enumerate(self.pending_hits):
+            if point is not None and not point.is_watch and point not in self.points:
+                self._consume(i)
+
+
+class RangeNeverEnds(_SpecCoordinator):
+    """A range step's trap keeps the vCPU going whether or not RIP left the range."""
+
+    SPEC = _spec("range-never-ends", lambda tx: replace(
+        tx, conditions=tuple("range_step" if c == "in_range" else c for c in tx.conditions))
+        if "in_range" in tx.conditions else tx)
+
+    def range_step(self, i: int, *_) -> bool:
+        return i in self.ranging
+
+
+class FaultRunsOn(Coordinator):
+    """gdb's resume after a fault stop releases the vCPUs as after any stop: the
+    faulted vCPU's reported event is consumed and it runs again."""
+
+    def resume(self, request):
+        if self.owner is not None and self.states[self.owner] == "at_fault":
+            self.states[self.owner] = "exited_mtrap"  # consumed like any reported stop
+        return super().resume(request)
+
+
+class AccessCompletedTwice(Coordinator):
+    """Every report of a watch stop completes the access, a repeated '?' too."""
+
+    def _finish_stop_if_complete(self) -> None:
+        super()._finish_stop_if_complete()
+        self.completed.clear()
+
+
+class ResetKeepsInt3(Coordinator):
+    """Reset without taking the int3 bytes out first: the saved bytes are the old
+    kernel's, and patching the reloaded one saves 0xCC as the original."""
+
+    def reset_vm(self):
+        out = super().reset_vm()
+        return [a for a in out if not isinstance(a, RestoreBreakpoint)]
+
+
 # ---------------------------------------------------------------- the table
 @dataclass(frozen=True)
 class Mutant:
@@ -187,6 +247,13 @@ def _mut(name, coordinator=Coordinator, tf=TfShadow) -> Mutation:
 
 ONE = Config(vcpus=1)
 TWO = Config(vcpus=2, program=(NOP, INT3))
+WATCH1 = Config(vcpus=1, personality="intel", program=(NOP, STORE), bp_gpas=(),
+                watch=("write",))
+WATCH2 = WATCH1.with_(vcpus=2)
+RANGE1 = Config(vcpus=1, personality="intel", program=(NOP, NOP, NOP), bp_gpas=(),
+                step_range=(0, 2))
+FAULT1 = Config(vcpus=1, personality="intel", program=(NOP,), bp_gpas=(), faults=True)
+RESET1 = Config(vcpus=1, personality="intel", program=(NOP,), gdb_reset=True)
 MUTANTS: tuple[Mutant, ...] = tuple(
     Mutant(name, doc, cfg, expect, _mut(name, *impl), liveness)
     for name, doc, cfg, expect, impl, liveness in (
@@ -224,6 +291,18 @@ MUTANTS: tuple[Mutant, ...] = tuple(
          TWO, "P6", (NewVcpuNoBptExit,), False),
         ("debug-exit-keeps-step", "a step cancelled by a suspend leaves the step caps on",
          TWO, "P4", (ExitDebugKeepsStep,), False),
+        ("complete-access-early",
+         "a watched access is completed at the hit, while other vCPUs still run", WATCH2, "W1", (CompleteAccessEarly,), False),
+        ("removed-watch-reported",
+         "a pending watch hit is reported after its watchpoint was removed", WATCH2, "P2", (RemovedWatchReported,), False),
+        ("access-completed-twice", "a repeated '?' completes the watched access again",
+         WATCH1, "W1", (AccessCompletedTwice,), False),
+        ("range-never-ends", "a range step's trap outside the range keeps it going",
+         RANGE1, "L1-step", (RangeNeverEnds,), True),
+        ("fault-runs-on", "resuming from a triple-fault stop runs the faulted vCPU again",
+         FAULT1, "F1", (FaultRunsOn,), False),
+        ("reset-keeps-int3", "reset reloads memory with the int3 bytes still in",
+         RESET1, "P6", (ResetKeepsInt3,), False),
     )
 )
 

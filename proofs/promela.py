@@ -33,11 +33,13 @@ from model.actions import Cap
 from model.machine import MachineSpec
 from model.points import SW
 from model.resume import CONTINUE_ALL, Resume, ResumeRequest
-from proofs.config import INT3, NOP, POPF, POPF0, POPF1, PUSHF, Config
+from proofs.config import INT3, LOAD, NOP, POPF, POPF0, POPF1, PUSHF, STORE, Config
 from proofs.env import (
+    ACC,
     BPT,
     DUE,
     EXIT,
+    FLT,
     HIT,
     ISR,
     MASK,
@@ -45,6 +47,8 @@ from proofs.env import (
     OWN,
     PC,
     REAL,
+    RF,
+    RNG,
     STARTED,
     STEP,
     SUSP,
@@ -59,8 +63,8 @@ from proofs.env import (
 
 PHASES = ("det", "query", "qwait", "wait", "stopped", "exited")
 NONE = 255
-EXIT_CODE = {None: 0, "debug": 1, "mtrap": 2, "db": 3, DUE: 4}
-BPT_EXIT0 = 8  # exit code of a BPT exit at GPA g is 8 + g
+EXIT_CODE = {None: 0, "debug": 1, "mtrap": 2, "db": 3, DUE: 4, "mtrapin": 5, "fault": 6}
+BPT_EXIT0 = 8  # exit code of a BPT exit at GPA g is 8 + g; of VMM point j, 8 + K + j
 ISR_KIND = {None: 0, "irq": 1, "bp": 2}
 CAP_BITS = {Cap.MTRAP_EXIT: MT, Cap.RFLAGS_TF: TF, Cap.MASK_HWINTR: MASK, Cap.BPT_EXIT: BPT}
 
@@ -69,13 +73,19 @@ def encode(sys: System, state) -> dict[str, int]:
     """The Promela variables of a Python checker state."""
     cid, phase, ctrlc, bps, mem, ended, cpus = state
     s = sys.snaps[cid]
+    k = sys.k
     lstates = lifecycle.VCPU.states
+
+    def bit(p) -> int:  # a Point as the bit gdb's and the VMM's sets use (env.py)
+        return p.addr if p.kind == SW else k + sys.va.index(p)
+
     tstates = tfs_mod.TF_SHADOW.states
     v = {
         "bpt": sum(1 << i for i in s.bpt_exit_on), "want": sum(1 << i for i in s.want_stopped),
         "release_new": int(s.release_new), "owner": NONE if s.owner is None else s.owner,
         "reply_owed": int(s.reply_owed), "why": {None: 0, "halt": 1, "sigint": 2}[s.why],
-        "cbps": sum(1 << p.addr for p in s.points if p.kind == SW), "attached": int(s.attached),
+        "cbps": sum(1 << bit(p) for p in s.points), "attached": int(s.attached),
+        "compl": sum(1 << i for i in s.completed), "crng": sum(1 << i for i in s.ranging),
         "cended": int(s.ended), "cexit": int(s.exit_owed is not None),
         "phase": PHASES.index(phase), "ctrlc": int(ctrlc),
         "bps": bps, "mem": mem, "ended": int(ended),
@@ -87,7 +97,7 @@ def encode(sys: System, state) -> dict[str, int]:
         v.update({
             f"vs_{i}": lstates.index(s.states[i]),
             f"ccaps_{i}": sum(CAP_BITS[x] for x in s.caps[i]),
-            f"phit_{i}": NONE if s.pending_hits[i] is None else s.pending_hits[i].addr,
+            f"phit_{i}": NONE if s.pending_hits[i] is None else bit(s.pending_hits[i]),
             f"started_{i}": int(c[STARTED]), f"pc_{i}": c[PC], f"own_{i}": c[OWN],
             f"real_{i}": c[REAL], f"isrk_{i}": ISR_KIND[isr[0]], f"isrf_{i}": isr[1],
             f"isro_{i}": isr[2], f"tfs_{i}": tstates.index(c[TFS][0]),
@@ -95,6 +105,7 @@ def encode(sys: System, state) -> dict[str, int]:
             f"exit_{i}": EXIT_CODE[ex] if not isinstance(ex, int) else BPT_EXIT0 + ex,
             f"step_{i}": 0 if c[STEP] is None else 1 + c[STEP],
             f"hit_{i}": 0 if hit is None else 1 + 2 * hit[0] + int(hit[1]),
+            f"rf_{i}": c[RF], f"flt_{i}": c[FLT], f"acc_{i}": c[ACC], f"rng_{i}": int(c[RNG]),
         })
     return v
 
@@ -104,6 +115,10 @@ class Generator:
                  tf_spec: MachineSpec = tfs_mod.TF_SHADOW):
         if cfg.mutant:
             raise ValueError("mutants that subclass Python code have no Promela")
+        if cfg.hw_addrs or cfg.step_range or cfg.faults or cfg.gdb_reset or not set(
+                cfg.watch) <= {"write"} or LOAD in cfg.program:
+            raise ValueError("Promela covers write watchpoints; not hardware breakpoints, "
+                             "range steps, faults or reset (yet)")
         self.cfg = cfg
         self.spec = vcpu_spec
         self.tf_spec = tf_spec
@@ -113,6 +128,8 @@ class Generator:
         self.settable = self.sys.settable
         self.step_caps = self.sys.step_cfg.caps_for_step()
         self.can_step = self.sys.step_cfg.can_step
+        self.sw_mask = (1 << self.k) - 1
+        self.va = cfg.va_points  # write watchpoints on DATUM: bit K+j
 
     # ------------------------------------------------------------ helpers
     def vs(self, name: str) -> str:
@@ -145,17 +162,17 @@ class Generator:
             lines.append(f"#define T_{s} {k}")
         for k, p in enumerate(PHASES):
             lines.append(f"#define P_{p} {k}")
-        for k, ins in enumerate((NOP, PUSHF, POPF, POPF0, POPF1, INT3), 1):
+        for k, ins in enumerate((NOP, PUSHF, POPF, POPF0, POPF1, INT3, STORE, LOAD), 1):
             lines.append(f"#define I_{ins.upper()} {k}")
         lines += [f"#define NONE {NONE}", f"#define MT {MT}", f"#define TF {TF}",
                   f"#define MASK {MASK}", f"#define BPT {BPT}", "#define DEBUG 1",
                   "#define MTRAP 2", "#define DB 3", "#define DUE 4", "#define IRQ 1",
-                  "#define BP 2"]
+                  "#define BP 2", f"#define SWMASK {self.sw_mask}"]
         init = encode(self.sys, self.sys.initial())
         for name, val in init.items():
             lines.append(f"byte {name} = {val};")
         lines += ["byte t_img = 0; byte t_frame = 0; byte t_own = 0; byte t_gpa = 0;",
-                  "byte t_refl = 0; byte t_inr = 0;",
+                  "byte t_refl = 0;",
                   "byte t_reinj = 0; byte t_was = 0;"]
         return "\n".join(lines)
 
@@ -186,7 +203,7 @@ class Generator:
             "holding": "(want != 0 || !release_new)",
             "wants_stop": f"((want >> {i}) & 1)",
             "stop_unclaimed": "(owner == NONE)",
-            "in_range": "(t_inr == 1)",
+            "in_range": "false",  # no range steps in Promela (the generator refuses them)
         }[name]
 
     def effect(self, i: int, name: str, arg: str) -> str:
@@ -197,7 +214,7 @@ class Generator:
             bits = sum(CAP_BITS[c] for c in self.step_caps)
             return ";\n".join(ons + [f"ccaps_{i} = {bits}"])
         if name == "disarm":
-            offs = []
+            offs = []  # the coordinator's ranging is always empty here (no range steps)
             for c in sorted((Cap.MASK_HWINTR, Cap.MTRAP_EXIT, Cap.RFLAGS_TF), key=lambda c: c.value):
                 offs.append(f"if\n:: ccaps_{i} & {CAP_BITS[c]} -> {self.setcap(i, c, False)}\n"
                             ":: else -> skip\nfi")
@@ -208,7 +225,7 @@ class Generator:
             return (f"if\n:: owner == NONE && attached -> owner = {i};\nstop_all()\n"
                     f":: else -> want = want | {1 << i}\nfi")
         if name == "record_hit":
-            return f"phit_{i} = {arg}"
+            return f"phit_{i} = {arg}"  # the point's bit (no fault here: no NONE case)
         if name == "reinject":
             return f"reinject_{i}()"
         raise KeyError(f"effect {name!r} has no Promela")
@@ -274,22 +291,25 @@ class Generator:
                 ":: else -> skip\nfi")
         out.append("inline stop_all() {\n" + ";\n".join(stop_all) + "\n}")
         out.append(self.send_stop())
+        out.append(self.complete_access())
         out.append(
             "inline finish_stop() {\nif\n"
             ":: reply_owed && attached && ACTIVE != 0 && ((want & ACTIVE) == ACTIVE) && "
             "ALL_PARKED ->\n"
             "   if\n   :: owner == NONE && why == 0 -> skip\n"
-            "   :: else -> send_stop(); reply_owed = 0; why = 0\n   fi\n"
+            "   :: else -> complete_access(); send_stop(); reply_owed = 0; why = 0\n   fi\n"
             ":: else -> skip\nfi\n}")
         for i in range(n):
-            out.append(f"inline consume_{i}() {{\n{self.fire(i, 'consume')};\nphit_{i} = NONE\n}}")
+            compl = f";\ncompl = compl & {255 ^ (1 << i)}" if self.va else ""
+            out.append(f"inline consume_{i}() {{\n{self.fire(i, 'consume')};\nphit_{i} = NONE"
+                       f"{compl}\n}}")
             out.append(self.reinject(i))
             out.append(self.deliver_event(i))
         sync = []
         for j in range(n):
             sync.append(
-                f"if\n:: {self.active(j)} && ((bpt >> {j}) & 1) != (cbps != 0) ->\n"
-                f"   if\n   :: cbps != 0 -> {self.set_bpt(j, True)}\n"
+                f"if\n:: {self.active(j)} && ((bpt >> {j}) & 1) != ((cbps & SWMASK) != 0) ->\n"
+                f"   if\n   :: (cbps & SWMASK) != 0 -> {self.set_bpt(j, True)}\n"
                 f"   :: else -> {self.set_bpt(j, False)}\n   fi\n:: else -> skip\nfi")
         out.append("inline sync_bpt() {\n" + ";\n".join(sync) + "\n}")
         inv = []
@@ -299,7 +319,7 @@ class Generator:
             inv.append(f"assert(!(vcaps_{i} & {MT | TF | MASK}) || "
                        f"{self.in_set(f'vs_{i}', lifecycle.STEP_ARMED)})")
             inv.append(f"assert(ended || !{self.active(i)} || "
-                       f"(((vcaps_{i} & BPT) != 0) == (bps != 0)))")
+                       f"(((vcaps_{i} & BPT) != 0) == ((bps & SWMASK) != 0)))")
             inv.append(f"assert(phase != P_stopped || ended || !{self.active(i)} || "
                        f"{self.parked(i)})")
         inv.append("assert(mem == bps)")
@@ -314,7 +334,12 @@ class Generator:
             expect = [
                 f"   if\n   :: vs_{j} == VS_at_breakpoint ->\n"
                 f"      assert(hit_{j} != 0 && ((bps >> ((hit_{j} - 1) / 2)) & 1));\n"
-                f"      hit_{j} = 0\n"
+                + (f"      assert((hit_{j} - 1) / 2 < {self.k});\n" if self.va else "")
+                + f"      hit_{j} = 0\n"
+                + (f"   :: vs_{j} == VS_at_watchpoint ->\n"
+                   f"      assert(hit_{j} != 0 && ((bps >> ((hit_{j} - 1) / 2)) & 1));\n"
+                   f"      assert((hit_{j} - 1) / 2 >= {self.k} && acc_{j});\n"
+                   f"      hit_{j} = 0; acc_{j} = 0\n" if self.va else "") +
                 f"   :: else -> assert(step_{j} == 2)"
                 + (f";\n      assert(isrk_{j} != IRQ)" if "U1" in self.cfg.checks else "")
                 + "\n   fi"]
@@ -329,6 +354,23 @@ class Generator:
             "\n   fi\n:: else -> skip\nfi;\n"
             "phase = P_stopped;\nctrlc = 0;\n"
             + ";\n".join(f"step_{j} = 0" for j in range(n)) + "\n}")
+
+    def complete_access(self) -> str:
+        """The coordinator's CompleteAccess before the stop of an at_watchpoint owner,
+        and the VMM carrying it out (env.System.complete_access, check W1). Without
+        watchpoints no vCPU reaches at_watchpoint: nothing (SPIN bounds a d_step)."""
+        if not self.va:
+            return "inline complete_access() {\nskip\n}"
+        per = []
+        for j in range(self.n):
+            per.append(
+                f":: owner == {j} && vs_{j} == VS_at_watchpoint && !((compl >> {j}) & 1) ->\n"
+                f"   compl = compl | {1 << j};\n"
+                f"   assert(ALL_PARKED && hit_{j} != 0 && (hit_{j} - 1) / 2 >= {self.k});\n"
+                f"   assert(exit_{j} == 0 && !acc_{j});\n"
+                f"   pc_{j} = (pc_{j} + 1) % {self.k}; acc_{j} = 1")
+        return "inline complete_access() {\nif\n" + "\n".join(per) + \
+            "\n:: else -> skip\nfi\n}"
 
     def reinject(self, i: int) -> str:
         return (f"inline reinject_{i}() {{\n"
@@ -400,14 +442,16 @@ class Generator:
         return out
 
     def left_hit(self, i: int) -> str:
-        return (f"if\n:: hit_{i} != 0 -> assert(((hit_{i} - 1) % 2) == 0); hit_{i} = 0\n"
+        return ((f"acc_{i} = 0;\n" if self.va else "")
+                + f"if\n:: hit_{i} != 0 -> assert(((hit_{i} - 1) % 2) == 0); hit_{i} = 0\n"
                 ":: else -> skip\nfi")
 
     def start(self, i: int) -> str:
         others = [j for j in range(self.n) if j != i]
         held = " || ".join(self.parked(j) for j in others) or "false"
         return (f"{self.fire(i, 'start')};\n"
-                f"if\n:: cbps != 0 -> {self.set_bpt(i, True)}\n:: else -> skip\nfi;\n"
+                f"if\n:: (cbps & SWMASK) != 0 && !((bpt >> {i}) & 1) -> {self.set_bpt(i, True)}\n"
+                ":: else -> skip\nfi;\n"
                 f"finish_stop();\n"
                 f"assert(!({held}) || {self.parked(i)})")
 
@@ -420,7 +464,8 @@ class Generator:
             f"if\n:: exit_{i} == DEBUG -> exit_{i} = 0;\n{self.vcpu_event(i, 'exit_debug')}\n"
             f":: exit_{i} == MTRAP -> exit_{i} = 0;\n{self.vcpu_event(i, 'mtrap_exit')}\n"
             f":: exit_{i} == DB -> exit_{i} = 0;\n{self.vcpu_event(i, 'db_trap')}\n"
-            f":: exit_{i} >= {BPT_EXIT0} -> t_gpa = exit_{i} - {BPT_EXIT0}; exit_{i} = 0;\n"
+            f":: exit_{i} >= {BPT_EXIT0} && exit_{i} < {BPT_EXIT0 + self.k} ->\n"
+            f"   t_gpa = exit_{i} - {BPT_EXIT0}; exit_{i} = 0;\n"
             f"   if\n   :: (cbps >> t_gpa) & 1 -> {self.vcpu_event(i, 'breakpoint', 't_gpa')}\n"
             f"   :: else ->\n"
             f"      if\n      :: ((mem >> t_gpa) & 1) || {self.prog('t_gpa')} == I_INT3 ->\n"
@@ -429,7 +474,12 @@ class Generator:
             f"      fi\n   fi;\n"
             f"   assert({self.prog('t_gpa')} != I_INT3 || t_reinj);\n"
             f"   t_gpa = 0; t_reinj = 0\n"
-            f"fi")
+            + (f":: exit_{i} >= {BPT_EXIT0 + self.k} -> t_gpa = exit_{i} - {BPT_EXIT0}; "
+               f"exit_{i} = 0;\n"
+               f"   if\n   :: (cbps >> t_gpa) & 1 -> {self.vcpu_event(i, 'watch', 't_gpa')}\n"
+               f"   :: else -> {self.vcpu_event(i, 'stale_point', 't_gpa')}\n   fi;\n"
+               f"   t_gpa = 0\n" if self.va else "")
+            + "fi")
 
     def run(self, i: int) -> str:
         per_pc = []
@@ -438,6 +488,14 @@ class Generator:
                 code = self.int3_exit(i, ours=False)
             elif ins == POPF:
                 code = "assert(false) /* popf runs through run_popf */"
+            elif ins == STORE and self.va:
+                armed = " || ".join(f"((mem >> {self.k + j}) & 1)" for j in range(len(self.va)))
+                first = " ".join(f"((mem >> {self.k + j}) & 1) -> {self.k + j} :"
+                                 for j in range(len(self.va)))
+                code = (f"if\n:: {armed} -> t_gpa = ({first} 0);\n"
+                        f"   exit_{i} = {BPT_EXIT0} + t_gpa; hit_{i} = 1 + 2 * t_gpa + 1; "
+                        f"t_gpa = 0\n"
+                        f":: else -> {self.exec_plain(i, ins, None)}\nfi")
             else:
                 code = self.exec_plain(i, ins, None)
             per_pc.append(f":: pc_{i} == {pc} -> {code}")
@@ -539,7 +597,26 @@ class Generator:
         for g in cfg.bp_gpas:
             out.append((f"insert_{g}", "phase == P_stopped", self.insert(g)))
             out.append((f"remove_{g}", "phase == P_stopped", self.remove(g)))
+        for j in range(len(self.va)):
+            out.append((f"zins_{j}", "phase == P_stopped", self.arm(self.k + j)))
+            out.append((f"zrem_{j}", "phase == P_stopped", self.disarm(self.k + j)))
         return out
+
+    def arm(self, b: int) -> str:
+        """Z2: ``insert_point`` of a VMM point: ArmPoint (env.System.arm_point)."""
+        return (f"bps = bps | {1 << b};\nassert(attached);\n"
+                f"if\n:: !((cbps >> {b}) & 1) -> cbps = cbps | {1 << b};\n"
+                f"   assert(!((mem >> {b}) & 1)); mem = mem | {1 << b}\n"
+                ":: else -> skip\nfi")
+
+    def disarm(self, b: int) -> str:
+        must = 1 + 2 * b + 1
+        hits = ";\n".join(f"if\n:: hit_{j} == {must} -> hit_{j} = {must - 1}\n:: else -> skip\nfi"
+                          for j in range(self.n))
+        return (f"bps = bps & {255 ^ (1 << b)};\n{hits};\nassert(attached);\n"
+                f"if\n:: (cbps >> {b}) & 1 -> cbps = cbps & {255 ^ (1 << b)};\n"
+                f"   assert((mem >> {b}) & 1); mem = mem & {255 ^ (1 << b)}\n"
+                ":: else -> skip\nfi")
 
     def resume(self, request: ResumeRequest) -> str:
         n = self.n
@@ -565,7 +642,7 @@ class Generator:
             member = f"{self.active(j)}" if others else ("true" if j in plan else "false")
             if member == "false":
                 continue
-            pend.append((j, f"({member} && vs_{j} == VS_at_breakpoint)"))
+            pend.append((j, f"({member} && {self.in_set(f'vs_{j}', lifecycle.EVENT_STATES)})"))
         chain = "skip"
         release = []
         for j in range(n):
@@ -601,9 +678,10 @@ class Generator:
     def detach(self) -> str:
         n = self.n
         code = ["phase = P_det", "ctrlc = 0", "bps = 0"]
-        code += [f"step_{j} = 0; hit_{j} = 0" for j in range(n)]
+        code += [f"step_{j} = 0; hit_{j} = 0" + (f"; acc_{j} = 0" if self.va else "")
+                 for j in range(n)]
         inner = []
-        for g in sorted(self.cfg.bp_gpas):
+        for g in [*sorted(self.cfg.bp_gpas), *range(self.k, self.k + len(self.va))]:
             inner.append(f"if\n:: (cbps >> {g}) & 1 -> assert((mem >> {g}) & 1); "
                          f"mem = mem & {255 ^ (1 << g)}\n:: else -> skip\nfi")
         inner += ["cbps = 0", "sync_bpt()", ("attached = 0; reply_owed = 0; cexit = 0; why = 0; "

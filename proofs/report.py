@@ -11,11 +11,16 @@ from pathlib import Path
 
 from proofs.checker import Counterexample, Result
 from proofs.env import (
+    ACC,
     EXIT,
+    FLT,
+    HIT,
     ISR,
     OWN,
     PC,
     REAL,
+    RF,
+    RNG,
     STARTED,
     SUSP,
     TFS,
@@ -42,10 +47,22 @@ def describe_vcpu(sys: System, state, i: int) -> str:
         bits.append(f"shadow={cpu[TFS][0]}:{int(cpu[TFS][1])}")
     if cpu[SUSP]:
         bits.append("suspend-req")
-    if cpu[EXIT] is not None:
-        bits.append(f"exit={cpu[EXIT] if isinstance(cpu[EXIT], str) else 'BPT@' + str(cpu[EXIT])}")
+    ex = cpu[EXIT]
+    if ex is not None:
+        if isinstance(ex, str):
+            bits.append(f"exit={ex}")
+        elif ex < sys.k:
+            bits.append(f"exit=BPT@{ex}")
+        else:
+            p = sys.va[ex - sys.k]
+            bits.append(f"exit={'HWBREAK' if p.kind == 'hw' else 'WATCH'}:{p.kind}")
     if cpu[ISR] is not None:
         bits.append(f"in {cpu[ISR][0]} handler")
+    if cpu[HIT] is not None:
+        bits.append(f"hit={sys._point_name(cpu[HIT][0])}" + ("" if cpu[HIT][1] else "(removed)"))
+    bits += [label for on, label in ((cpu[RF], "rf"), (cpu[FLT] == 1, "faulted"),
+                                     (cpu[FLT] == 2, "fault-reported"),
+                                     (cpu[ACC], "access-done"), (cpu[RNG], "range")) if on]
     return " ".join(bits)
 
 

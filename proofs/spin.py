@@ -143,6 +143,12 @@ CROSSCHECK: tuple[Config, ...] = (
     # The guest's own #DB handed back after a debugger step (the fixed 5d finding).
     Config(vcpus=1, personality="amd", checks=frozenset({"5d"})),
     Config(vcpus=2, personality="amd-nomask", checks=frozenset({"5d"})),
+    # Write watchpoints (issue 13): hits racing steps and breakpoints, CompleteAccess.
+    Config(vcpus=2, personality="intel", program=("nop", "store"), bp_gpas=(),
+           watch=("write",)),
+    Config(vcpus=2, personality="amd", program=("nop", "store"), watch=("write",)),
+    Config(vcpus=3, personality="intel", program=("nop", "store"), bp_gpas=(),
+           watch=("write",)),
 )
 
 

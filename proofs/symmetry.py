@@ -20,15 +20,22 @@ Liveness is not checked on reduced graphs (a permutation can hide an unfair cycl
 
 from __future__ import annotations
 
+from model import lifecycle
 from proofs.env import System, check_snapshot_fields
 
 
 class Canon:
     def __init__(self, sys: System):
         check_snapshot_fields()
+        if sys.cfg.gdb_reset:
+            # Reset makes vCPU 0 the boot vCPU again while the VMM keeps each vCPU's
+            # suspend request: not invariant under renumbering.
+            raise ValueError("monitor system_reset is not symmetric in the vCPUs: "
+                             "check it without --symmetry")
         self.sys = sys
         self._ids: dict = {}
         self._memo: dict = {}
+        self._parts: dict = {}  # cid -> each vCPU's coordinator part, as an id
 
     def _id(self, obj) -> int:
         # First-seen order is deterministic for a run, and ints sort fast.
@@ -39,13 +46,14 @@ class Canon:
 
     def perm(self, state) -> tuple[int, ...]:
         cid, _phase, _ctrlc, _bps, _mem, _ended, cpus = state
-        s = self.sys.snaps[cid]
-        keys = []
-        for i, cpu in enumerate(cpus):
-            part = (s.states[i], s.caps[i], i in s.bpt_exit_on, i in s.want_stopped, i == s.owner,
-                    s.pending_hits[i], i in s.completed, i in s.ranging)
-            keys.append((self._id(part), self._id(cpu), i))
-        keys.sort()
+        parts = self._parts.get(cid)
+        if parts is None:
+            s = self.sys.snaps[cid]
+            parts = self._parts[cid] = tuple(
+                self._id((s.states[i], s.caps[i], i in s.bpt_exit_on, i in s.want_stopped,
+                          i == s.owner, s.pending_hits[i], i in s.completed, i in s.ranging))
+                for i in range(len(cpus)))
+        keys = sorted((parts[i], self._id(cpu), i) for i, cpu in enumerate(cpus))
         return tuple(k[2] for k in keys)
 
     def __call__(self, state):
@@ -58,9 +66,10 @@ class Canon:
 
     def clear(self) -> None:
         self._memo.clear()
+        self._parts.clear()
 
 
-RESUMES = ("cont", "step", "vcont")
+RESUMES = ("cont", "step", "vcont", "range", "rangec")
 
 
 def tie_break_variants(sys: System, state, label: tuple) -> list[tuple]:
@@ -70,8 +79,10 @@ def tie_break_variants(sys: System, state, label: tuple) -> list[tuple]:
         return []
     s = sys.snaps[state[0]]
     active = [i for i, st in enumerate(s.states) if st != "absent"]
-    plan = active if label[0] != "step" else [label[1]]  # "c" and "vCont;s:i;c": all
-    pending = sorted(i for i in plan if s.states[i] == "at_breakpoint")
+    # "c", "vCont;s:i;c" and "vCont;r..:i;c": all; "vCont;s:i", "vCont;r..:i": i
+    plan = active if label[0] not in ("step", "range") else [label[1]]
+    # The reported stop's owner is consumed first; every other event pends.
+    pending = sorted(i for i in plan if s.states[i] in lifecycle.EVENT_STATES and i != s.owner)
     out = []
     for k in pending[1:]:
         p = list(range(sys.n))
@@ -82,6 +93,6 @@ def tie_break_variants(sys: System, state, label: tuple) -> list[tuple]:
 
 def relabel(label: tuple, perm: tuple[int, ...]) -> tuple:
     """``label`` for the state permuted by ``perm`` (vCPU perm[k] became k)."""
-    if label[0] in ("step", "vcont"):
+    if label[0] in ("step", "vcont", "range", "rangec"):
         return (label[0], perm.index(label[1]))
     return label

@@ -6,7 +6,7 @@ import pytest
 
 from proofs import checker, ledger, symmetry
 from proofs.checker import explore
-from proofs.config import NOP, POPF, PUSHF, Config
+from proofs.config import NOP, POPF, PUSHF, STORE, Config
 from proofs.symmetry import Canon
 
 # Two breakpoint GPAs make vCPUs with pending hits distinguishable, which is where the
@@ -14,6 +14,11 @@ from proofs.symmetry import Canon
 CASES = (
     Config(vcpus=2, program=(NOP, PUSHF, POPF)),
     Config(vcpus=3, program=(NOP, PUSHF), bp_gpas=(0, 1)),
+    # Pending watch hits and faults are events the lowest-index choice picks among too.
+    Config(vcpus=3, personality="intel", program=(STORE,), bp_gpas=(), watch=("write",),
+           faults=True),
+    Config(vcpus=3, personality="intel", program=(NOP, STORE), bp_gpas=(), step_range=(0, 1),
+           watch=("write",), gdb_vcont=False, gdb_ctrlc=False),
 )
 
 
