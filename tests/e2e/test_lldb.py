@@ -91,3 +91,19 @@ def test_process_connect_and_a_vcpu_not_started(stub_factory):
     assert "stop reason = instruction step into" in out, out
     assert re.search(r"rip = 0x0+100111\s+demo\.elf`_start \+ 1", out), out
     assert sp.proc.wait(30) is not None  # killed: the stub ends
+
+
+def test_a_watchpoint_names_the_vcpu_that_wrote(stub_factory):
+    """LLDB's ``watchpoint set`` (Z2 after an unanswered qWatchpointSupportInfo) on
+    loops[2], which only vCPU 2 (thread 3) writes: the stop names thread 3, after the
+    writing instruction."""
+    sp = stub_factory("--vm", "demo")
+    out = run_lldb([
+        f"gdb-remote 127.0.0.1:{sp.port}",
+        "watchpoint set expression -w write -s 8 -- (char *)&loops + 16",
+        "continue",
+        "process detach",
+    ])
+    assert re.search(r"^\* thread #3, stop reason = watchpoint 1$", out, re.MULTILINE), out
+    assert re.search(r"^->\s+0xffffffff801010f4 <\+9>:", out, re.MULTILINE), out
+    assert "Process 1 detached" in out, out
