@@ -158,6 +158,7 @@ class SliceRunner:
         self._insns, self._limit, self.watch_if = 0, 1, False
         rip = cpu.rip
         self.points.begin_slice(rip, True, skip=True)
+        self.watch.off()  # its block hook would stop the run before the instruction
         code.on()
         try:
             with self.points.lifted():

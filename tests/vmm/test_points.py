@@ -420,3 +420,19 @@ def test_a_va_breakpoint_right_after_a_pass_hits_in_the_same_slice(make_vm):
     exit_ = v.run()
     assert exit_.kind is ExitKind.HWBREAK and exit_.rip == sym["t"]
     assert u64(vm, sym["other"]) == 1 and len(slices) == 1
+
+
+def test_complete_access_runs_even_with_the_interrupt_window_watched(make_vm):
+    """A free slice may leave the interrupt-window watch on (an interrupt waits for
+    IF=1); its block hook must not stop the completed instruction before it runs (it
+    did: the access was then reported again after gdb's continue)."""
+    vm, sym = make_vm("main:\n cli\nw: mov qword ptr [rip + var], 3\n int3\n" + DATA)
+    v = vm.vcpus[0]
+    bpt(vm)
+    vm.arm_point(Point(WRITE, sym["var"], 8), v)
+    assert v.run().kind is ExitKind.WATCH
+    watch = v._slices.watch
+    watch._hook.on()  # as a free slice with a tick waiting at IF=0 leaves it ...
+    watch._deadline = 0.0  # ... with its budget spent
+    v.complete_access()
+    assert u64(vm, sym["var"]) == 3 and v.get_register("rip") == sym["w"] + 11
