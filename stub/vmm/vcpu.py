@@ -81,7 +81,8 @@ class EmulatedVcpu(Vcpu):
         self._end: VmExit | None = None  # this vCPU ended the VM: its exit, for every run()
         self._pending: VmExit | None = None  # an exit complete_access led to, for run()
         self._range: tuple[int, int] | None = None  # the next step's range (RANGE_STEP)
-        self._watch_pending = False  # the last exit was WATCH: complete_access may run
+        # The last exit was WATCH and the vCPU has not run since: complete_access may run.
+        self._watch_pending = False
         # Set while run() blocks (halted, or not started), for tests and status displays.
         self.waiting = threading.Event()
 
@@ -151,7 +152,8 @@ class EmulatedVcpu(Vcpu):
             self._mail.in_run = False
         if exit_ is not _IDLE and exit_.kind is not ExitKind.BUDGET:
             self._end_range()
-        self._watch_pending = exit_ is not _IDLE and exit_.kind is ExitKind.WATCH
+        if exit_ is not _IDLE and exit_.kind is ExitKind.WATCH:
+            self._watch_pending = True
         if exit_ is _IDLE:
             return VmExit(ExitKind.BUDGET, rip=self.cpu.rip, detail="idle")
         return exit_
@@ -167,7 +169,8 @@ class EmulatedVcpu(Vcpu):
         if exit_ is _IDLE:
             return None  # the owner thread finishes the step (and its range)
         self._end_range()
-        self._watch_pending = exit_.kind is ExitKind.WATCH
+        if exit_.kind is ExitKind.WATCH:
+            self._watch_pending = True
         return exit_
 
     def _end_range(self) -> None:
@@ -182,6 +185,7 @@ class EmulatedVcpu(Vcpu):
             exit_ = self._wait_runnable(block)
             if exit_ is not None:
                 return exit_
+            self._watch_pending = False  # the guest runs on: the access happens or hits again
             if mail.dirty:  # unlocked peek: the slice entry checks again under the lock
                 self.cpu.forget_code(mail.take_dirty())
             if mail.points_stale and mail.take_points():

@@ -436,3 +436,16 @@ def test_complete_access_runs_even_with_the_interrupt_window_watched(make_vm):
     watch._deadline = 0.0  # ... with its budget spent
     v.complete_access()
     assert u64(vm, sym["var"]) == 3 and v.get_register("rip") == sym["w"] + 11
+
+
+def test_complete_access_after_an_exit_honoured_before_entry(make_vm):
+    vm, sym = make_vm("main:\nw: mov qword ptr [rip + var], 3\n int3\n" + DATA)
+    v = vm.vcpus[0]
+    bpt(vm)
+    vm.arm_point(Point(WRITE, sym["var"], 8), v)
+    assert v.run().kind is ExitKind.WATCH
+    v.request_suspend()
+    assert v.run().kind is ExitKind.DEBUG  # nothing ran: the access still waits
+    v.clear_suspend()
+    v.complete_access()
+    assert u64(vm, sym["var"]) == 3 and v.get_register("rip") == sym["w"] + 11
