@@ -104,11 +104,50 @@ SEEDS: tuple[bytes, ...] = (
     b"qXfer:features:read:target.xml:ffb,ffb",
     b"qXfer:features:read:i386-64bit.xml:0,1000",
     b"qRcmd,68656c70",
+    b"qXfer:threads:read::0,1000",
+    b"qXfer:threads:read::10,20",
+    b"qThreadStopInfo1",
+    b"qThreadStopInfo2",
+    b"qqemu.sstepbits",
+    b"qqemu.sstep",
+    b"Qqemu.sstep=7",  # amd/intel's flags: accepted
+    b"Qqemu.sstep=3",  # NOTIMER cleared: accepted where the VM steps
+    b"Qqemu.sstep=0x5",  # NOIRQ cleared: fixed, refused
+    b"Qqemu.sstep=0",  # none's flags
+    b"Qqemu.sstep=8",  # an unknown bit
+    b"qqemu.PhyMemMode",
+    b"Qqemu.PhyMemMode:1",
+    b"Qqemu.PhyMemMode:0",
+    b"Qqemu.PhyMemMode:2",
+    b"vCont;r1000,1010:1",
+    b"vCont;r1000,1010:2;c",
+    b"vCont;r1010,1000:1",  # an empty range: a bad packet
+    b"vCont;r1000,1010",  # every started vCPU
     b"Z0,1000,1",
     b"z0,1000,1",
     b"Z0,2000,1",
+    b"Z0,20000,1",  # unmapped: a virtual-address breakpoint (with debug points)
+    b"z0,20000,1",
+    b"Z0,1000,2",  # x86 breakpoints are kind 1
     b"Z1,1000,1",
+    b"z1,1000,1",
+    b"Z1,1000,4",
+    b"Z1,20000,1",
     b"Z2,1000,4",
+    b"z2,1000,4",
+    b"Z2,1001,2",  # unaligned: allowed
+    b"Z2,fff8,8",
+    b"Z2,fffc,8",  # partly unmapped
+    b"Z2,1000,3",  # bad lengths
+    b"Z2,1000,0",
+    b"Z3,1000,1",
+    b"z3,1000,1",
+    b"Z3,1000,10",
+    b"Z4,1000,8",
+    b"z4,1000,8",
+    b"Z4,1000,9",
+    b"Z2,fffffffffffffffc,8",  # wraps past 2**64
+    b"Z4,ffffffffffffffff,1",
     b"Z0,1000,1;X1,0",
     b"D",
     b"D;1",

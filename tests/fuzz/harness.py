@@ -12,13 +12,18 @@ running vCPUs block until they are suspended.
 
 Checks (``HarnessError`` on violation):
 - nothing escapes the connection (an internal error is logged at ERROR: caught below);
-- ``Malformed`` -> ``Exx``, ``Unknown`` -> empty reply, resume refused -> an error;
-  only resumes, ``?`` and ``k`` are silent, and a resume is never silently refused: a
-  resume sent while the guest runs gets an error;
+- ``Malformed`` -> ``Exx``, ``Unknown`` -> empty reply; only resumes, ``?`` and ``k``
+  are silent, and a resume is never silently refused: a resume sent while the guest
+  runs gets an error;
+- the answers the contract pins to the VM's state (``contract.py``): a resume is
+  accepted, a bad packet, or, exactly when the VM cannot carry it out (a vCPU not
+  started, a step without a step mechanism), ``O<reason>`` plus a ``T00`` stop; Z0-Z4's
+  validation; every configured vCPU a thread; QEMU's packets;
 - a resume that was accepted gets exactly one stop reply (after a Ctrl-C if it runs);
-  no stop reply comes unasked;
-- a refused command (error reply) leaves registers, memory, breakpoints and the
-  session's thread selection unchanged;
+  no stop reply comes unasked (a refused resume's T00 is its reply: nothing is owed);
+- a refused command (error reply) leaves registers, memory, debug points and the
+  session's thread selection unchanged; a resume refused as a stop changes nothing
+  but the selection, which moves to the thread it names (as any stop does);
 - the coordinator's invariants hold whenever the guest is stopped;
 - no vCPU thread logs an error or dies.
 """
@@ -30,16 +35,19 @@ import queue
 import re
 
 from model.invariants import violations
+from stub.connection import GdbConnection
 from stub.rsp import packets as P
 from stub.runtime import ExitEvent, Runtime
-from stub.connection import GdbConnection
+from stub.vmm.api import Feature
 from tests.fakevmm import FakeVcpu, FakeVm
+
+from . import contract
+from .contract import World, is_error
 
 WAIT = 10.0  # seconds; generous, only ever reached when something is broken
 RIP_MASK = (1 << 64) - 1
 
-RESUMES = (P.Continue, P.Step, P.VCont)
-_ERROR = re.compile(rb"E[0-9a-fA-F]{2}|E\..*", re.DOTALL)
+RESUMES = contract.RESUMES
 _STOP = re.compile(rb"T[0-9a-f]{2}thread:[0-9a-f]{2,};(swbreak:;)?(0[67]|10):[0-9a-f]{16};"
                    rb"(0[67]|10):[0-9a-f]{16};(0[67]|10):[0-9a-f]{16};")
 _EXIT = re.compile(rb"[WX][0-9a-f]{2}")
@@ -49,27 +57,47 @@ class HarnessError(AssertionError):
     pass
 
 
-def is_error(reply: bytes | None) -> bool:
-    return reply is not None and _ERROR.fullmatch(reply) is not None
-
-
 class _WrappingVcpu(FakeVcpu):
     """FakeVcpu whose RIP wraps at 2**64 like a real CPU's. FakeVm's "+1 per step"
     otherwise makes RIP 2**64 after ``P10=ffffffffffffffff`` + ``s``, a value no
-    x86-64 vCPU can hold (and that the stop reply cannot encode)."""
+    x86-64 vCPU can hold (and that the stop reply cannot encode). With a step range
+    (``Feature.RANGE_STEP``) its step goes on while RIP is in the range: it ends
+    at the range's end, or one past RIP when RIP starts outside."""
+
+    step_range: tuple[int, int] | None = None
 
     def run(self, max_instructions=None):
+        start, end = self.step_range or (0, 0)
+        self.step_range = None  # the next step only
+        if start <= self.regs["rip"] < end:
+            self.regs["rip"] = end - 1  # the "+1" of the step leaves the range
         exit_ = super().run(max_instructions)
         self.regs["rip"] &= RIP_MASK
         return exit_
 
+    def set_step_range(self, start, end):
+        self.step_range = (start, end)
+
 
 class FuzzVm(FakeVm):
-    def __init__(self, vcpus=1, personality="amd", started=1):
+    """``points``: a VMM with debug points and range steps (Z1-Z4, Z0 at unmapped
+    addresses, ``vCont;r``). Its vCPUs never hit them (they run no code): what is
+    fuzzed is the packets' validation and bookkeeping."""
+
+    def __init__(self, vcpus=1, personality="amd", started=1, points=False):
         super().__init__(vcpus, personality)
         self.vcpus = [_WrappingVcpu(self, i) for i in range(vcpus)]
         for v in self.vcpus[:started]:
             v.started.set()
+        if points:
+            self.features = FakeVm.features | {Feature.DEBUG_POINTS, Feature.RANGE_STEP}
+        self.armed: set = set()
+
+    def arm_point(self, point, via):
+        self.armed.add(point)
+
+    def disarm_point(self, point):
+        self.armed.discard(point)
 
 
 class ErrorLogs(logging.Handler):
@@ -94,8 +122,9 @@ class ErrorLogs(logging.Handler):
 
 
 class SessionHarness:
-    def __init__(self, vcpus: int = 1, personality: str = "amd", started: int = 1):
-        self.vm = FuzzVm(vcpus, personality, started)
+    def __init__(self, vcpus: int = 1, personality: str = "amd", started: int = 1,
+                 points: bool = False):
+        self.vm = FuzzVm(vcpus, personality, started, points)
         self.rt = Runtime(self.vm)
         self.rt.start()
         self.killed = False
@@ -162,12 +191,45 @@ class SessionHarness:
             bytes(self.vm.ram),
             dict(self.rt.originals),
             frozenset(self.rt.coord.breakpoints),
-            (self.conn.session.g_vcpu, self.conn.session.c_vcpu),
+            frozenset(self.rt.coord.points),
+            frozenset(self.vm.armed),
+            self._selection(),
         )
+
+    def _selection(self) -> tuple[int, int | None]:
+        return self.conn.session.g_vcpu, self.conn.session.c_vcpu
+
+    def _world(self) -> World:
+        """What decides the answers, as it is before a packet (``contract.World``);
+        the session's flags carry over from the last packet's world."""
+        s, step = self.conn.session, self.rt.step
+        with self.rt.lock:
+            c = self.rt.coord
+            stopped, started = c.is_stopped, frozenset(c.active)
+        return World(
+            vcpus=len(self.vm.vcpus), started=started, stopped=stopped,
+            can_step=step.can_step, mask_hwintr=step.mask_hwintr,
+            debug_points=Feature.DEBUG_POINTS in self.vm.features,
+            range_step=Feature.RANGE_STEP in self.vm.features, ram=len(self.vm.ram),
+            g_vcpu=s.g_vcpu, c_vcpu=s.c_vcpu, physical=self.flags[0], notimer=self.flags[1])
+
+    def _spy(self) -> None:
+        """Keep each packet's whole Outcome (``GdbConnection.packet`` returns only its
+        reply; the O text of a refused resume is in ``console``)."""
+        session = self.conn.session
+        handle = session.handle
+
+        def spied(cmd):
+            self.outcome = handle(cmd)
+            return self.outcome
+
+        session.handle = spied
 
     def _connect(self) -> None:
         """What the server does on accept, then gdb's ``?``."""
         self.conn = GdbConnection(self.rt)
+        self._spy()
+        self.flags = (False, True)  # a new session: virtual addresses, NOTIMER set
         self.conn.connected()
         self._wait(self._quiescent, "the attach stop")
         reply = self.conn.packet(b"?")
@@ -199,13 +261,24 @@ class SessionHarness:
         if self.killed:
             return None
         cmd = P.parse(payload)
-        stopped = self.stopped
+        world = self._world()
+        stopped = world.stopped
         before = self._vm_state() if stopped else None
+        self.outcome = None
         reply = self.conn.packet(payload)
         self.replies.append((payload, reply))
         self._check_reply(payload, cmd, reply, stopped)
+        console = self.outcome.console if self.outcome is not None else b""
+        bad = contract.expect(cmd, world, reply, console)
+        if bad:
+            raise HarnessError(f"{payload[:60]!r} -> {reply!r:.100} (O {console!r:.80}),"
+                               f" {'stopped' if stopped else 'running'}: {bad}")
+        self.flags = (world.physical, world.notimer)
         if before is not None and is_error(reply) and self._vm_state() != before:
             raise HarnessError(f"{payload[:60]!r} was refused ({reply!r}) but changed state")
+        if before is not None and isinstance(cmd, RESUMES) and reply is not None \
+                and not is_error(reply):
+            self._check_refused_as_stop(payload, reply, before)
         if isinstance(cmd, RESUMES) and reply is None:
             self.owed = True
         if isinstance(cmd, P.QueryHalt) and stopped:
@@ -231,9 +304,11 @@ class SessionHarness:
         elif isinstance(cmd, P.Unknown):
             ok = reply == P.EMPTY
         elif isinstance(cmd, RESUMES):
-            # Accepted (the stop reply comes later) or refused with an error; a resume
-            # while the guest runs is always refused, never ignored.
-            ok = is_error(reply) if not stopped else (reply is None or is_error(reply))
+            # Accepted (the stop reply comes later), refused with an error, or refused
+            # as a stop (which of these: contract.py); a resume while the guest runs
+            # is always refused, never ignored.
+            ok = is_error(reply) if not stopped else (
+                reply is None or is_error(reply) or contract.REFUSAL.fullmatch(reply))
         elif isinstance(cmd, P.QueryHalt):
             ok = reply is None  # the stop reply comes through the outbox
         elif isinstance(cmd, P.Kill):
@@ -243,6 +318,19 @@ class SessionHarness:
         if not ok:
             raise HarnessError(f"wrong kind of reply ({'stopped' if stopped else 'running'}):"
                                f" {what}")
+
+    def _check_refused_as_stop(self, payload: bytes, reply: bytes, before) -> None:
+        """Nothing ran and nothing changed, except that the thread the T00 names is
+        selected (``Hg`` and ``Hc`` all), as after any stop."""
+        vcpu = int(contract.REFUSAL.fullmatch(reply).group(1), 16) - 1
+        after = self._vm_state()
+        if after[:-1] != before[:-1]:
+            raise HarnessError(f"{payload[:60]!r} was refused as a stop but changed state")
+        if after[-1] != (vcpu, None):
+            raise HarnessError(f"{payload[:60]!r}: refused as a stop of vCPU {vcpu}, "
+                               f"selection {after[-1]}")
+        if not self.stopped:
+            raise HarnessError(f"{payload[:60]!r} was refused as a stop, yet the guest runs")
 
     def _drain(self) -> None:
         while True:
@@ -268,9 +356,10 @@ class SessionHarness:
             raise HarnessError(f"vCPU threads did not end: {alive}")
 
 
-def run_session(actions, vcpus=1, personality="amd", started=1) -> SessionHarness:
+def run_session(actions, vcpus=1, personality="amd", started=1,
+                points=False) -> SessionHarness:
     """Drive a fresh harness with ``actions`` (payload bytes, or None for a ^C)."""
-    h = SessionHarness(vcpus, personality, started)
+    h = SessionHarness(vcpus, personality, started, points)
     try:
         for action in actions:
             if h.killed:
