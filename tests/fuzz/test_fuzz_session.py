@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stub.rsp import packets as P
+from stub.rsp.framing import Ack, Framer, Packet, encode_packet
 from stub.runtime import Runtime
 from stub.session import Outcome, Session
 
@@ -200,3 +201,26 @@ def test_every_seed_alone():
     for personality in ("amd", "intel", "none"):
         for seed in SEEDS:
             run_session([seed], vcpus=2, personality=personality, started=2)
+
+
+@pytest.mark.parametrize("vcpus,personality,started,payload,thread", [
+    (1, "none", 1, b"s", 1),  # no step mechanism
+    (2, "amd", 1, b"vCont;c:2", 2),  # a vCPU the guest has not started
+    (3, "intel", 2, b"vCont;s:3;c", 3),
+])
+def test_refusal_on_the_wire_is_o_then_the_stop(vcpus, personality, started, payload, thread):
+    """The bytes gdb gets for a resume the VM cannot do: the ``O`` packet first (gdb
+    prints it), then the ``T00`` stop, each acknowledged framing of its own, and no
+    stop reply after (nothing ran). The harness above sees the two through the
+    session's Outcome; this is the connection's side."""
+    h = SessionHarness(vcpus, personality, started)
+    try:
+        out = Framer().feed(h.conn.receive(encode_packet(payload)))
+        assert [type(e) for e in out] == [Ack, Packet, Packet], out
+        console, stop = out[1].payload, out[2].payload
+        m = contract.REFUSAL.fullmatch(stop)
+        assert m and int(m.group(1), 16) == thread, stop
+        assert console == b"O" + m.group(2) + b"0a"  # the description, then a newline
+        assert h.stopped and h.rt.outbox.empty()
+    finally:
+        h.close()
