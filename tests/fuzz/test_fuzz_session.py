@@ -77,9 +77,12 @@ def test_run_control_sequences(shape, actions):
 
 def _unstarted_world(rt: Runtime, session: Session) -> contract.World:
     """The world of a runtime that has not started: every configured vCPU a thread,
-    none started, the guest stopped (attached, nothing runs)."""
+    none started. Stopped on attach; after a ``?`` its stop reply is owed until a vCPU
+    starts, and the coordinator counts the guest as running until then."""
+    with rt.lock:
+        stopped = rt.coord.is_stopped
     return contract.World(
-        vcpus=rt.vcpu_count(), started=frozenset(rt.active_vcpus()), stopped=True,
+        vcpus=rt.vcpu_count(), started=frozenset(rt.active_vcpus()), stopped=stopped,
         can_step=rt.step.can_step, mask_hwintr=rt.step.mask_hwintr, debug_points=False,
         range_step=False, ram=len(rt.vm.ram), g_vcpu=session.g_vcpu,
         c_vcpu=session.c_vcpu, physical=session.physical, notimer=session.sstep_notimer)
