@@ -38,6 +38,7 @@ from stub.vmm import insn, paging
 from stub.vmm.api import VmmError
 from stub.vmm.boot import tables
 from stub.vmm.idt import CpuState, Entered
+from stub.vmm.kick import Kick
 from stub.vmm.ram import PAGE, GuestRam
 from stub.vmm.regs import MSR_EFER, RegisterFile
 from stub.vmm.ucenv import ExceptionState
@@ -99,7 +100,7 @@ class OptionalHook:
 
 class Cpu:
     """A Unicorn instance with the shared RAM mapped. Owner-thread use only, except
-    ``uc.emu_stop()``."""
+    ``kick.raise_()``."""
 
     def __init__(self, ram: GuestRam):
         self.ram = ram
@@ -109,6 +110,9 @@ class Cpu:
         self.uc.mem_map_ptr(0, ram.size, UC_PROT_ALL, ram.address)
         self.regs = RegisterFile(self.uc)
         self.exc = ExceptionState(self.uc)
+        # Other threads stop this vCPU only through the kick (kick.py): uc.emu_stop()
+        # from another thread can repeat a half-done read-modify-write.
+        self.kick = Kick(self.uc)
         self._handle = self.uc._uch
         self._value = ctypes.c_uint64()
         self._ref = ctypes.byref(self._value)

@@ -4,7 +4,8 @@ The ticker posts the paravirtual timer's ticks and repeats lost stops, interrupt
 sources (the PIC) say their request may have risen, the stub asks for suspends and
 BPT_EXIT, other vCPUs and the debugger patch code, the VM starts and stops it. Each
 request is recorded here and, when the vCPU is inside a kickable ``emu_start``,
-*kicks* it (``emu_stop``) so its run loop sees the request between two slices.
+*kicks* it (``Kick.raise_``: stop at the next block boundary) so its run loop sees the
+request between two slices.
 
 The condition's lock is the VM's guest clock lock, shared by every vCPU's mailbox:
 entering and leaving the guest already take it, so the clock's accounting
@@ -26,10 +27,13 @@ from stub.vmm.clock import GuestClock
 
 class Mailbox:
     def __init__(self, stop_guest: Callable[[], None], vm_over: Callable[[], bool],
-                 clock: GuestClock):
+                 clock: GuestClock, clear_stop: Callable[[], None] = lambda: None):
         self.cond = threading.Condition(clock.lock)
         self._clock = clock
-        self._stop_guest = stop_guest  # emu_stop: the one Unicorn call safe from any thread
+        # The vCPU's kick (kick.py): stops it at the next block boundary, from any
+        # thread; ``clear_stop`` lowers it again as the owner enters the guest.
+        self._stop_guest = stop_guest
+        self._clear_stop = clear_stop
         self._vm_over = vm_over
         self.started = False
         self.suspend = False
@@ -106,9 +110,9 @@ class Mailbox:
             self.cond.notify_all()
 
     def rekick(self) -> bool:
-        """``emu_stop`` again if a stop was asked and the vCPU is still in the guest:
-        a stop issued just as ``emu_start`` begins is lost (Unicorn clears its stop
-        request on entry). True while the vCPU still has to leave."""
+        """Kick again if a stop was asked and the vCPU is still in the guest (the flag
+        stays raised until the next entry, so this only matters for a vCPU running one
+        long block). True while the vCPU still has to leave."""
         with self.cond:
             if self.in_guest and self.kicked:
                 self._stop_guest()
@@ -155,6 +159,7 @@ class Mailbox:
                 return False
             self.bpt_exit = self.bpt_exit_asked
             self.in_guest, self.kicked = kickable, False
+            self._clear_stop()  # a kick for an earlier slice must not stop this one
             self._clock.enter_locked()
             return True
 

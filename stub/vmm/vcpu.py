@@ -67,7 +67,8 @@ class EmulatedVcpu(Vcpu):
         self.index = index
         self._vm = vm
         self.cpu = Cpu(vm.ram)
-        self._mail = Mailbox(self.cpu.uc.emu_stop, lambda: vm.over, vm.clock)
+        self._mail = Mailbox(self.cpu.kick.raise_, lambda: vm.over, vm.clock,
+                             clear_stop=self.cpu.kick.clear)
         self._tf = HiddenTf(self.cpu, index)
         self._events = Events(self.cpu, self._mail, self._tf, self._end_vm)
         self._events.add_sources(vm.platform.interrupt_sources(index, self.interrupt_changed))
