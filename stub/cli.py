@@ -203,7 +203,20 @@ def _announce(cfg: VmConfig, vm, runtime, server, wait: bool) -> None:
                  boot.entry, boot.arch, _boot_notes(cfg, boot))
     if wait:
         log.info("--wait: every vCPU is held until gdb resumes it")
-    log.info("connect with: gdb %s -ex 'target remote %s:%d'", cfg.kernel, host, port)
+    log.info("connect with: gdb %s -ex 'target remote %s:%d'", _gdb_file(cfg.kernel),
+             host, port)
+
+
+def _gdb_file(kernel) -> str:
+    """What gdb should load: the kernel, or for a bzImage (which gdb cannot read) the
+    ELF of its kallsyms symbols, made by ``python -m stub symbols`` (said here)."""
+    from stub import symbols  # only when needed: it imports the decompressors
+
+    hint = symbols.gdb_hint(Path(kernel))
+    if hint is None:
+        return str(kernel)
+    log.info("%s", hint)
+    return str(symbols.default_output(Path(kernel)))
 
 
 def _boot_notes(cfg: VmConfig, boot) -> str:
