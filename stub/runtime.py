@@ -369,7 +369,18 @@ class Runtime:
 
     def detach(self) -> None:
         with self.lock:
-            self._apply(self.coord.detach())
+            actions = self.coord.detach()
+            if self.coord.ended and not self._stopping:
+                self._end_after_fault("gdb detached from the triple-faulted guest")
+            self._apply(actions)
+
+    def _end_after_fault(self, why: str) -> None:
+        """The model ended a guest parked at its triple fault (lock held)."""
+        self.exit_status = TRIPLE_FAULT_STATUS
+        log.info("%s: the VM ends", why)
+        self.ended_how = self.ended_how or why
+        self._stopping = True
+        self.vm.shutdown()
 
     def query_halt(self) -> None:
         with self.lock:
@@ -384,8 +395,7 @@ class Runtime:
             actions = self.coord.resume(request)
             if self.coord.ended and not self._stopping:
                 # gdb continued from a triple-fault stop: that ends the guest.
-                self.exit_status = TRIPLE_FAULT_STATUS
-                self._guest_ended_locked("X", SIGSEGV, "guest ended after its triple fault")
+                self._end_after_fault("gdb continued the triple-faulted guest")
                 self._apply(actions)
                 return
             if at is not None:
