@@ -52,7 +52,10 @@ def system_reset(ctx: Context, args: list[str]) -> str:
     if reset is None:
         raise MonitorError("system_reset: this VM cannot reset (the stub has no reset yet)")
     reset()
-    return "the VM was reset: vCPU 0 is stopped at its first instruction\n"
+    # gdb keeps the registers it read before the reset (QEMU's system_reset has the
+    # same effect): say how to make it read them again.
+    return ("the VM was reset: vCPU 0 is stopped at its first instruction\n"
+            "(gdb shows the old registers until 'maintenance flush register-cache')\n")
 
 
 def quit_(ctx: Context, args: list[str]) -> str:
