@@ -619,17 +619,6 @@ class Runtime:
                         pass
                 return out
 
-    def read_phys(self, gpa: int, size: int) -> bytes:
-        """Guest-physical bytes of the stopped guest, breakpoints read as the original
-        bytes. Raises MemoryFault when any byte is outside RAM."""
-        with self.lock:
-            self.coord.require_stopped()
-            data = bytearray(self.vm.read_phys(gpa, size))
-            for bp, orig in self.originals.items():
-                if gpa <= bp < gpa + size:
-                    data[bp - gpa] = orig[0]
-            return bytes(data)
-
     def translate(self, i: int, gva: int) -> int:
         """GVA -> GPA through stopped vCPU i's page tables (TranslationFault)."""
         with self.lock:

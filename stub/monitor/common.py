@@ -6,8 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from stub.runtime import Runtime
-from stub.vmm.api import MemoryFault
+from stub.runtime import MemoryAccessError, Runtime
 
 
 class MonitorError(Exception):
@@ -29,9 +28,10 @@ class Context:
     def read_phys_or_none(self, gpa: int, size: int) -> bytes | None:
         """For the page-table walker: None where RAM ends."""
         try:
-            return self.rt.read_phys(gpa, size)
-        except MemoryFault:
+            data = self.rt.read_physical(gpa, size)
+        except MemoryAccessError:
             return None
+        return data if len(data) == size else None
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,9 @@ def xp(ctx: Context, args: list[str]) -> str:
     length = count * size
     if length > MAX_XP_BYTES:
         raise MonitorError(f"at most {MAX_XP_BYTES} bytes at a time")
-    data = ctx.rt.read_phys(addr, length)
+    data = ctx.rt.read_physical(addr, length)
+    if len(data) < length:
+        raise MonitorError(f"no guest RAM at physical {addr + len(data):#x}")
     per_line = 8 if size == 1 else 16
     lines = []
     for off in range(0, length, per_line):

@@ -168,7 +168,7 @@ def test_stepmode_names_the_mechanism_and_each_vcpus_capabilities(stopped):
     ("xp /4xg nowhere", "xp: bad address 'nowhere'"),
     ("xp /4xg $nosuch", "xp: unknown register '$nosuch'"),
     ("xp /0x 0", "xp: the count must be at least 1"),
-    ("xp /4xg 0x7ffffffff0", "xp: GPA 0x7ffffffff0 is outside guest RAM"),
+    ("xp /4xg 0x7ffffffff0", "xp: no guest RAM at physical 0x7ffffffff0"),
     ("xp /99999xg 0", "xp: at most 16384 bytes at a time"),
     ("xp", "xp: usage: xp /FMT ADDR"),
     ("gva2gpa", "gva2gpa: usage: gva2gpa ADDR"),
