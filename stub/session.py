@@ -59,6 +59,9 @@ class Outcome:
     console: bytes = b""  # text for gdb to print (an O packet) before the reply
 
 
+_NO_REPLY = Outcome(None)
+
+
 class Session:
     """``layout``: the register layout (and target description) of this session,
     fixed for its life (``stub.rsp.registers``); the x86-64 one by default."""
@@ -97,6 +100,8 @@ class Session:
         except (MemoryAccessError, VmmError) as err:
             log.info("%s: %s", type(cmd).__name__, err)
             return Outcome(P.error_reply(EFAULT))
+        if reply is None:  # a resume: the stop reply comes later, from the outbox
+            return _NO_REPLY
         return reply if isinstance(reply, Outcome) else Outcome(reply)
 
     def select_stopped(self, stop: Stop) -> None:

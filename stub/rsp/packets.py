@@ -15,6 +15,7 @@ multiprocess form ``pPID.TID``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -650,10 +651,25 @@ def _parse(p: bytes) -> Command:
 def parse(payload: bytes) -> Command:
     """Parse one packet payload. Never raises on any input."""
     payload = bytes(payload)
+    if payload and payload[0] in _REPEATED and len(payload) <= _REPEATED_MAX:
+        return _parse_repeated(payload)
+    return _parse_checked(payload)
+
+
+def _parse_checked(payload: bytes) -> Command:
     try:
         return _parse(payload)
     except ValueError as e:  # includes UnicodeDecodeError
         return Malformed(payload, str(e))
+
+
+# gdb sends the same few short packets over and over while it steps (``vCont;s:1;c``,
+# ``m PC,1`` and its prologue reads, ``Z0``/``z0`` around each continue), and every
+# command is a frozen dataclass: each distinct text is parsed once (a vCont took ~5 us
+# to parse). Writes carry data and queries are rare: those are parsed every time.
+_REPEATED = frozenset(b"vscmxgpHTZz?")
+_REPEATED_MAX = 64
+_parse_repeated = functools.lru_cache(maxsize=256)(_parse_checked)
 
 
 # --------------------------------------------------------------------------- replies
