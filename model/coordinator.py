@@ -101,6 +101,7 @@ is suspended. For the events that lose the race:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from model import lifecycle
@@ -149,6 +150,21 @@ class Snapshot:
     exit_owed: tuple[str, int] | None
     completed: frozenset[int] = frozenset()
     ranging: frozenset[int] = frozenset()
+
+
+# Every step of a VM arms and disarms the same capabilities, and actions are frozen:
+# each vCPU's SetCap actions are made once, not twice a step (~9 us a step before).
+@functools.cache
+def _step_caps(step: StepConfig) -> tuple[Cap, ...]:
+    return step.caps_for_step()
+
+
+@functools.cache
+def _set_caps(i: int, caps: tuple[Cap, ...] | frozenset[Cap], on: bool) -> tuple[SetCap, ...]:
+    """SetCap of vCPU i for each of ``caps``: on in the order given (the mechanism
+    first), off in the order of their values; MASK_HWINTR best effort."""
+    ordered = caps if on else sorted(caps, key=lambda c: c.value)
+    return tuple(SetCap(i, cap, on, best_effort=cap is Cap.MASK_HWINTR) for cap in ordered)
 
 
 class Coordinator:
@@ -460,14 +476,12 @@ class Coordinator:
         self.want_stopped.add(i)
 
     def arm(self, i: int, *_) -> None:
-        caps = self.step.caps_for_step()
-        for cap in caps:
-            self._out.append(SetCap(i, cap, True, best_effort=cap is Cap.MASK_HWINTR))
+        caps = _step_caps(self.step)
+        self._out.extend(_set_caps(i, caps, True))
         self.caps[i] = frozenset(caps)
 
     def disarm(self, i: int, *_) -> None:
-        for cap in sorted(self.caps[i], key=lambda c: c.value):
-            self._out.append(SetCap(i, cap, False, best_effort=cap is Cap.MASK_HWINTR))
+        self._out.extend(_set_caps(i, self.caps[i], False))
         self.caps[i] = frozenset()
         self.ranging.discard(i)  # the range belonged to that one step
 
