@@ -242,7 +242,8 @@ class NoTicker:
 class Ticker(threading.Thread):
     """The VM's timer thread: fires the guest clock's timers as they come due (it
     sleeps while guest time stands still), and re-kicks vCPUs every ``REKICK`` seconds
-    while a stop request is outstanding."""
+    while a stop request is outstanding or a free slice has an interrupt waiting for
+    IF=1 (``Mailbox.rekick``)."""
 
     REKICK = 0.001
 

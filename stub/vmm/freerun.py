@@ -2,7 +2,11 @@
 interrupts delivered between slices.
 
 A free slice has no per-instruction hook; an interrupt that finds IF=0 stays pending and
-watch.py catches the moment the guest sets IF. A bounded run (``run(max_instructions=k)``,
+watch.py catches the moment the guest sets IF, for a short budget per request. Past it,
+the ticker kicks the slice every millisecond while the request waits (Mailbox.rekick),
+so a guest that sets IF long after the request rose still gets it: a source whose
+request stays up (the PIC's INTR) does not rise again, and nothing else would end the
+slice. A bounded run (``run(max_instructions=k)``,
 for deterministic single-threaded drivers) uses a bounded slice instead, which counts
 instructions against the budget and stops at the first boundary with IF=1 itself.
 
@@ -46,7 +50,8 @@ class FreeRun:
         else:
             slices.watch_if = window is IrqWindow.IF0
             mode = SliceMode.BOUNDED
-        if not slices.run(mode, seq):
+        waiting = mode is SliceMode.FREE and window is IrqWindow.IF0
+        if not slices.run(mode, seq, irq_waiting=waiting):
             return None
         exit_ = slices.outcome()
         cpu = self._cpu

@@ -25,6 +25,10 @@ from collections.abc import Callable
 from stub.vmm.clock import GuestClock
 
 
+_WAITING_FRESH = 1  # irq_waiting: entered, the ticker has not looked yet
+_WAITING_SEEN = 2  # the ticker has looked once: its next look kicks
+
+
 class Mailbox:
     def __init__(self, stop_guest: Callable[[], None], vm_over: Callable[[], bool],
                  clock: GuestClock, clear_stop: Callable[[], None] = lambda: None):
@@ -45,6 +49,9 @@ class Mailbox:
         self.in_run = False  # inside run()/run_lent(): cleared by the owner without the lock
         self.in_guest = False  # inside a kickable emu_start
         self.kicked = False  # a stop was asked since that emu_start began
+        # That emu_start is a free slice entered with a request waiting for IF=1: the
+        # ticker kicks it every REKICK until it leaves (see ``rekick``). 0: not waiting.
+        self.irq_waiting = 0
         self.bpt_exit_asked = False  # the setting last asked for
         self.bpt_exit = False  # the setting in effect: taken from the asked one at each entry
         self.points_stale = False  # the VM's armed points changed since this vCPU applied them
@@ -112,10 +119,23 @@ class Mailbox:
     def rekick(self) -> bool:
         """Kick again if a stop was asked and the vCPU is still in the guest (the flag
         stays raised until the next entry, so this only matters for a vCPU running one
-        long block). True while the vCPU still has to leave."""
+        long block). Also kick a free slice entered with an interrupt waiting for IF=1,
+        at the ticker's second look (the first only notes it, so a slice always runs
+        for about REKICK): the request's own kick came before the guest had IF=1, and
+        a source whose request stays up (the PIC's INTR) does not rise again, so
+        without this a guest spinning with IF=1 would never see it. True while the
+        vCPU still has to leave or is still watched."""
         with self.cond:
-            if self.in_guest and self.kicked:
+            if not self.in_guest:
+                return False
+            if self.kicked:
                 self._stop_guest()
+                return True
+            if self.irq_waiting == _WAITING_FRESH:
+                self.irq_waiting = _WAITING_SEEN
+                return True
+            if self.irq_waiting:
+                self._kick_locked()
                 return True
             return False
 
@@ -145,13 +165,14 @@ class Mailbox:
             return any(start <= gpa < end for start, end in self.dirty)
 
     def enter_guest(self, kickable: bool, irq_seen: int | None = None,
-                    forced: bool = False) -> bool:
+                    forced: bool = False, irq_waiting: bool = False) -> bool:
         """About to ``emu_start``: False if a request came first (the run loop goes
         round again to honour it), an interrupt request included when ``irq_seen``
         (the ``irq_seq`` read before the sources were asked) is out of date.
         Capabilities asked while running take effect here; guest time runs from here.
         ``forced``: a parked vCPU completes one instruction for the debugger (only the
-        VM's end refuses it)."""
+        VM's end refuses it). ``irq_waiting``: a free slice with an interrupt request
+        waiting for IF=1; the ticker is woken to watch it (``rekick``)."""
         with self.cond:
             if self._vm_over() or not forced and (
                     self.suspend or self.dirty or self.points_stale or (
@@ -159,14 +180,18 @@ class Mailbox:
                 return False
             self.bpt_exit = self.bpt_exit_asked
             self.in_guest, self.kicked = kickable, False
+            self.irq_waiting = _WAITING_FRESH if irq_waiting and kickable else 0
             self._clear_stop()  # a kick for an earlier slice must not stop this one
             self._clock.enter_locked()
-            return True
+        if irq_waiting:
+            self._clock.poke()  # the ticker may be parked with no timer armed
+        return True
 
     def leave_guest(self) -> bool:
         """Out of ``emu_start``; True if it was kicked."""
         with self.cond:
             self.in_guest = False
+            self.irq_waiting = 0
             self._clock.leave_locked()
             return self.kicked
 

@@ -104,16 +104,18 @@ class SliceRunner:
         """Is the per-instruction hook installed (kept across consecutive steps)?"""
         return self._code.active
 
-    def run(self, mode: SliceMode, irq_seen: int | None = None) -> bool:
+    def run(self, mode: SliceMode, irq_seen: int | None = None,
+            irq_waiting: bool = False) -> bool:
         """One emu_start in ``mode``. False when a request came first (an interrupt
         request too, when ``irq_seen`` is the mailbox's ``irq_seq`` the caller decided
-        on): the run loop goes round again to honour it."""
+        on): the run loop goes round again to honour it. ``irq_waiting``: a request
+        waits for IF=1 (the ticker kicks the slice until it ends: Mailbox.rekick)."""
         self._arm(mode)
         cpu = self._cpu
         rip = cpu.rip
         mail = self._mail
         if not mail.enter_guest(mode is SliceMode.FREE or mode is SliceMode.BOUNDED,
-                                irq_seen):
+                                irq_seen, irq_waiting=irq_waiting):
             return False
         self.event = None
         self.error = None

@@ -7,7 +7,8 @@ checks IF sees every opportunity. A Python call per block is slow, so the hook e
 only while an interrupt waits, for at most a short budget per request (a paravirtual
 tick posted, an interrupt source risen: ``Mailbox.irq_seq``), and a guest that keeps
 interrupts off through whole budgets is watched exponentially less often (the interrupt
-then waits for a kick that finds IF=1, as before watching existed). The budget is host
+then waits for the ticker's next kick of a slice with a request waiting, every
+millisecond: Mailbox.rekick). The budget is host
 time: it bounds the hook's cost, not anything the guest sees.
 """
 
