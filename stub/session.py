@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from model.actions import Stop
 from model.errors import BadVcpu, NotStopped, ProtocolError, StepUnavailable
 from model.points import ACCESS, HW, READ, SW, WATCH_LENGTHS, WRITE
-from model.resume import from_legacy, from_vcont
+from model.resume import ResumeRequest, from_legacy, from_vcont
 from stub import threads as T
 from stub.rsp import packets as P
 from stub.rsp.framing import DEFAULT_MAX_PACKET
@@ -78,6 +78,8 @@ class Session:
         self.physical = False
         self.sstep_notimer = True  # Qqemu.sstep's NOTIMER bit (QEMU's default: set)
         self._threads_doc = b""  # the qXfer:threads document being read
+        # The last vCont's request and what it was made from (_VCont).
+        self._vcont_memo: tuple[P.VCont, int, list[int], ResumeRequest] | None = None
 
     # -------------------------------------------------------------------- entry
     def handle(self, cmd: P.Command) -> Outcome:
@@ -239,6 +241,19 @@ class Session:
         return self._resume(from_legacy("s", self.c_vcpu, self.g_vcpu), cmd.addr)
 
     def _VCont(self, cmd: P.VCont) -> Outcome | None:
+        # gdb repeats one vCont (``vCont;s:1;c``) for every stepi, and parse hands back
+        # the same frozen command for the same text: its request is made once while
+        # what it depends on (the started vCPUs, Hg for thread 0) stays the same.
+        active = self.rt.active_vcpus()
+        memo = self._vcont_memo
+        if memo is not None and memo[0] is cmd and memo[1] == self.g_vcpu and memo[2] == active:
+            request = memo[3]
+        else:
+            request = self._vcont_request(cmd, active)
+            self._vcont_memo = (cmd, self.g_vcpu, active, request)
+        return self._resume(request, None)
+
+    def _vcont_request(self, cmd: P.VCont, active: list[int]) -> ResumeRequest:
         # Without RANGE_STEP (vCont? did not offer r) a range step is a plain step:
         # gdb allows a stub to stop a range step anywhere, and simply steps again.
         ranges = (any(a.range is not None for a in cmd.actions)
@@ -251,7 +266,7 @@ class Session:
             else:
                 items.append((a.kind, vcpu, a.range))
         # A thread-less step applies to the started vCPUs (model.resume).
-        return self._resume(from_vcont(items, self.rt.active_vcpus()), None)
+        return from_vcont(items, active)
 
     def _resume(self, request, addr: int | None) -> Outcome | None:
         # ``c ADDR``/``s ADDR`` resume the current thread at ADDR, once the request
