@@ -34,12 +34,13 @@ from unicorn import UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, Uc, UcError
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
-from stub.vmm import insn, paging
+from stub.vmm import insn, paging, segments
 from stub.vmm.api import VmmError
 from stub.vmm.boot import tables
 from stub.vmm.idt import CpuState, Entered
 from stub.vmm.kick import Kick
 from stub.vmm.ram import PAGE, GuestRam
+from stub.vmm.segments import Segment
 from stub.vmm.regs import MSR_EFER, RegisterFile
 from stub.vmm.ucenv import ExceptionState
 
@@ -347,12 +348,61 @@ class Cpu:
         uc = self.uc
         _, idt_base, idt_limit, _ = uc.reg_read(X.UC_X86_REG_IDTR)
         _, tss_base, _, _ = uc.reg_read(X.UC_X86_REG_TR)
+        _, gdt_base, gdt_limit, _ = uc.reg_read(X.UC_X86_REG_GDTR)
         return CpuState(self.rip, self.rsp, self.rflags, self.reg(X.UC_X86_REG_CS),
-                        self.reg(X.UC_X86_REG_SS), idt_base, idt_limit, tss_base)
+                        self.reg(X.UC_X86_REG_SS), idt_base, idt_limit, tss_base,
+                        gdt_base, gdt_limit)
+
+    def descriptor(self, selector: int) -> Segment:
+        """The GDT descriptor ``selector`` names, as the CPU would cache it (read through
+        the guest's page tables: GDTR holds a linear address). SegmentError for an LDT
+        selector or one beyond the GDT limit."""
+        if selector & 4:
+            raise segments.SegmentError(f"selector {selector:#x} is in the LDT: not supported")
+        _, base, limit, _ = self.uc.reg_read(X.UC_X86_REG_GDTR)
+        index = selector & ~7
+        if index + 7 > limit:
+            raise segments.SegmentError(f"selector {selector:#x} is beyond the GDT limit "
+                                        f"{limit:#x}")
+        try:
+            raw = int.from_bytes(self.read(base + index, 8), "little")
+        except VmmError as err:
+            raise segments.SegmentError(f"cannot read the GDT: {err}") from None
+        return Segment.from_descriptor(selector, raw)
+
+    def load_code_and_stack(self, cs: int, ss: int) -> None:
+        """Load CS and SS from the guest's GDT as a far transfer would, the CPL becoming
+        CS's RPL (Unicorn's register writes set selectors only: segments.py). A null SS
+        is taken at CPL 0-2 in long mode. SegmentError when the hardware would refuse
+        them; VmmError when this Unicorn's saved context has another layout."""
+        cpl = cs & 3
+        lm = self.long_mode()
+        code = self.descriptor(cs)
+        segments.check_code(code, cpl, lm)
+        if ss & ~3 == 0 and lm and cpl < 3:
+            stack = segments.null_stack(cpl)
+        else:
+            stack = self.descriptor(ss)
+        segments.check_stack(stack, cpl, lm)
+        self.load_segments(code, stack)
+
+    def load_segments(self, cs: Segment, ss: Segment | None) -> None:
+        """Load these CS and SS caches (already checked; SS None: kept); the CPL is
+        SS's DPL."""
+        segments.load(self.uc, cs, ss)
+
+    @property
+    def cpl(self) -> int:
+        """The current privilege level as the CPU holds it (not CS's RPL, which a
+        register write can change alone)."""
+        return segments.cpl(self.uc)
 
     def enter(self, entered: Entered) -> None:
+        if entered.code is not None:  # first: it restores the whole CPU state
+            self.load_segments(entered.code, entered.stack)
         self.set_reg(X.UC_X86_REG_RSP, entered.rsp)
         self.set_reg(X.UC_X86_REG_RFLAGS, entered.rflags)
-        self.uc.reg_write(X.UC_X86_REG_CS, entered.cs)
+        if entered.code is None:
+            self.uc.reg_write(X.UC_X86_REG_CS, entered.cs)
         self.set_reg(X.UC_X86_REG_RIP, entered.rip)
 
