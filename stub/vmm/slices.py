@@ -23,7 +23,7 @@ from unicorn import UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INTR, UcError
 from unicorn import x86_const as X
 
 from model.points import Point
-from stub.vmm import idt, insn
+from stub.vmm import idt, insn, syscall
 from stub.vmm.api import VmExit
 from stub.vmm.bus import Bus, PowerOff, Requester
 from stub.vmm.cpu import Cpu, OptionalHook
@@ -98,6 +98,7 @@ class SliceRunner:
         uc.hook_add(UC_HOOK_INTR, self._on_intr)
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
 
     @property
     def code_hook(self) -> bool:
@@ -268,6 +269,10 @@ class SliceRunner:
         if isinstance(effect, PowerOff):  # Reset is one too
             self._note(HookEvent(HookKind.POWEROFF, effect.code, effect))
             uc.emu_stop()
+
+    def _on_syscall(self, uc, _data) -> None:
+        syscall.syscall(self._cpu, lambda: (self._note(_EXCEPTIONS[syscall.UD]),
+                                            uc.emu_stop()))
 
     def _on_in(self, _uc, port: int, size: int, _data) -> int:
         return self._bus.io_in(port, size, self._requester)

@@ -172,3 +172,105 @@ def test_a_user_mode_fault_without_a_kernel_stack_is_a_triple_fault_that_says_wh
     assert exit_.kind is ExitKind.TRIPLE_FAULT, exit_
     assert "#UD" in exit_.detail and "cannot push the frame" in exit_.detail
 
+
+SYSCALL = """
+main:
+    mov ecx, 0xC0000081             /* STAR: sysret base 0x23, syscall CS 0x10 */
+    xor eax, eax
+    mov edx, 0x00230010
+    wrmsr
+    mov ecx, 0xC0000082             /* LSTAR */
+    lea rax, [rip + entry]
+    mov rdx, rax
+    shr rdx, 32
+    wrmsr
+    mov ecx, 0xC0000084             /* FMASK: IF, TF, DF */
+    mov eax, 0x700
+    xor edx, edx
+    wrmsr
+    {sce}
+    lea rcx, [rip + user]
+    jmp to_user
+user:
+    mov rax, 42
+    std                             /* DF: FMASK clears it in the kernel */
+    syscall
+after:
+    int3
+entry:                              /* CPL 0, on the user's stack */
+    mov [rip + sc_rcx], rcx
+    mov [rip + sc_r11], r11
+    mov [rip + sc_rax], rax
+    mov [rip + sc_rsp], rsp
+    mov ax, cs
+    mov [rip + sc_cs], ax
+    mov ax, ss
+    mov [rip + sc_ss], ax
+    pushfq
+    pop qword ptr [rip + sc_flags]
+    mov qword ptr [rsp - 8], 7      /* the kernel writes a user page: supervisor access */
+    sysretq
+.data
+sc_rcx: .quad 0
+sc_r11: .quad 0
+sc_rax: .quad 0
+sc_rsp: .quad 0
+sc_cs: .quad 0
+sc_ss: .quad 0
+sc_flags: .quad 0
+.text
+"""
+
+NO_SCE = """mov ecx, 0xC0000080
+    rdmsr
+    and eax, ~1
+    wrmsr"""
+
+
+def test_syscall_from_cpl3_enters_lstar_at_cpl0_and_sysretq_returns(make_vm):
+    vm, sym = make_vm(guest(SYSCALL.replace("{sce}", "") + USER_SETUP, gates=GATES))
+    v = vm.vcpus[0]
+    v.set_capability(Cap.BPT_EXIT, True)
+    exit_ = run_bounded(v)
+    assert exit_.kind is ExitKind.BPT and exit_.rip == sym["after"], exit_
+    assert u64(vm, sym["sc_rcx"]) == sym["after"]  # the next RIP
+    assert u64(vm, sym["sc_r11"]) & 0x0702 == 0x0602  # the user's RFLAGS: IF, DF
+    assert u64(vm, sym["sc_rax"]) == 42
+    assert u64(vm, sym["sc_rsp"]) == sym["ustack_top"]  # syscall keeps RSP
+    assert u64(vm, sym["sc_cs"]) & 0xFFFF == 0x10 and u64(vm, sym["sc_ss"]) & 0xFFFF == 0x18
+    assert u64(vm, sym["sc_flags"]) & 0x0700 == 0  # FMASK applied
+    assert v.cpu.cpl == 3  # sysretq: CS = 0x23 + 16, SS = 0x23 + 8
+    assert v.get_register("cs") == 0x33 and v.get_register("ss") == 0x2B
+    assert v.get_register("eflags") & 0x0600 == 0x0600  # R11 restored
+
+
+def test_syscall_with_efer_sce_clear_is_an_invalid_opcode(make_vm):
+    vm, sym = make_vm(guest(SYSCALL.replace("{sce}", NO_SCE) + USER_SETUP,
+                            gates={**GATES, 6: "h_ud"}))
+    v = vm.vcpus[0]
+    v.set_capability(Cap.BPT_EXIT, True)
+    exit_ = run_bounded(v)
+    # h_ud skips the two bytes and returns to CPL 3: int3 at `after`, no kernel entry.
+    assert exit_.kind is ExitKind.BPT and exit_.rip == sym["after"], exit_
+    assert u64(vm, sym["ud_count"]) == 1 and u64(vm, sym["sc_cs"]) == 0
+    assert v.cpu.cpl == 3
+
+
+def test_an_mtrap_step_over_syscall_stops_at_lstar_at_cpl0(make_vm):
+    vm, sym = make_vm(guest(SYSCALL.replace("{sce}", "") + USER_SETUP, gates=GATES),
+                      personality="intel")
+    v = vm.vcpus[0]
+    v.set_capability(Cap.BPT_EXIT, True)
+    v.set_capability(Cap.MASK_HWINTR, True)
+    for _ in range(200):
+        if v.get_register("rip") == sym["after"] - 2:  # at the syscall
+            break
+        v.set_capability(Cap.MTRAP_EXIT, True)
+        v.run()
+        v.set_capability(Cap.MTRAP_EXIT, False)
+    assert v.get_register("rip") == sym["after"] - 2 and v.cpu.cpl == 3
+    v.set_capability(Cap.MTRAP_EXIT, True)
+    exit_ = v.run()
+    assert exit_.kind is ExitKind.MTRAP, exit_
+    assert v.get_register("rip") == sym["entry"] and v.cpu.cpl == 0
+    assert v.get_register("rcx") == sym["after"]
