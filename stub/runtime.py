@@ -130,7 +130,7 @@ class Runtime:
         # it released, not every parked one (with 4 vCPUs, each step used to wake three
         # threads that found themselves still parked).
         self._released = [threading.Condition(self.lock) for _ in vm.vcpus]
-        self.outbox: queue.Queue[StopEvent | ExitEvent] = queue.Queue()
+        self.outbox: queue.SimpleQueue[StopEvent | ExitEvent] = queue.SimpleQueue()
         self.on_output: Callable[[], None] = lambda: None  # wakes the server loop
         # The bytes under the breakpoints. Which GPAs are breakpoints is the
         # coordinator's to say; these are only the guest's bytes it cannot hold.
