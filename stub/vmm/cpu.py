@@ -120,6 +120,7 @@ class Cpu:
         self._msr = _Msr()
         self._msr_ref = ctypes.byref(self._msr)
         self._paging: tuple[int, int, int, int] | None = None
+        self._seg_ctx = None  # the context segment loads reuse (segments.load)
         self._enter_long_mode()
         self._power_on = self.uc.context_save()  # for reset(): CPU state only, no memory
 
@@ -389,7 +390,9 @@ class Cpu:
     def load_segments(self, cs: Segment, ss: Segment | None) -> None:
         """Load these CS and SS caches (already checked; SS None: kept); the CPL is
         SS's DPL."""
-        segments.load(self.uc, cs, ss)
+        if self._seg_ctx is None:
+            self._seg_ctx = self.uc.context_save()
+        segments.load(self.uc, cs, ss, self._seg_ctx)
 
     @property
     def cpl(self) -> int:

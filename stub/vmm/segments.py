@@ -141,10 +141,6 @@ def _blob(ctx) -> bytearray:
     return bytearray(ctypes.string_at(ctx.context, ctx.size))
 
 
-def _put(ctx, data: bytearray) -> None:
-    ctypes.memmove(ctx.context, bytes(data), len(data))
-
-
 def _seg(blob: bytes, index: int) -> Segment:
     off = SEGS + index * SEG_SIZE
     selector, base, limit, flags = struct.unpack_from("<I4xQII", blob, off)
@@ -174,13 +170,17 @@ def hflags_after(hflags: int, cs: Segment, ss: Segment, ds_base: int, es_base: i
     return hflags & ~(HF_SS32 | HF_ADDSEG) | new
 
 
-def load(uc: Uc, cs: Segment, ss: Segment | None) -> None:
+def load(uc: Uc, cs: Segment, ss: Segment | None, ctx=None) -> None:
     """Load CS and SS with these caches (and the CPL from SS's DPL), as the hardware's
     far transfer would; SS None keeps the current one. Registers other than CS, SS and
-    hflags are untouched."""
+    hflags are untouched. ``ctx``: a context of this instance to reuse (saves the
+    allocation; it is overwritten)."""
     check_layout()
-    ctx = uc.context_save()
-    blob = _blob(ctx)
+    if ctx is None:
+        ctx = uc.context_save()
+    else:
+        uc.context_update(ctx)
+    blob = (ctypes.c_char * ctx.size).from_address(ctx.context.value)  # patched in place
     (hflags,) = struct.unpack_from("<I", blob, HFLAGS)
     if ss is None:
         ss = _seg(blob, R_SS)
@@ -192,7 +192,6 @@ def load(uc: Uc, cs: Segment, ss: Segment | None) -> None:
     vm = bool(uc.reg_read(X.UC_X86_REG_EFLAGS) & (1 << 17))
     struct.pack_into("<I", blob, HFLAGS,
                      hflags_after(hflags, cs, ss, ds_base, es_base, cr0_pe, vm))
-    _put(ctx, blob)
     uc.context_restore(ctx)
 
 
