@@ -500,10 +500,6 @@ class Runtime:
         with self.lock:
             return sorted(self.coord.active)
 
-    def describe_vcpu(self, i: int) -> str:
-        with self.lock:
-            return self.coord.states[i]
-
     def read_registers(self, i: int, names: Iterable[str]) -> dict[str, int]:
         with self.lock:
             self.coord.require_stopped()
@@ -572,7 +568,7 @@ class Runtime:
                 return
             gva += chunk
 
-    # ---- queries for the monitor (monitor helper)
+    # ---- queries for the monitor (stub/monitor)
     def monitor_vcpus(self, names: Sequence[str]) -> list[tuple[str, dict[str, int] | None]]:
         """Each configured vCPU's state and, for those outside ``run()`` now (parked and
         not lent), the registers ``names``; None for the others. Safe while the guest
@@ -625,7 +621,7 @@ class Runtime:
             self.coord.require_stopped()
             return self.vm.vcpus[i].translate(gva)
 
-    # ---- queries for the session (session helper)
+    # ---- queries for the session (threads, physical memory)
     def vcpu_count(self) -> int:
         """The configured vCPUs: gdb's threads 1..n, started or not."""
         return len(self.vm.vcpus)
