@@ -150,14 +150,24 @@ class Cpu:
         uc.reg_write(X.UC_X86_REG_FPTAG, 0xFFFF)
         uc.reg_write(X.UC_X86_REG_MXCSR, 0x1F80)
 
-    def set_entry(self, entry: int, index: int, count: int, ram_size: int) -> None:
-        """Entry registers of the boot protocol: everything 0 but rip/rdi/rsi/rdx."""
+    def set_entry(self, entry: int, index: int, count: int, ram_size: int,
+                  registers: Mapping[str, int] | None = None,
+                  gdt: tuple[int, int] | None = None) -> None:
+        """The long-mode entry: everything 0 but rip and vmstub's rdi/rsi/rdx, then a
+        protocol's own GDT (``gdt``: base, limit) and ``registers`` over those defaults
+        (Linux's rsi = zero page and its selectors). A CS/DS/ES/SS write sets the
+        selector only (module docstring), which serves for flat long-mode segments;
+        GDTR goes first so that the selectors name its descriptors."""
         uc = self.uc
         for reg in _GPRS:
             uc.reg_write(reg, 0)
         uc.reg_write(X.UC_X86_REG_RDI, index)
         uc.reg_write(X.UC_X86_REG_RSI, count)
         uc.reg_write(X.UC_X86_REG_RDX, ram_size)
+        if gdt is not None:
+            uc.reg_write(X.UC_X86_REG_GDTR, (0, gdt[0], gdt[1], 0))
+        for name, value in (registers or {}).items():
+            uc.reg_write(getattr(X, f"UC_X86_REG_{name.upper()}"), value)
         uc.reg_write(X.UC_X86_REG_RFLAGS, RFLAGS_BOOT)
         uc.reg_write(X.UC_X86_REG_RIP, entry)
         self._paging = None

@@ -347,13 +347,18 @@ class EmulatedVcpu(Vcpu):
 
     # ================================================================ called by the VM
     def start(self, entry: int) -> bool:
-        """Start at ``entry`` with the boot protocol's registers (once)."""
+        """Start at ``entry`` with the boot protocol's registers (once). vCPU 0 of a
+        long-mode protocol also gets the protocol's GDT and entry registers (Linux's
+        RSI = zero page); application processors only vmstub's defaults."""
         mail = self._mail
         with mail.cond:
             if mail.started:
                 return False
             vm = self._vm
-            self.cpu.set_entry(entry, self.index, len(vm.vcpus), vm.ram_size)
+            boot = vm.boot
+            own = self.index == 0 and boot.long_mode
+            self.cpu.set_entry(entry, self.index, len(vm.vcpus), vm.ram_size,
+                               boot.registers if own else None, boot.gdt if own else None)
             mail.started = True
             mail.cond.notify_all()
             return True

@@ -38,10 +38,14 @@ class BootState:
 
     ``arch`` is the gdb architecture the kernel image was built for: ``i386`` for an
     ELF32 image (gdb gets the i386 register layout, fixed for the session), else
-    ``i386:x86-64``. ``long_mode``: vmstub's entry (long mode, paging on); every other
-    protocol enters in 32-bit protected mode with paging off and ``registers`` (eax, ebx;
-    every other general register 0). ``info`` is the GPA of the boot information
-    (multiboot_info, the Multiboot2 information, hvm_start_info; 0 for vmstub)."""
+    ``i386:x86-64``. ``long_mode``: a long-mode entry on the loader's identity map
+    (vmstub; Linux's 64-bit entry), ``registers`` (rsi, selectors) written after the
+    long-mode start's defaults, on vCPU 0 only; every other protocol enters in 32-bit
+    protected mode with paging off and ``registers`` (eax, ebx; every other general
+    register 0). ``gdt``: (base, limit) of a protocol's own GDT, loaded before its
+    selectors (Linux's __BOOT_CS 0x10 and __BOOT_DS 0x18 differ from the shared GDT's).
+    ``info`` is the GPA of the boot information (multiboot_info, the Multiboot2
+    information, hvm_start_info, the zero page; 0 for vmstub)."""
 
     protocol: str
     arch: str
@@ -52,3 +56,4 @@ class BootState:
     modules: tuple[Placed, ...] = ()
     cmdline: str = ""
     kernel_end: int = 0  # one past the kernel's highest byte (bss included)
+    gdt: tuple[int, int] | None = None

@@ -9,15 +9,15 @@ loader's fields filled, the e820 map, a VGA text ``screen_info``), put the comma
 after it and the initrds (concatenated: Linux unpacks one cpio archive after another)
 page aligned at the top of RAM below ``initrd_addr_max``.
 
-Entry: the **32-bit boot protocol** (boot.rst, "32-bit Boot Protocol"): protected
-mode, paging off, flat 4 GiB code and data segments, interrupts off, ESI = the zero
-page, EBP/EDI/EBX = 0, at ``code32_start``. The kernel's ``startup_32`` loads its own
-GDT before it reloads any segment register, so our GDT's selectors (code 0x18, data
-0x10: every protocol shares them, layout.py) serve although boot.rst names __BOOT_CS
-0x10 and __BOOT_DS 0x18; it then builds its own identity map and enters long mode
-itself. The 64-bit entry (``code32_start + 0x200``, RSI = zero page) would skip that,
-but the VMM's long-mode start (cpu.py ``set_entry``) sets RSI to the vCPU count today:
-docs/linux.md says what it needs.
+Entry: the **64-bit boot protocol** (boot.rst, "64-bit Boot Protocol") at
+``code32_start + 0x200``: long mode on the loader's page tables (tables.py: an
+identity map of the first 4 GiB, which holds everything placed here: the kernel, the
+zero page, the command line and the initrd all lie below 4 GiB), interrupts off,
+RSI = the zero page, on a GDT of this protocol's own (``GDT``, after the command line
+in the boot information area) with __BOOT_CS 0x10 (64-bit code) and __BOOT_DS 0x18
+(flat data): CS = 0x10, DS/ES/SS = 0x18. The shared GDT (code64 0x08, data 0x10,
+code32 0x18) names other selectors. A kernel without XLF_KERNEL_64 is refused: the
+32-bit entry is not offered.
 
 Refused with one line (``LoaderError``): no "HdrS" or a protocol older than 2.12 (the
 first with ``xloadflags``, whose XLF_KERNEL_64 we require), a kernel that is not
@@ -46,6 +46,10 @@ BOOT_FLAG = 0xAA55
 KERNEL_LOAD = 0x10_0000  # where a bzImage's protected-mode part goes (code32_start)
 ENTRY64_OFFSET = 0x200  # the 64-bit entry, from the protected-mode kernel's start
 ZERO_PAGE_SIZE = 0x1000
+BOOT_CS = 0x10  # boot.rst: __BOOT_CS, 64-bit code at the 64-bit entry
+BOOT_DS = 0x18  # __BOOT_DS, flat data
+# null, null, 64-bit code (L=1), flat data; accessed bits preset (no descriptor writes).
+GDT = struct.pack("<4Q", 0, 0, 0x00AF_9B00_0000_FFFF, 0x00CF_9300_0000_FFFF)
 E820_MAX = 128
 LOADER_UNDEFINED = 0xFF  # type_of_loader: a boot loader without an assigned id
 
@@ -199,11 +203,20 @@ def load(ram: GuestRam, image: bytes, modules: list[Module], cmdline: str) -> Bo
     area = layout.InfoArea(ram)
     zero_page = area.reserve(ZERO_PAGE_SIZE, align=PAGE)
     cmdline_addr = area.string(cmdline)
+    gdt = area.put(GDT)
     ram.write(zero_page, boot_params(hdr, ram.size, cmdline_addr, initrd))
     ram.write(KERNEL_LOAD, kernel)
-    return BootState(NAME, ARCH_X86_64, hdr.code32_start,
-                     registers={"esi": zero_page}, info=zero_page, modules=initrd,
-                     cmdline=cmdline, kernel_end=hdr.needs_end)
+    return BootState(NAME, ARCH_X86_64, hdr.code32_start + ENTRY64_OFFSET, long_mode=True,
+                     registers=entry_registers(zero_page), gdt=(gdt, len(GDT) - 1),
+                     info=zero_page, modules=initrd, cmdline=cmdline,
+                     kernel_end=hdr.needs_end)
+
+
+def entry_registers(zero_page: int) -> dict[str, int]:
+    """The 64-bit entry's registers over the long-mode defaults: RSI = zero page, the
+    boot selectors, and vmstub's RDI/RDX (vCPU index, RAM size) cleared."""
+    return {"rsi": zero_page, "rdi": 0, "rdx": 0, "cs": BOOT_CS, "ds": BOOT_DS,
+            "es": BOOT_DS, "ss": BOOT_DS, "fs": BOOT_DS, "gs": BOOT_DS}
 
 
 def _check_memory(hdr: SetupHeader, kernel_size: int, ram_size: int) -> None:

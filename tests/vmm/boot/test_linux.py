@@ -1,5 +1,5 @@
 """The Linux boot protocol (stub/vmm/boot/linux.py) on synthetic bzImages: the zero page
-a kernel gets, where the initrds go, the 32-bit entry's registers, and every refusal.
+a kernel gets, where the initrds go, the 64-bit entry's state, and every refusal.
 Debian's real kernel is booted by tests/guests/linux/."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import struct
 
 import pytest
 
+from stub.vmm import segments
 from stub.vmm.boot import LoaderError, Module, linux, load, select
 from stub.vmm.emulated import create_vm
 from stub.vmm.ram import GuestRam
@@ -15,20 +16,34 @@ from tests.vmm.boot.conftest import MEMORY, run_to_poweroff
 from tests.vmm.boot.images import POWEROFF_CODE, RESULT, SIGNATURE
 
 SETUP_SECTS = 3
-# mov dword [RESULT], SIGNATURE; mov [RESULT+4], esi; mov [RESULT+8], ebx;
-# mov eax, POWEROFF_CODE; out 0xF4, eax; hlt
-ENTRY_CODE = (b"\xc7\x05" + struct.pack("<II", RESULT, SIGNATURE)
-              + b"\x89\x35" + struct.pack("<I", RESULT + 4)
-              + b"\x89\x1d" + struct.pack("<I", RESULT + 8)
-              + b"\xb8" + struct.pack("<I", POWEROFF_CODE) + b"\xe7\xf4" + b"\xf4")
+LM_RESULT = 0x18_0000  # identity mapped, clear of the boot page tables and the kernel
 
+
+def _store(offset: int) -> bytes:
+    """mov [LM_RESULT + offset], eax (absolute: 64-bit disp32 without RIP)."""
+    return b"\x89\x04\x25" + struct.pack("<I", LM_RESULT + offset)
+
+
+# At the 64-bit entry (offset 0x200): record the signature, rsi, cs, ds, es, ss, rflags,
+# EFER and the vmstub registers rdi/rdx, then power off. Offset 0 holds hlt only: a
+# 32-bit entry there would stop at once without a record.
+ENTRY64_CODE = (b"\xc7\x04\x25" + struct.pack("<II", LM_RESULT, SIGNATURE)
+                + b"\x48\x89\x34\x25" + struct.pack("<I", LM_RESULT + 8)  # mov [..], rsi
+                + b"\x8c\xc8" + _store(16) + b"\x8c\xd8" + _store(20)  # cs, ds
+                + b"\x8c\xc0" + _store(24) + b"\x8c\xd0" + _store(28)  # es, ss
+                + b"\xbc" + struct.pack("<I", LM_RESULT + 0x100)  # a stack: boot.rst gives none
+                + b"\x9c\x58" + _store(32)  # pushfq; pop rax
+                + b"\xb9\x80\x00\x00\xc0\x0f\x32" + _store(36)  # rdmsr EFER
+                + b"\x89\xf8" + _store(40) + b"\x89\xd0" + _store(44)  # edi, edx
+                + b"\xb8" + struct.pack("<I", POWEROFF_CODE) + b"\xe7\xf4" + b"\xf4")
+ENTRY_CODE = b"\xf4" * linux.ENTRY64_OFFSET + ENTRY64_CODE
 
 def bzimage(*, version: int = 0x020F, xloadflags: int = 0x7F, init_size: int = 0x10_0000,
             pref: int = 0x20_0000, relocatable: int = 1, initrd_max: int = 0x7FFF_FFFF,
             cmdline_size: int = 0x7FF, header_len: int = 0x6A, magic: bytes = b"HdrS",
             code: bytes = ENTRY_CODE, boot_flag: int = 0xAA55) -> bytes:
-    """A bzImage's setup sectors (only the header filled) and a protected-mode part that
-    records esi/ebx and powers off."""
+    """A bzImage's setup sectors (only the header filled) and a protected-mode part whose
+    64-bit entry records its state and powers off."""
     setup = bytearray((SETUP_SECTS + 1) * linux.SECTOR)
     setup[0x1F1] = SETUP_SECTS
     struct.pack_into("<H", setup, 0x1FE, boot_flag)
@@ -64,8 +79,8 @@ def test_auto_selects_a_bzimage_and_boot_linux_names_it():
 def test_zero_page_has_the_header_loader_fields_and_e820():
     ram, state = loaded(bzimage(), cmdline="console=ttyS0 nokaslr")
     zp = state.info
-    assert (state.protocol, state.entry, state.long_mode) == ("linux", 0x10_0000, False)
-    assert state.registers == {"esi": zp} and zp == 0x8000
+    assert (state.protocol, state.entry, state.long_mode) == ("linux", 0x10_0200, True)
+    assert state.registers["rsi"] == zp and zp == 0x8000
     assert ram.read(zp + 0x202, 4) == b"HdrS"
     assert ram.read(zp + 0x210, 1) == b"\xff"  # type_of_loader
     assert ram.read(zp + 0x211, 1)[0] & 0x81 == 0x81  # LOADED_HIGH | CAN_USE_HEAP
@@ -97,11 +112,30 @@ def test_initrd_stays_below_initrd_addr_max():
     assert state.modules[0].start == 0x7F_F000
 
 
-def test_the_32bit_entry_gets_esi_the_zero_page_and_ebx_zero(boot_vm):
+def test_the_64bit_entry_gets_rsi_the_zero_page_and_the_boot_selectors(boot_vm):
     vm = boot_vm(bzimage(), cmdline="quiet")
-    exit_ = run_to_poweroff(vm)
-    assert exit_.code == POWEROFF_CODE
-    assert struct.unpack("<III", vm.read_phys(RESULT, 12)) == (SIGNATURE, vm.boot.info, 0)
+    assert run_to_poweroff(vm).code == POWEROFF_CODE
+    sig, rsi, cs, ds, es, ss, rflags, efer, edi, edx = struct.unpack(
+        "<I4xQ8I", vm.read_phys(LM_RESULT, 48))
+    assert sig == SIGNATURE and rsi == vm.boot.info == 0x8000
+    assert (cs, ds, es, ss) == (linux.BOOT_CS, linux.BOOT_DS, linux.BOOT_DS, linux.BOOT_DS)
+    assert rflags & 0x200 == 0  # interrupts off
+    assert efer & 0x500 == 0x500  # LME and LMA: long mode
+    assert (edi, edx) == (0, 0)  # vmstub's vCPU index and RAM size are not passed
+
+
+def test_the_boot_gdt_has_code64_at_0x10_and_data_at_0x18(boot_vm):
+    vm = boot_vm(bzimage(), cmdline="quiet")
+    cpu = vm.vcpus[0].cpu
+    assert cpu.rip == 0x10_0200 and cpu.long_mode()
+    base, limit = vm.boot.gdt
+    assert limit == 0x1F and base >= vm.boot.info + linux.ZERO_PAGE_SIZE
+    code = cpu.descriptor(linux.BOOT_CS)
+    segments.check_code(code, 0, True)  # a code segment the CPU takes at CPL 0
+    assert code.flags & segments.DESC_L and code.dpl == 0  # 64-bit
+    data = cpu.descriptor(linux.BOOT_DS).flags
+    assert data & segments.DESC_S and not data & segments.DESC_CS
+    assert data & segments.DESC_W and data & segments.DESC_P
 
 
 def test_bzimage_through_create_vm_with_initrd_files(tmp_path, boot_vm):
