@@ -1,7 +1,7 @@
 """gdb on Debian's kernel under our stub, with the symbols ``python -m stub symbols``
 recovered from its kallsyms: a hardware breakpoint on a kernel function by name, set
-at the 32-bit entry before the kernel has paging (so by virtual address, not in
-memory), is hit; the registers, the backtrace and a data symbol read through the
+at the 64-bit entry before the kernel's own page tables map it (so by virtual
+address, not in memory), is hit; the registers, the backtrace and a data symbol read through the
 kernel's page tables all make sense."""
 
 from __future__ import annotations
