@@ -22,17 +22,13 @@ from __future__ import annotations
 
 import json
 import statistics
-import struct
 import sys
-import threading
 import time
 
 from bench import elf
+from bench.bare import FreeDemo
 from model.points import WRITE, Point
-from stub.cli import SWITCH_INTERVAL
-from stub.config import resolve
 from stub.vmm.api import ExitKind
-from stub.vmm.backends import create_vm
 
 PLACEMENTS = {
     "quiet": ("gdt", "gdtr", "idtr", "pml4"),
@@ -48,62 +44,38 @@ class _HigherHalf:
         return gva - elf.KERNEL_VMA if gva >= elf.KERNEL_VMA else gva
 
 
+def _complete(vcpu, exit_) -> None:
+    if exit_.kind is ExitKind.WATCH:  # not expected: the guest never writes them
+        vcpu.complete_access()
+
+
 def main() -> int:
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 2.0
     trials = int(sys.argv[2]) if len(sys.argv) > 2 else 3
-    sys.setswitchinterval(SWITCH_INTERVAL)
-    cfg = resolve("demo")
-    vm = create_vm("emulated", kernel=cfg.kernel, vcpus=cfg.vcpus, memory=cfg.memory,
-                   cpu=cfg.cpu, timer_hz=cfg.timer_hz, console=None, boot=cfg.boot)
-    n = cfg.vcpus
-
-    def drive(vcpu) -> None:
-        if not vcpu.wait_started():
-            return
-        while (exit_ := vcpu.run()).kind is not ExitKind.SHUTDOWN:
-            if exit_.kind is ExitKind.WATCH:  # not expected: the guest never writes them
-                vcpu.complete_access()
-
-    threads = [threading.Thread(target=drive, args=(v,), daemon=True) for v in vm.vcpus]
-    for t in threads:
-        t.start()
-    online, loops = elf.gpa("cpus_online"), elf.gpa("loops")
-
-    def rate() -> float:
-        def total() -> int:
-            return sum(struct.unpack(f"<{n}Q", vm.read_phys(loops, 8 * n)))
-        a, t0 = total(), time.perf_counter()
-        time.sleep(seconds)
-        return (total() - a) / (time.perf_counter() - t0)
-
-    deadline = time.monotonic() + 30
-    while struct.unpack("<Q", vm.read_phys(online, 8))[0] < n:
-        if time.monotonic() > deadline:
-            print(json.dumps({"error": "APs did not come online"}))
-            return 1
-        time.sleep(0.01)
-    time.sleep(0.3)
+    demo = FreeDemo(on_exit=_complete)
+    if not demo.wait_online():
+        demo.close()
+        print(json.dumps({"error": "APs did not come online"}))
+        return 1
     try:
         for name, symbols in PLACEMENTS.items():
             points = [Point(WRITE, elf.addr(s), 8) for s in symbols]
             without, with_ = [], []
             for _ in range(trials):
-                without.append(rate())
+                without.append(demo.rate(seconds))
                 for p in points:
-                    vm.arm_point(p, _HigherHalf)
+                    demo.vm.arm_point(p, _HigherHalf)
                 time.sleep(0.2)  # every vCPU has applied them
-                with_.append(rate())
+                with_.append(demo.rate(seconds))
                 for p in points:
-                    vm.disarm_point(p)
+                    demo.vm.disarm_point(p)
                 time.sleep(0.2)
             a, b = statistics.median(without), statistics.median(with_)
-            print(json.dumps({"placement": name, "vcpus": n, "watchpoints": len(points),
+            print(json.dumps({"placement": name, "vcpus": demo.n, "watchpoints": len(points),
                               "loops_per_s_without": round(a), "loops_per_s_with": round(b),
                               "ratio": round(b / a, 3) if a else None}), flush=True)
     finally:
-        vm.shutdown()
-        for t in threads:  # out of Unicorn before the interpreter goes (else it may crash)
-            t.join(5)
+        demo.close()
     return 0
 
 
