@@ -11,7 +11,7 @@ knows neither port numbers nor wiring (it asks ``interrupt_sources``).
 | CMOS/RTC (``cmos``) | 0x70-0x71 | none |
 | system control A, POST (``sysctl``) | 0x92, 0x80 | |
 | isa-debug-exit (``debug_exit``) | 0xF4-0xF7 | |
-| ACPI PM1a control (``acpi``) | 0x604-0x605 | |
+| ACPI PM1a event/control, PM timer (``acpi``) | 0x600-0x60B | |
 | VGA CRT controller (``crtc``) | 0x3D4-0x3D5 | |
 | debug console (``console``) | 0xE9 | |
 | AP start-up (``apstart``) | 0xEB | |
@@ -29,11 +29,12 @@ from collections.abc import Callable, Sequence
 
 from stub.vmm.bus import Bus, PortDevice
 from stub.vmm.clock import SECOND, GuestClock
-from stub.vmm.devices import apstart, cmos, debugcon, exits, i8042, pic, pit, sysctl, uart, vga
+from stub.vmm.devices import (acpi_pm, apstart, cmos, debugcon, exits, i8042, pic, pit, sysctl,
+                               uart, vga)
 from stub.vmm.devices.apstart import ApStart
 from stub.vmm.devices.cmos import Cmos
 from stub.vmm.devices.debugcon import DebugCon, Sink
-from stub.vmm.devices.exits import AcpiPm1Control, IsaDebugExit
+from stub.vmm.devices.exits import IsaDebugExit
 from stub.vmm.devices.i8042 import I8042
 from stub.vmm.devices.pic import PicPair
 from stub.vmm.devices.pit import Pit
@@ -58,7 +59,7 @@ class Platform:
         self.cmos = Cmos(ram_size, clock=self.wall_time)
         self.sysctl = SystemControl()
         self.debug_exit = IsaDebugExit()
-        self.acpi = AcpiPm1Control()
+        self.acpi = acpi_pm.AcpiPm(clock)
         self.crtc = Crtc()
         self.console = DebugCon(console)
         self.apstart = ApStart(start_ap)
@@ -74,7 +75,7 @@ class Platform:
             (self.cmos, cmos.INDEX, 2),
             (self.sysctl, sysctl.PORT_A, 1), (self.sysctl, sysctl.POST, 1),
             (self.debug_exit, exits.DEBUG_EXIT, exits.DEBUG_EXIT_PORTS),
-            (self.acpi, exits.PM1A_CNT, exits.PM1A_CNT_PORTS),
+            (self.acpi, acpi_pm.BASE, acpi_pm.PORTS),
             (self.crtc, vga.CRTC_INDEX, 2),
             (self.console, debugcon.PORT, 1), (self.apstart, apstart.PORT, 1),
         ]
