@@ -29,8 +29,19 @@ from collections.abc import Callable, Sequence
 
 from stub.vmm.bus import Bus, PortDevice
 from stub.vmm.clock import SECOND, GuestClock
-from stub.vmm.devices import (acpi_pm, apstart, cmos, debugcon, exits, i8042, pic, pit, sysctl,
-                               uart, vga)
+from stub.vmm.devices import (
+    acpi_pm,
+    apstart,
+    cmos,
+    debugcon,
+    exits,
+    i8042,
+    pic,
+    pit,
+    sysctl,
+    uart,
+    vga,
+)
 from stub.vmm.devices.apstart import ApStart
 from stub.vmm.devices.cmos import Cmos
 from stub.vmm.devices.debugcon import DebugCon, Sink

@@ -102,7 +102,7 @@ def test_tmr_sts_sets_at_bit_23_and_clears_on_write_1():
 
 
 def test_reset_clears_enables_and_control():
-    clock, bus, pm = machine()
+    _, bus, pm = machine()
     bus.io_out(0x602, 2, A.RTC_EN, CPU)
     bus.io_out(0x604, 2, 0x0401, CPU)
     pm.reset()
