@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from unicorn import UC_ARCH_X86, UC_MODE_64, Uc, UcError
@@ -36,6 +37,7 @@ HFLAGS = DATA + 176
 SEGS = DATA + 184
 SEG_SIZE = 24  # u32 selector, (pad), u64 base, u32 limit, u32 flags
 R_ES, R_CS, R_SS = 0, 1, 2
+R_DS, R_FS, R_GS = 3, 4, 5
 
 # hflags bits (QEMU target/i386/cpu.h)
 HF_CPL_MASK = 3
@@ -192,6 +194,21 @@ def load(uc: Uc, cs: Segment, ss: Segment | None, ctx=None) -> None:
     vm = bool(uc.reg_read(X.UC_X86_REG_EFLAGS) & (1 << 17))
     struct.pack_into("<I", blob, HFLAGS,
                      hflags_after(hflags, cs, ss, ds_base, es_base, cr0_pe, vm))
+    uc.context_restore(ctx)
+
+
+def load_data(uc: Uc, caches: Mapping[int, Segment]) -> None:
+    """Set the data segment caches ``caches`` (R_ES, R_DS, R_FS, R_GS: segment), as a
+    load would, with no check and no hflags change: CS and SS go through ``load``, which
+    derives hflags (ADDSEG from the DS/ES bases), so call this one first. Other registers
+    are untouched."""
+    check_layout()
+    if not set(caches) <= {R_ES, R_DS, R_FS, R_GS}:
+        raise ValueError(f"not data segment registers: {sorted(caches)}")
+    ctx = uc.context_save()
+    blob = (ctypes.c_char * ctx.size).from_address(ctx.context.value)  # patched in place
+    for index, seg in caches.items():
+        _set_seg(blob, index, seg)
     uc.context_restore(ctx)
 
 

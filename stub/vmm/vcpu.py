@@ -22,6 +22,7 @@ thread), or to any thread while the vCPU is parked.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -35,12 +36,15 @@ from stub.vmm.events import Events
 from stub.vmm.freerun import FreeRun
 from stub.vmm.hidden_tf import HiddenTf
 from stub.vmm.mailbox import Mailbox
+from stub.vmm.realmode import enter_real_mode, sipi_code
 from stub.vmm.rangestep import RangeRun, trap_exit
 from stub.vmm.slices import SliceRunner
 from stub.vmm.steps import MtrapStep, TfStep
 
 if TYPE_CHECKING:
     from stub.vmm.emulated import EmulatedVm
+
+log = logging.getLogger(__name__)
 
 _FLAGS = frozenset({"rflags", "eflags"})
 _IDLE = VmExit(ExitKind.BUDGET, detail="idle")  # nothing to run, and the caller must not block
@@ -86,6 +90,10 @@ class EmulatedVcpu(Vcpu):
         self._watch_pending = False
         # Set while run() blocks (halted, or not started), for tests and status displays.
         self.waiting = threading.Event()
+        # An INIT for this started vCPU, taken by the owner thread at its next entry, and
+        # a SIPI vector that came before it was taken (under the mailbox's lock).
+        self._init_pending = False
+        self._sipi_vector: int | None = None
 
     @property
     def vm(self) -> EmulatedVm:
@@ -235,6 +243,8 @@ class EmulatedVcpu(Vcpu):
                     return exit_
                 if self._vm.over:
                     return VmExit(ExitKind.SHUTDOWN)
+                if self._init_pending:
+                    self._take_init_locked()
                 if mail.suspend:
                     return VmExit(ExitKind.DEBUG, rip=self.cpu.rip)
                 if mail.started and not (events.halted and not events.wakeable()):
@@ -372,6 +382,8 @@ class EmulatedVcpu(Vcpu):
             mail.started = False
             mail.tick = False
             mail.dirty = []
+            self._init_pending = False
+            self._sipi_vector = None
         self._events.halted = False
         was_on = self._tf.on
         self._tf.shadow = TfShadow()
@@ -381,6 +393,81 @@ class EmulatedVcpu(Vcpu):
         self._watch_pending = False
         self._end_range()
         self._slices.points.parked_at = None
+
+    def init_signal(self) -> None:
+        """An INIT IPI (thread-safe). A started AP leaves the guest (kicked like a
+        suspend) and at its next entry goes back to wait-for-SIPI: not started, the CPU
+        at power-on (``cpu.reset()``), not halted, no tick pending; the debugger's
+        settings stay, as ``reset()`` keeps them. Until then it still counts as started
+        (``inspect``), but a SIPI is already taken (``sipi``). An AP waiting for SIPI
+        stays as it is. vCPU 0, the BSP, ignores INIT in this machine."""
+        if self.index == 0:
+            log.info("vCPU 0 (the BSP) ignores INIT")
+            return
+        mail = self._mail
+        with mail.cond:
+            if not mail.started or self._init_pending:
+                return
+            self._init_pending = True
+            self._sipi_vector = None
+        # Bumps irq_seq too, so a free slice about to be entered goes round the run
+        # loop instead of running past the INIT (its kick would find no slice to stop).
+        if mail.interrupt():
+            self._vm.ticker.poke()  # repeats the kick if Unicorn loses it
+
+    def sipi(self, vector: int) -> bool:
+        """A start-up IPI (thread-safe): a vCPU waiting for SIPI starts in real mode at
+        ``vector << 12`` (realmode.py) and True; a started one ignores it (False). An
+        INIT not yet taken by the owner thread counts as taken: the first SIPI after it
+        is kept and applied right after it. VmmError for a vector beyond a byte."""
+        sipi_code(vector)  # a bad vector is refused before anything changes
+        mail = self._mail
+        with mail.cond:
+            if self._init_pending:
+                if self._sipi_vector is not None:
+                    return False
+                self._sipi_vector = vector
+                return True
+            if mail.started:
+                return False
+            self._start_real_locked(vector)
+            return True
+
+    def _start_real_locked(self, vector: int) -> None:
+        """Real mode at ``vector << 12`` and started (the caller holds the mailbox's lock;
+        the owner thread, if in run(), waits on it and touches no CPU state)."""
+        enter_real_mode(self.cpu, vector)
+        self._events.halted = False
+        self._fresh_tf_shadow()  # RFLAGS is 2 now: the debugger's TF goes back on
+        self._mail.started = True
+        self._mail.cond.notify_all()
+
+    def _take_init_locked(self) -> None:
+        """The owner thread takes a pending INIT (holding the mailbox's lock): back to
+        wait-for-SIPI, or straight into real mode if a SIPI already came."""
+        mail = self._mail
+        vector, self._sipi_vector = self._sipi_vector, None
+        self._init_pending = False
+        self.cpu.reset()
+        mail.started = False
+        mail.tick = False
+        self._events.halted = False
+        self._fresh_tf_shadow()
+        self._pending = None
+        self._watch_pending = False
+        self._end_range()
+        self._slices.points.parked_at = None
+        log.info("vCPU %d: INIT, waiting for SIPI", self.index)
+        if vector is not None:
+            self._start_real_locked(vector)
+
+    def _fresh_tf_shadow(self) -> None:
+        """A new TF shadow for a CPU whose RFLAGS was just reset (the guest's TF 0),
+        with the debugger's TF set again if it was on."""
+        was_on = self._tf.on
+        self._tf.shadow = TfShadow()
+        if was_on:
+            self._tf.enable()
 
     def post_tick(self) -> None:
         """Raise the paravirtual timer's tick (vector 0x20, pending until delivered; one
