@@ -42,7 +42,9 @@ from model.points import Point
 from stub.vmm import boot as protocols
 from stub.vmm.api import Feature, Vcpu, Vm, VmmError
 from stub.vmm.clock import GuestClock, ManualClock
-from stub.vmm.devices import vga
+from stub.vmm import mmio
+from stub.vmm.bus import Requester
+from stub.vmm.devices import lapic, vga
 from stub.vmm.devices.debugcon import Sink
 from stub.vmm.platform import Platform, PvTimer
 from stub.vmm.points import PAGE, ArmedPoints
@@ -83,7 +85,10 @@ class EmulatedVm(Vm):
         self._kernel = (image, modules, cmdline, boot)  # loaded again by reset()
         self.boot = protocols.load(self.ram, image, modules, cmdline, boot)
         self.clock = GuestClock() if ticker else ManualClock()
-        self.platform = Platform(self.clock, memory, console, self.start_ap)
+        # TODO(tsc): the host TSC and its rate for TSC-deadline mode (H6's tsc.py);
+        # CPUID does not advertise TSC-deadline, so nothing reads them yet.
+        self.platform = Platform(self.clock, memory, console, self.start_ap,
+                                 vcpus=vcpus, apic_signal=self.apic_signal)
         self.bus = self.platform.bus
         self.console = self.platform.console
         self._stopping = False
@@ -93,6 +98,9 @@ class EmulatedVm(Vm):
         self.timer_period = 1.0 / timer_hz if self.paravirt_timer else None
         self.points = ArmedPoints(self._points_changed)
         self.vcpus = [EmulatedVcpu(self, i) for i in range(vcpus)]
+        for vcpu in self.vcpus:  # each vCPU's own local APIC, the one IOAPIC, ...
+            mmio.attach(vcpu.cpu.uc, self.bus, Requester(vcpu.index, vcpu.cpu.regs.get),
+                        memory)
         self.ticker = Ticker(self) if ticker else NoTicker()
         self.pv_timer = PvTimer(self.clock, timer_hz, self._post_ticks) \
             if self.paravirt_timer else None
@@ -184,6 +192,25 @@ class EmulatedVm(Vm):
     def start_ap(self, index: int, entry: int) -> None:
         if 0 <= index < len(self.vcpus) and self.vcpus[index].start(entry):
             log.info("vCPU %d started at %#x", index, entry)
+
+    def apic_signal(self, index: int, mode: int, vector: int) -> None:
+        """What the APIC bus asks of vCPU ``index`` itself (any thread): INIT (back to
+        wait-for-SIPI), SIPI (start in real mode at ``vector << 12``), NMI (vector 2,
+        whatever IF says: latched in its local APIC, which is an NMI source)."""
+        if not 0 <= index < len(self.vcpus):
+            return
+        vcpu = self.vcpus[index]
+        if mode == lapic.NMI:
+            self.platform.lapics[index].nmi()
+            return
+        name = {lapic.INIT: "init_signal", lapic.SIPI: "sipi"}.get(mode)
+        action = getattr(vcpu, name, None) if name else None
+        if action is None:  # the vCPU side does not exist yet (vcpu.py)
+            log.warning("vCPU %d: APIC signal %d (vector %#x) ignored", index, mode, vector)
+        elif mode == lapic.INIT:
+            action()
+        elif action(vector):
+            log.info("vCPU %d started by SIPI at %#x", index, vector << 12)
 
     def _post_ticks(self) -> None:
         for vcpu in self.vcpus:

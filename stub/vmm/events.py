@@ -7,12 +7,19 @@ Unicorn never delivers an exception itself, so every one it reports comes here: 
 int3 the debugger wants (BPT_EXIT) becomes a BPT exit, anything else is delivered.
 
 External interrupts come from the vCPU's *interrupt sources*, asked in order: the
-vmstub paravirtual timer (``PvTick``, every vCPU), then the machine's (the PIC pair
-on vCPU 0, the ExtINT path; a local APIC later). A source answers ``pending()``
-cheaply and without blocking (a stale answer costs one more round of the run loop),
-and ``acknowledge()`` is the INTA cycle: it gives the vector, which the source may
-change between the two (the PIC's spurious IRQ 7 when the request went away). A source
-whose request rises calls the vCPU's ``interrupt_changed``, which kicks it.
+vmstub paravirtual timer (``PvTick``, every vCPU), then the machine's (the vCPU's
+local APIC, then on vCPU 0 the PIC pair through LINT0, the ExtINT path). A source
+answers ``pending()`` cheaply and without blocking (a stale answer costs one more round
+of the run loop), and ``acknowledge()`` is the INTA cycle: it gives the vector, which
+the source may change between the two (the PIC's spurious IRQ 7 when the request went
+away). A source whose request rises calls the vCPU's ``interrupt_changed``, which kicks
+it.
+
+A source that also has ``nmi_pending()``/``take_nmi()`` (the local APIC) brings NMIs:
+vector 2, taken before any maskable interrupt and whatever IF says (the debugger's
+MASK_HWINTR and an instruction's interrupt shadow still hold it back), waking a halted
+vCPU. NMI blocking until the handler's IRET is not modelled (nothing sees the IRET): a
+second NMI can nest, which Linux's NMI entry code tolerates.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ INT3 = 0xCC
 EFER_LMA = 1 << 10  # long mode active: 64-bit IDT; else 32-bit protected mode
 INT_IMM8, INT_IMM8_3 = 0xCD, 0x03  # "int 3", the two-byte form
 DOUBLE_FAULT = 8
+NMI_VECTOR = 2
 _MNEMONICS = {0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD",
               7: "#NM", 8: "#DF", 10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF",
               16: "#MF", 17: "#AC", 18: "#MC", 19: "#XM", 20: "#VE", 21: "#CP"}
@@ -67,6 +75,16 @@ class InterruptSource(Protocol):
         ...
 
 
+class NmiSource(Protocol):
+    def nmi_pending(self) -> bool:
+        """Is an NMI waiting? Thread-safe, never blocks (may be stale)."""
+        ...
+
+    def take_nmi(self) -> bool:
+        """Take the NMI for delivery; False if it went away (nothing to deliver)."""
+        ...
+
+
 class PvTick:
     """The vmstub paravirtual timer's tick (docs/boot-protocol.md): vector 0x20,
     pending until delivered, one at most; posted by ``EmulatedVcpu.post_tick``."""
@@ -93,13 +111,22 @@ class Events:
         self._tf = tf
         self._end_vm = end_vm  # records the exit and stops every vCPU; returns the exit
         self._sources: tuple[InterruptSource, ...] = (PvTick(mail),)
+        self._nmi_sources: tuple[NmiSource, ...] = ()
         self._sampled: InterruptSource | None = None  # what the last window check saw
         self.halted = False
         self.mask_hwintr = False
 
     def add_sources(self, sources: Sequence[InterruptSource]) -> None:
-        """The machine's sources, after the paravirtual tick (while the vCPU is built)."""
+        """The machine's sources, after the paravirtual tick (while the vCPU is built);
+        those with ``nmi_pending`` bring NMIs too."""
         self._sources += tuple(sources)
+        self._nmi_sources += tuple(s for s in sources if hasattr(s, "nmi_pending"))
+
+    def _nmi(self) -> NmiSource | None:
+        """The source with an NMI the vCPU may take now (MASK_HWINTR holds it back)."""
+        if self.mask_hwintr:
+            return None
+        return next((s for s in self._nmi_sources if s.nmi_pending()), None)
 
     # -- external interrupts --------------------------------------------------------------
     def pending_source(self) -> InterruptSource | None:
@@ -113,7 +140,8 @@ class Events:
 
     def requested(self) -> bool:
         """Does any source have a request (for inspection: samples nothing)?"""
-        return any(source.pending() for source in self._sources)
+        return any(source.pending() for source in self._sources) or \
+            any(source.nmi_pending() for source in self._nmi_sources)
 
     def irq_window(self) -> IrqWindow:
         if self.mask_hwintr:
@@ -126,17 +154,32 @@ class Events:
         return IrqWindow.OPEN
 
     def interrupt_window(self) -> IrqWindow | None:
-        """The window for a pending interrupt; None when no source has a request."""
+        """The window for a pending interrupt; None when no source has a request. An
+        NMI's window ignores IF."""
+        if self._nmi() is not None:
+            return self._nmi_window()
         return self.irq_window() if self.pending_source() is not None else None
+
+    def _nmi_window(self) -> IrqWindow:
+        cpu = self._cpu
+        if not self.halted and insn.after_shadow_opener(cpu.byte_at, cpu.rip):
+            return IrqWindow.SHADOW
+        return IrqWindow.OPEN
 
     def wakeable(self) -> bool:
         """Would a halted vCPU wake now?"""
+        if self._nmi() is not None:
+            return True
         return self.pending_source() is not None and \
             self.irq_window() in (IrqWindow.OPEN, IrqWindow.SHADOW)
 
     def deliver_interrupt(self) -> VmExit | None:
         """Take the interrupt the last window check saw (INTA, then delivery): what
-        the source answers now, as hardware's INTA after sampling INTR."""
+        the source answers now, as hardware's INTA after sampling INTR. A pending NMI
+        goes first."""
+        nmi = self._nmi()
+        if nmi is not None and nmi.take_nmi():
+            return self.deliver(NMI_VECTOR, None)
         source = self._sampled or self.pending_source()
         self._sampled = None
         if source is None:

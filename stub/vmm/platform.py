@@ -4,8 +4,10 @@ knows neither port numbers nor wiring (it asks ``interrupt_sources``).
 
 | device | ports | interrupt |
 |---|---|---|
-| 8259A PIC pair (``pic``) | 0x20-0x21, 0xA0-0xA1, ELCR 0x4D0-0x4D1 | INTR -> vCPU 0 |
-| 8254 PIT (``pit``) | 0x40-0x43, port B 0x61 | channel 0 -> IRQ 0 |
+| local APICs, one per vCPU (``lapics``) | MMIO 0xFEE00000, each vCPU its own | to that vCPU |
+| IOAPIC, 24 pins (``ioapic``) | MMIO 0xFEC00000 | messages -> ``apic_bus`` |
+| 8259A PIC pair (``pic``) | 0x20-0x21, 0xA0-0xA1, ELCR 0x4D0-0x4D1 | INTR -> vCPU 0's LINT0 |
+| 8254 PIT (``pit``) | 0x40-0x43, port B 0x61 | channel 0 -> IRQ 0 (IOAPIC pin 2) |
 | i8042 (``i8042``) | 0x60, 0x64 | IRQ 1 |
 | 16550A UART, COM1 (``uart``) | 0x3F8-0x3FF | IRQ 4 |
 | CMOS/RTC (``cmos``) | 0x70-0x71 | none |
@@ -15,6 +17,16 @@ knows neither port numbers nor wiring (it asks ``interrupt_sources``).
 | VGA CRT controller (``crtc``) | 0x3D4-0x3D5 | |
 | debug console (``console``) | 0xE9 | |
 | AP start-up (``apstart``) | 0xEB | |
+
+Interrupts (docs/linux.md, "The APIC models"): each ISA IRQ line goes to the PIC and to
+the IOAPIC pin of the same number, but IRQ 0 (the PIT) to pin 2, as on a PC and as the
+MADT's override says (``isa_irq``). The IOAPIC's messages and the ICRs' IPIs go through
+``apic_bus`` to the local APICs, and INIT, SIPI and NMI to the VM's ``apic_signal``.
+Each vCPU's first interrupt source is its local APIC; vCPU 0 also takes the PIC's INTR
+through LINT0 in ExtINT mode (virtual wire), which the machine sets up at power-on as a
+BIOS leaves it (APIC software enabled, LINT0 ExtINT, LINT1 NMI), so a guest that never
+touches the APIC runs on the PIC alone. The IOAPIC's ID is the number of vCPUs (the
+APIC IDs are 0..n-1), which ``stub.vmm.boot.acpi.madt`` writes by default.
 
 Every clock a guest reads comes from the VM's guest clock: the PIT counts guest time,
 the CMOS clock is the host's wall time when the machine was built plus guest time, and
@@ -27,7 +39,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from stub.vmm.bus import Bus, PortDevice
+from stub.vmm import mmio
+from stub.vmm.bus import Bus, IrqLine, PortDevice
 from stub.vmm.clock import SECOND, GuestClock
 from stub.vmm.devices import (
     acpi_pm,
@@ -36,6 +49,8 @@ from stub.vmm.devices import (
     debugcon,
     exits,
     i8042,
+    ioapic,
+    lapic,
     pic,
     pit,
     sysctl,
@@ -47,6 +62,8 @@ from stub.vmm.devices.cmos import Cmos
 from stub.vmm.devices.debugcon import DebugCon, Sink
 from stub.vmm.devices.exits import IsaDebugExit
 from stub.vmm.devices.i8042 import I8042
+from stub.vmm.devices.ioapic import IoApic
+from stub.vmm.devices.lapic import ApicBus, LocalApic
 from stub.vmm.devices.pic import PicPair
 from stub.vmm.devices.pit import Pit
 from stub.vmm.devices.sysctl import SystemControl
@@ -55,17 +72,34 @@ from stub.vmm.devices.vga import Crtc
 from stub.vmm.events import InterruptSource
 
 PIT_IRQ = 0
+ISA_PINS = {PIT_IRQ: 2}  # IOAPIC pins that differ from the ISA IRQ number
+
+ApicSignal = Callable[[int, int, int], None]  # (vCPU index, lapic.INIT/SIPI/NMI, vector)
 
 
 class Platform:
+    """``vcpus``: how many local APICs (APIC ID = vCPU index, the BSP is 0);
+    ``apic_signal``: INIT, SIPI and NMI for a vCPU (``ApicBus``'s ``signal``);
+    ``tsc``/``tsc_hz``: the TSC the guest reads and its rate (TSC-deadline mode)."""
+
     def __init__(self, clock: GuestClock, ram_size: int, console: Sink | None,
-                 start_ap: Callable[[int, int], None]):
+                 start_ap: Callable[[int, int], None], vcpus: int = 1,
+                 apic_signal: ApicSignal = lambda index, mode, vector: None,
+                 tsc: Callable[[], int] | None = None, tsc_hz: int = 0):
         self.clock = clock
         self.bus = Bus()
+        self.apic_bus = ApicBus(signal=apic_signal)
+        self.ioapic = IoApic(send=self.apic_bus.send, apic_id=vcpus)
+        self.lapics = [LocalApic(i, clock, bsp=i == 0, send=self.apic_bus.send,
+                                 eoi=self.ioapic.eoi, tsc=tsc, tsc_hz=tsc_hz)
+                       for i in range(vcpus)]
+        for apic in self.lapics:
+            self.apic_bus.add(apic)
+        self.lapics[0].virtual_wire()
         self.pic = PicPair()
-        self.pit = Pit(clock, self.pic.irq_line(PIT_IRQ))
-        self.i8042 = I8042(self.pic.irq_line(i8042.IRQ))
-        self.uart = Uart16550(self.pic.irq_line(uart.IRQ), console)
+        self.pit = Pit(clock, self.isa_irq(PIT_IRQ))
+        self.i8042 = I8042(self.isa_irq(i8042.IRQ))
+        self.uart = Uart16550(self.isa_irq(uart.IRQ), console)
         self._boot_wall = time.time()
         self.cmos = Cmos(ram_size, clock=self.wall_time)
         self.sysctl = SystemControl()
@@ -92,6 +126,13 @@ class Platform:
         ]
         for device, start, count in ports:
             self.bus.add_ports(device, start, count)
+        self.bus.add_mmio(mmio.PerVcpu(self.lapics), lapic.BASE, lapic.SIZE)
+        self.bus.add_mmio(mmio.Shared(self.ioapic), ioapic.BASE, ioapic.SIZE)
+
+    def isa_irq(self, irq: int) -> IrqLine:
+        """The line a device drives for ISA IRQ ``irq``: to the PIC and to its IOAPIC
+        pin (IRQ 0 on pin 2; any other on its own number)."""
+        return self.pic.irq_line(irq).connect(self.ioapic.irq_line(ISA_PINS.get(irq, irq)))
 
     def reset(self) -> None:
         """system_reset: every device back to its power-on state (``reset()`` on each
@@ -104,6 +145,7 @@ class Platform:
                    if d is not self.clock and callable(getattr(d, "reset", None))}
         for device in devices.values():
             device.reset()
+        self.lapics[0].virtual_wire()  # the BIOS's part of power-on
 
     def wall_time(self) -> float:
         """Seconds since the epoch as the guest's clocks tell it (the CMOS clock)."""
@@ -112,11 +154,14 @@ class Platform:
     def interrupt_sources(self, index: int, notify: Callable[[], None]
                           ) -> Sequence[InterruptSource]:
         """vCPU ``index``'s sources beyond the paravirtual tick; ``notify`` is how they
-        kick it (called with no device lock held). The PIC's INTR goes to vCPU 0."""
+        kick it (called with no device lock held): its local APIC (which brings its
+        NMIs too), and on vCPU 0 the PIC's INTR through LINT0."""
+        apic = self.lapics[index]
+        apic.connect(notify)
         if index == 0:
             self.pic.connect(notify)
-            return (self.pic,)
-        return ()
+            return (apic, ExtInt(self.pic, apic))
+        return (apic,)
 
 
 class PvTimer:
@@ -144,3 +189,19 @@ class PvTimer:
 
     def cancel(self) -> None:
         self._timer.cancel()
+
+
+class ExtInt:
+    """The 8259A's INTR as the BSP takes it: through LINT0 in ExtINT mode, or directly
+    while the local APIC is hardware-disabled (``LocalApic.accepts_pic``); the INTA
+    cycle goes to the PIC. An interrupt source (events.py)."""
+
+    def __init__(self, pic_pair: PicPair, apic: LocalApic):
+        self._pic = pic_pair
+        self._apic = apic
+
+    def pending(self) -> bool:
+        return self._pic.pending() and self._apic.accepts_pic()
+
+    def acknowledge(self) -> int:
+        return self._pic.acknowledge()

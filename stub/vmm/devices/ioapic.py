@@ -15,9 +15,9 @@ pin sends once per assertion: the remote IRR holds it until the local APIC's EOI
 (``eoi(vector)``, wired from ``LocalApic``'s ``eoi`` callback), then it is sent again if
 the line is still asserted.
 
-Not wired yet (docs/linux.md): MMIO dispatch on the bus, ISA IRQ lines to pins
-(``irq_line``; IRQ 0, the PIT, is pin 2 on a PC, as the MP table or MADT must say),
-and the firmware table that tells the kernel where it is.
+Wired by ``stub.vmm.platform``: on the bus at 0xFEC00000, the ISA devices' IRQ lines
+to pins as well as to the PIC (``irq_line``; IRQ 0, the PIT, is pin 2 on a PC, as the
+MADT ``stub.vmm.boot.acpi`` writes says), its messages to ``ApicBus.send``.
 """
 
 from __future__ import annotations
@@ -49,11 +49,18 @@ class IoApic:
     def __init__(self, send: Callable[[Ipi], None] = lambda ipi: None, apic_id: int = 0):
         self._send = send
         self._lock = threading.Lock()
-        self.apic_id = apic_id
-        self.regsel = 0
-        self.table = [MASKED] * PINS  # 64-bit entries, masked at reset
+        self._power_on_id = apic_id
         self.levels = [False] * PINS  # the input lines (as driven, before polarity)
-        self.latched = 0  # edges waiting for an unmask (bit per pin)
+        self.reset()
+
+    def reset(self) -> None:
+        """Power-on state: every pin masked, the ID as built; the input lines are the
+        devices' and are kept (a line still high is seen once its pin is unmasked)."""
+        with self._lock:
+            self.apic_id = self._power_on_id
+            self.regsel = 0
+            self.table = [MASKED] * PINS  # 64-bit entries, masked at reset
+            self.latched = 0  # edges waiting for an unmask (bit per pin)
 
     # -- inputs ----------------------------------------------------------------------
     def irq_line(self, pin: int) -> Callable[[bool], None]:

@@ -4,11 +4,14 @@ x2APIC MSRs, IRR/ISR/TMR with TPR/PPR and EOI, the LVTs and the spurious vector,
 timer (one-shot, periodic, TSC-deadline) on guest time, and the ICR sending fixed,
 lowest-priority, NMI, INIT and SIPI IPIs with the shorthands.
 
-Not wired yet (docs/linux.md): the bus has no MMIO dispatch (``mmio_read``/
-``mmio_write`` take the offset from the base), the vCPU's event loop does not ask it
-(it is an ``InterruptSource``: ``pending``/``acknowledge``), and no MSR hook reaches
-``msr_read``/``msr_write``. ``ApicBus`` routes IPIs between the vCPUs' APICs and the
-three signals a vCPU must act on itself (NMI, INIT, SIPI) through ``signal``.
+Wired by ``stub.vmm.platform`` (docs/linux.md, "The APIC models"): each vCPU's own
+APIC on the bus at 0xFEE00000 (``mmio_read``/``mmio_write`` take the offset from the
+base), first among the vCPU's interrupt sources (``pending``/``acknowledge``), its NMIs
+a source the vCPU takes whatever IF says (``nmi_pending``/``take_nmi``), and, on the
+BSP, the PIC's INTR through LINT0 when ``accepts_pic``. No MSR hook reaches
+``msr_read``/``msr_write`` (Unicorn 2.1 cannot hook rdmsr/wrmsr), so x2APIC and the
+TSC deadline are not advertised. ``ApicBus`` routes IPIs between the vCPUs' APICs and
+the three signals a vCPU must act on itself (NMI, INIT, SIPI) through ``signal``.
 
 Time: the timer counts the bus clock, ``BUS_HZ`` (1 GHz: one count per guest ns before
 the divider, as QEMU's APIC), on the VM's ``GuestClock``, so it stands still while gdb
@@ -108,6 +111,10 @@ class LocalApic:
         self.apic_base = BASE | APIC_BASE_ENABLE | (APIC_BASE_BSP if bsp else 0)
         self.reset()
 
+    def connect(self, notify: Callable[[], None]) -> None:
+        """The vCPU's kick (``interrupt_changed``), once the vCPU exists."""
+        self._notify = notify
+
     # -- state ---------------------------------------------------------------------
     def reset(self) -> None:
         """Power-on and INIT state (SDM 11.4.7.3): everything 0, LVTs masked, SVR 0xFF
@@ -122,7 +129,26 @@ class LocalApic:
             self.initial = 0
             self._start = 0  # guest time the count was loaded
             self.tsc_deadline = 0
+            self._nmi = False
             self._timer.cancel()
+
+    def virtual_wire(self) -> None:
+        """What a PC BIOS leaves on the BSP (SeaBIOS's ``localapic_setup``): the APIC
+        software enabled, LINT0 ExtINT (the 8259A's INTR, level) and LINT1 NMI, both
+        unmasked, so the PIC reaches the CPU until the kernel programs the APIC."""
+        with self._lock:
+            self.svr |= SVR_ENABLE
+            self.lvt[LVT_LINT0] = EXTINT << 8 | LVT_LEVEL
+            self.lvt[LVT_LINT1] = NMI << 8 | LVT_LEVEL
+        self._notify()
+
+    def accepts_pic(self) -> bool:
+        """Is the 8259A's INTR taken (virtual wire)? When LINT0 is unmasked ExtINT, or
+        the APIC is hardware-disabled (IA32_APIC_BASE), which connects INTR directly.
+        Read without the lock: a stale answer costs one more round of the run loop."""
+        lint0 = self.lvt[LVT_LINT0]
+        return not self.apic_base & APIC_BASE_ENABLE or \
+            lint0 & (LVT_MASKED | 7 << 8) == EXTINT << 8
 
     @property
     def software_enabled(self) -> bool:
@@ -136,6 +162,23 @@ class LocalApic:
         isrv = _highest(self.isr)
         isr_class = (isrv & 0xF0) if isrv is not None else 0
         return self.tpr & 0xFF if (self.tpr & 0xF0) >= isr_class else isr_class
+
+    # -- NMI (the vCPU takes it whatever IF says) ------------------------------------
+    def nmi(self) -> None:
+        """An NMI arrives (an NMI IPI, LINT1): pending until the vCPU takes it; NMIs
+        that come while one is pending are one (as the CPU latches one)."""
+        with self._lock:
+            self._nmi = True
+        self._notify()
+
+    def nmi_pending(self) -> bool:
+        return self._nmi  # read without the lock: a stale answer costs a round
+
+    def take_nmi(self) -> bool:
+        """The vCPU delivers the pending NMI (vector 2); False if there was none."""
+        with self._lock:
+            taken, self._nmi = self._nmi, False
+            return taken
 
     # -- the interrupt source (the vCPU asks) ----------------------------------------
     def pending(self) -> bool:
@@ -252,6 +295,7 @@ class LocalApic:
             actions.append(lambda: self._send(ipi))
         elif reg in self.lvt:
             self._write_lvt_locked(reg, value)
+            actions.append(self._notify)  # an unmasked LINT0 may let the PIC's INTR in
         elif reg == TIMER_INITIAL:
             self._load_count_locked(value)
         elif reg == TIMER_DIVIDE:
@@ -393,13 +437,17 @@ class LocalApic:
 
     def local_interrupt(self, reg: int) -> None:
         """An LVT's source fired (LINT0/LINT1 pins, thermal, perf, error): a fixed
-        interrupt through that entry unless masked. Other delivery modes (NMI, ExtINT)
-        are the vCPU's to act on and are not modelled here."""
+        interrupt or an NMI through that entry unless masked. ExtINT is the PIC's own
+        path (``accepts_pic``); SMI and INIT through an LVT are not modelled."""
         with self._lock:
             lvt = self.lvt[reg]
-            raised = (not lvt & LVT_MASKED and (lvt >> 8) & 7 == FIXED
-                      and self._accept_locked(lvt & 0xFF, bool(lvt & LVT_LEVEL)))
-        if raised:
+            mode = (lvt >> 8) & 7
+            live = not lvt & LVT_MASKED
+            raised = live and mode == FIXED and \
+                self._accept_locked(lvt & 0xFF, bool(lvt & LVT_LEVEL))
+        if live and mode == NMI:
+            self.nmi()
+        elif raised:
             self._notify()
 
 
