@@ -32,7 +32,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from stub.vmm.boot import layout
+from stub.vmm.boot import acpi, layout
 from stub.vmm.boot.common import ARCH_X86_64, BootState, LoaderError, Module, Placed
 from stub.vmm.ram import PAGE, GuestRam
 
@@ -40,6 +40,7 @@ NAME = "linux"
 
 HDR_MAGIC = b"HdrS"
 MIN_VERSION = 0x020C  # 2.12: xloadflags, the 64-bit entry, initrds above 4 GiB
+RSDP_VERSION = 0x020E  # 2.14: boot_params.acpi_rsdp_addr
 SECTOR = 512
 DEFAULT_SETUP_SECTS = 4  # setup_sects 0 means 4
 BOOT_FLAG = 0xAA55
@@ -82,6 +83,7 @@ OFF_CMDLINE_SIZE = 0x238
 OFF_PREF_ADDRESS = 0x258
 OFF_INIT_SIZE = 0x260
 # boot_params fields outside the setup header.
+OFF_ACPI_RSDP_ADDR = 0x070
 OFF_EXT_RAMDISK_IMAGE = 0x0C0
 OFF_EXT_RAMDISK_SIZE = 0x0C4
 OFF_EXT_CMD_LINE_PTR = 0x0C8
@@ -192,7 +194,9 @@ def parse(image: bytes) -> SetupHeader:
     return hdr
 
 
-def load(ram: GuestRam, image: bytes, modules: list[Module], cmdline: str) -> BootState:
+def load(ram: GuestRam, image: bytes, modules: list[Module], cmdline: str,
+         cpus: int = 1) -> BootState:
+    """Load for a VM of ``cpus`` vCPUs (the ACPI tables list that many)."""
     hdr = parse(image)
     kernel = image[hdr.kernel_offset:]
     _check_memory(hdr, len(kernel), ram.size)
@@ -204,7 +208,8 @@ def load(ram: GuestRam, image: bytes, modules: list[Module], cmdline: str) -> Bo
     zero_page = area.reserve(ZERO_PAGE_SIZE, align=PAGE)
     cmdline_addr = area.string(cmdline)
     gdt = area.put(GDT)
-    ram.write(zero_page, boot_params(hdr, ram.size, cmdline_addr, initrd))
+    rsdp = acpi.build(ram, cpus)
+    ram.write(zero_page, boot_params(hdr, ram.size, cmdline_addr, initrd, rsdp))
     ram.write(KERNEL_LOAD, kernel)
     return BootState(NAME, ARCH_X86_64, hdr.code32_start + ENTRY64_OFFSET, long_mode=True,
                      registers=entry_registers(zero_page), gdt=(gdt, len(GDT) - 1),
@@ -256,11 +261,14 @@ def place_initrd(ram: GuestRam, hdr: SetupHeader, modules: list[Module]
 
 
 def boot_params(hdr: SetupHeader, ram_size: int, cmdline_addr: int,
-                initrd: tuple[Placed, ...]) -> bytes:
-    """The zero page (zero-page.rst): screen_info, the e820 map, the setup header with
-    the boot loader's fields."""
+                initrd: tuple[Placed, ...], rsdp: int = 0) -> bytes:
+    """The zero page (zero-page.rst): screen_info, the ACPI RSDP's address (protocol
+    2.14 and later; older kernels find it by the BIOS-area scan), the e820 map, the
+    setup header with the boot loader's fields."""
     page = bytearray(ZERO_PAGE_SIZE)
     page[0:len(VGA_TEXT)] = VGA_TEXT
+    if hdr.version >= RSDP_VERSION:
+        struct.pack_into("<Q", page, OFF_ACPI_RSDP_ADDR, rsdp)
     page[OFF_SETUP_SECTS:OFF_SETUP_SECTS + len(hdr.header)] = hdr.header
     entries = layout.memory_map(ram_size)
     page[OFF_E820_ENTRIES] = len(entries)

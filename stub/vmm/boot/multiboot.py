@@ -8,6 +8,10 @@ image must be an ELF32 or ELF64 executable, loaded by its PT_LOAD segments.
 Entry (spec 3.2): 32-bit protected mode, paging off, flat CS/DS/ES/SS/FS/GS, EFLAGS
 bit 1 only, A20 on; eax = 0x2BADB002, ebx = the multiboot_info at 0x8000; every other
 general register 0 (the spec leaves them, and esp, undefined).
+
+ACPI tables (``acpi.build``) at 0xE0000: Multiboot v1 has no field for them, and a
+kernel finds the RSDP as on a PC, by scanning the BIOS area (the memory map calls it
+reserved), then the MADT's CPUs and IOAPIC.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from stub.vmm.boot import layout
+from stub.vmm.boot import acpi, layout
 from stub.vmm.boot.common import BootState, LoaderError, Module, Placed
 from stub.vmm.boot.image import (
     Kernel,
@@ -82,7 +86,9 @@ def detect(image: bytes) -> bool:
     return find_header(image) is not None
 
 
-def load(ram: GuestRam, image: bytes, modules: list[Module], cmdline: str) -> BootState:
+def load(ram: GuestRam, image: bytes, modules: list[Module], cmdline: str,
+         cpus: int = 1) -> BootState:
+    """Load for a VM of ``cpus`` vCPUs (the ACPI tables list that many)."""
     header = find_header(image)
     if header is None:
         raise LoaderError(f"no Multiboot header (magic {MAGIC:#x}) in the first {SEARCH} bytes")
@@ -94,6 +100,7 @@ def load(ram: GuestRam, image: bytes, modules: list[Module], cmdline: str) -> Bo
     if header.flags & F_VIDEO:  # what we have is the VGA text screen, as GRUB in text mode
         flags, words = flags | I_FRAMEBUFFER, words + EGA_TEXT
     ram.write(info, struct.pack("<I", flags) + words)
+    acpi.build(ram, cpus)
     write_kernel(ram, kernel, area.end)
     return BootState(NAME, arch_of(image), kernel.entry,
                      registers={"eax": BOOT_MAGIC, "ebx": info}, info=info,

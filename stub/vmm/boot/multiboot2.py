@@ -7,8 +7,10 @@ executable by its segments. A tag we do not know, or an information request we c
 answer, refuses the kernel unless the tag is marked optional.
 
 Boot information at 0x8000 (8-aligned tags): command line, boot loader name "vmstub",
-modules, basic memory information, the memory map, and an EGA text framebuffer
-(80x25 at 0xB8000) when the kernel asks for a framebuffer. Entry as Multiboot v1's
+modules, basic memory information, the memory map, the ACPI 1.0 RSDP (tag 14, a copy
+of the RSDP ``acpi.build`` writes at 0xE0000: the MADT lists the CPUs and the IOAPIC,
+as GRUB's firmware tables would), and an EGA text framebuffer (80x25 at 0xB8000) when
+the kernel asks for a framebuffer. Entry as Multiboot v1's
 (32-bit protected mode, paging off, flat segments) with eax = 0x36D76289, ebx = info.
 """
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from stub.vmm.boot import layout
+from stub.vmm.boot import acpi, layout
 from stub.vmm.boot.common import BootState, LoaderError, Module, Placed
 from stub.vmm.boot.image import (
     Kernel,
@@ -49,7 +51,8 @@ TAG_OPTIONAL = 1
 
 # information tag types
 I_END, I_CMDLINE, I_LOADER_NAME, I_MODULE, I_MEMINFO, I_MMAP, I_FRAMEBUFFER = 0, 1, 2, 3, 4, 6, 8
-_PROVIDED = {I_CMDLINE, I_LOADER_NAME, I_MODULE, I_MEMINFO, I_MMAP, I_FRAMEBUFFER}
+I_ACPI_OLD = 14  # the ACPI 1.0 RSDP
+_PROVIDED = {I_CMDLINE, I_LOADER_NAME, I_MODULE, I_MEMINFO, I_MMAP, I_FRAMEBUFFER, I_ACPI_OLD}
 
 _HEADER = struct.Struct("<IIII")
 _TAG = struct.Struct("<HHI")
@@ -117,7 +120,9 @@ def detect(image: bytes) -> bool:
     return find_header(image) is not None
 
 
-def load(ram: GuestRam, image: bytes, modules: list[Module], cmdline: str) -> BootState:
+def load(ram: GuestRam, image: bytes, modules: list[Module], cmdline: str,
+         cpus: int = 1) -> BootState:
+    """Load for a VM of ``cpus`` vCPUs (the ACPI tables list that many)."""
     header = find_header(image)
     if header is None:
         raise LoaderError(f"no Multiboot2 header (magic {MAGIC:#x}) in the first {SEARCH} bytes")
@@ -129,7 +134,8 @@ def load(ram: GuestRam, image: bytes, modules: list[Module], cmdline: str) -> Bo
     placed = layout.place_modules(ram, modules, kernel.end)
     area = layout.InfoArea(ram)
     framebuffer = H_FRAMEBUFFER in header.tags or I_FRAMEBUFFER in header.asked
-    info = area.put(_information(ram.size, area, placed, cmdline, framebuffer))
+    rsdp = ram.read(acpi.build(ram, cpus), acpi.RSDP_SIZE)
+    info = area.put(_information(ram.size, area, placed, cmdline, framebuffer, rsdp))
     write_kernel(ram, kernel, area.end)
     return BootState(NAME, arch_of(image), kernel.entry,
                      registers={"eax": BOOT_MAGIC, "ebx": info}, info=info,
@@ -155,7 +161,7 @@ def _kernel(image: bytes, header: Header) -> Kernel:
 
 
 def _information(ram_size: int, area: layout.InfoArea, placed: tuple[Placed, ...],
-                 cmdline: str, framebuffer: bool) -> bytes:
+                 cmdline: str, framebuffer: bool, rsdp: bytes) -> bytes:
     """The boot information: total_size, reserved, then the tags and the end tag. The
     strings are inside their tags, so it is one block (put first: at 0x8000)."""
     tags = [_tag(I_CMDLINE, cmdline.encode() + b"\0"),
@@ -166,7 +172,8 @@ def _information(ram_size: int, area: layout.InfoArea, placed: tuple[Placed, ...
                                         layout.mem_upper_kib(ram_size))),
             _tag(I_MMAP, struct.pack("<II", 24, 0) + b"".join(
                 struct.pack("<QQII", base, length, kind, 0)
-                for base, length, kind in layout.memory_map(ram_size)))]
+                for base, length, kind in layout.memory_map(ram_size))),
+            _tag(I_ACPI_OLD, rsdp)]
     if framebuffer:
         # EGA text (type 2): no color info; reserved is a u16 as in GRUB's multiboot2.h
         tags.append(_tag(I_FRAMEBUFFER, struct.pack("<QIIIBBH", 0xB8000, 160, 80, 25, 16, 2, 0)))

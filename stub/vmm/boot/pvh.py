@@ -6,7 +6,8 @@ section. Its PT_LOAD segments are loaded at their physical addresses.
 
 ``hvm_start_info`` version 1 at 0x8000 (magic 0x336ec578): the modules (one
 ``hvm_modlist_entry`` each, its cmdline the module's name), the command line, and the
-memory map (E820 types); no ACPI (rsdp_paddr 0). Entry: 32-bit protected mode, paging
+memory map (E820 types), and rsdp_paddr: the ACPI tables (``acpi.build``) in the BIOS
+area. Entry: 32-bit protected mode, paging
 off, flat CS/DS/ES/SS, a busy 32-bit TSS (base 0, limit 0x67) in TR, CR0 = PE|ET, CR4 0,
 EFLAGS bit 1 only; ebx = the start info, every other general register 0.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import struct
 
 from stub.elf import Elf, ElfError, Note, read_elf
-from stub.vmm.boot import layout
+from stub.vmm.boot import acpi, layout
 from stub.vmm.boot.common import BootState, LoaderError, Module, Placed
 from stub.vmm.boot.image import arch_of, elf_kernel, is_elf, read_exec, write_kernel
 from stub.vmm.ram import GuestRam
@@ -48,7 +49,9 @@ def detect(image: bytes) -> bool:
         return False
 
 
-def load(ram: GuestRam, image: bytes, modules: list[Module], cmdline: str) -> BootState:
+def load(ram: GuestRam, image: bytes, modules: list[Module], cmdline: str,
+         cpus: int = 1) -> BootState:
+    """Load for a VM of ``cpus`` vCPUs (the ACPI tables list that many)."""
     elf = read_exec(image)
     note = entry_note(elf)
     if note is None:
@@ -60,14 +63,15 @@ def load(ram: GuestRam, image: bytes, modules: list[Module], cmdline: str) -> Bo
     placed = layout.place_modules(ram, modules, kernel.end)
     area = layout.InfoArea(ram)
     info = area.reserve(_START_INFO.size)
-    ram.write(info, _start_info(ram.size, area, placed, cmdline))
+    rsdp = acpi.build(ram, cpus)
+    ram.write(info, _start_info(ram.size, area, placed, cmdline, rsdp))
     write_kernel(ram, kernel, area.end)
     return BootState(NAME, arch_of(image), entry, registers={"ebx": info}, info=info,
                      modules=placed, cmdline=cmdline, kernel_end=kernel.end)
 
 
 def _start_info(ram_size: int, area: layout.InfoArea, placed: tuple[Placed, ...],
-                cmdline: str) -> bytes:
+                cmdline: str, rsdp: int) -> bytes:
     cmdline_addr = area.string(cmdline)
     mods = b"".join(_MODLIST.pack(m.start, m.end - m.start, area.string(m.name), 0)
                     for m in placed)
@@ -76,4 +80,4 @@ def _start_info(ram_size: int, area: layout.InfoArea, placed: tuple[Placed, ...]
     memmap = area.put(b"".join(_MEMMAP.pack(base, length, kind, 0)
                                for base, length, kind in entries))
     return _START_INFO.pack(START_MAGIC, START_VERSION, 0, len(placed), modlist, cmdline_addr,
-                            0, memmap, len(entries), 0)
+                            rsdp, memmap, len(entries), 0)

@@ -13,7 +13,7 @@ from stub.vmm.boot import LoaderError, Module, linux, load, select
 from stub.vmm.emulated import create_vm
 from stub.vmm.ram import GuestRam
 from tests.vmm.boot.conftest import MEMORY, run_to_poweroff
-from tests.vmm.boot.images import POWEROFF_CODE, RESULT, SIGNATURE
+from tests.vmm.boot.images import POWEROFF_CODE, SIGNATURE
 
 SETUP_SECTS = 3
 LM_RESULT = 0x18_0000  # identity mapped, clear of the boot page tables and the kernel

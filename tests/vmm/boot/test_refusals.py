@@ -43,8 +43,8 @@ CASES = {
                                 "Multiboot2 header .* bad checksum"),
     "multiboot2 for MIPS": (elf(GUEST32, head=mb2_header(arch=4)), {}, "architecture 4"),
     "multiboot2 EFI tag required": (mb2_elf(GUEST32, mb2_tag(7)), {}, "requires tag type 7"),
-    "multiboot2 info we lack": (mb2_elf(GUEST32, mb2_tag(1, struct.pack("<II", 6, 14))), {},
-                                r"information we do not provide \(tag types 14\)"),
+    "multiboot2 info we lack": (mb2_elf(GUEST32, mb2_tag(1, struct.pack("<II", 6, 15))), {},
+                                r"information we do not provide \(tag types 15\)"),  # ACPI 2.0
     "multiboot2 tag size": (elf(GUEST32, head=mb2_header(struct.pack("<HHI", 5, 0, 4))), {},
                             "bad size"),
     "multiboot unknown required flag": (mb1_elf(flags=0x3 | 1 << 3), {}, "features"),
