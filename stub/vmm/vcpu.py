@@ -36,8 +36,8 @@ from stub.vmm.events import Events
 from stub.vmm.freerun import FreeRun
 from stub.vmm.hidden_tf import HiddenTf
 from stub.vmm.mailbox import Mailbox
-from stub.vmm.realmode import enter_real_mode, sipi_code
 from stub.vmm.rangestep import RangeRun, trap_exit
+from stub.vmm.realmode import enter_real_mode, sipi_code
 from stub.vmm.slices import SliceRunner
 from stub.vmm.steps import MtrapStep, TfStep
 
