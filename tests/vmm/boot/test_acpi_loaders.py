@@ -2,7 +2,8 @@
 kernel: boot_params.acpi_rsdp_addr (Linux, protocol 2.14+), hvm_start_info.rsdp_paddr
 (PVH), the ACPI 1.0 RSDP tag (Multiboot2), the BIOS-area scan alone (Multiboot v1, and
 every kernel as a fallback); vmstub kernels get none. The memory maps keep the tables'
-area reserved."""
+area reserved. A tiny kernel follows the FADT to the PM timer and powers off through
+it, on the platform's ACPI PM device."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import struct
 import pytest
 
 from stub.vmm.boot import layout, linux, load, multiboot, multiboot2, pvh
+from stub.vmm.clock import SECOND
+from stub.vmm.devices import acpi_pm
 from stub.vmm.ram import GuestRam
-from tests.vmm.boot.conftest import MEMORY
-from tests.vmm.boot.images import mb1_elf, mb2_elf, pvh_elf
+from tests.vmm.boot.conftest import MEMORY, run_to_poweroff
+from tests.vmm.boot.images import RESULT, elf, mb1_elf, mb2_elf, mb2_tag, pvh_elf
 from tests.vmm.boot.test_acpi import madt_entries, madt_of, scan_rsdp
 from tests.vmm.boot.test_linux import bzimage
 
@@ -69,7 +72,6 @@ def test_multiboot2_gets_the_acpi_old_rsdp_tag():
 
 
 def test_multiboot2_kernel_requiring_the_acpi_tag_is_booted():
-    from tests.vmm.boot.images import mb2_tag
     ram = GuestRam(MEMORY)
     request = mb2_tag(1, struct.pack("<I", 14))  # information request, not optional
     state = multiboot2.load(ram, mb2_elf(b"\xf4", request), [], "")
@@ -83,7 +85,6 @@ def test_multiboot_v1_tables_are_found_by_the_scan():
 
 
 def test_vmstub_kernels_get_no_acpi():
-    from tests.vmm.boot.images import elf
     ram = GuestRam(MEMORY)
     assert load(ram, elf(b"\xf4", bits=64), [], "", "vmstub").protocol == "vmstub"
     assert scan_rsdp(ram) is None
@@ -94,3 +95,25 @@ def test_memory_maps_keep_the_bios_area_reserved(memory):
     (reserved,) = [(b, n) for b, n, kind in layout.memory_map(memory)
                    if kind == layout.E820_RESERVED]
     assert reserved[0] <= 0xE0000 and reserved[0] + reserved[1] >= 0x10_0000
+
+
+# A Multiboot kernel that follows the tables as a kernel does: RSDP (at 0xE0000) ->
+# RSDT -> FADT, reads PM_TMR_BLK and PM1a_CNT_BLK from it, stores the timer and the
+# control register at RESULT, then powers off through PM1a_CNT with SLP_EN | SLP_TYP 0.
+FOLLOW_FADT = (b"\x8b\x35" + struct.pack("<I", 0xE0010)  # mov esi, [RSDP.rsdt]
+               + b"\x8b\x7e\x24"  # mov edi, [esi + 36]: the RSDT's first table, the FADT
+               + b"\x8b\x57\x4c" + b"\xed"  # mov edx, [edi + 76] (PM_TMR_BLK); in eax, dx
+               + b"\xa3" + struct.pack("<I", RESULT)
+               + b"\x8b\x57\x40" + b"\xed"  # mov edx, [edi + 64] (PM1a_CNT_BLK); in eax, dx
+               + b"\xa3" + struct.pack("<I", RESULT + 4)
+               + b"\x66\xb8\x00\x20" + b"\x66\xef" + b"\xf4")  # mov ax, 0x2000; out dx, ax
+
+
+def test_a_kernel_finds_the_pm_timer_and_powers_off_through_the_fadt(boot_vm):
+    vm = boot_vm(mb1_elf(FOLLOW_FADT))
+    vm.clock.advance(SECOND)  # a ManualClock: guest time moves only here
+    exit_ = run_to_poweroff(vm)
+    assert exit_.status == 0  # S5: gdb's W00, the stub exits 0
+    timer, control = struct.unpack("<II", vm.read_phys(RESULT, 8))
+    assert timer == acpi_pm.TIMER_HZ  # one second of guest time
+    assert control & 0xFFFF == acpi_pm.SCI_EN
