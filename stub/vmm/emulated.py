@@ -40,10 +40,10 @@ from pathlib import Path
 from model.caps import Personality, personality
 from model.points import Point
 from stub.vmm import boot as protocols
-from stub.vmm.api import Feature, Vcpu, Vm, VmmError
-from stub.vmm.clock import GuestClock, ManualClock
 from stub.vmm import mmio
+from stub.vmm.api import Feature, Vcpu, Vm, VmmError
 from stub.vmm.bus import Requester
+from stub.vmm.clock import GuestClock, ManualClock
 from stub.vmm.devices import lapic, vga
 from stub.vmm.devices.debugcon import Sink
 from stub.vmm.platform import Platform, PvTimer

@@ -40,7 +40,7 @@ def _reader(device: MmioDevice, cpu: Requester):
     def read(_uc, offset: int, size: int, _data) -> int:
         try:
             return device.mmio_read(offset, size, cpu) & all_ones(size)
-        except Exception:  # noqa: BLE001 (see the module docstring)
+        except Exception:  # a device bug must not end the vCPU (module docstring)
             log.exception("vCPU %d: MMIO read at +%#x of %s failed", cpu.index, offset,
                           type(device).__name__)
             return all_ones(size)
@@ -51,7 +51,7 @@ def _writer(device: MmioDevice, cpu: Requester):
     def write(_uc, offset: int, size: int, value: int, _data) -> None:
         try:
             device.mmio_write(offset, size, value & all_ones(size), cpu)
-        except Exception:  # noqa: BLE001 (see the module docstring)
+        except Exception:  # a device bug must not end the vCPU (module docstring)
             log.exception("vCPU %d: MMIO write %#x at +%#x of %s failed", cpu.index,
                           value, offset, type(device).__name__)
     return write
