@@ -11,22 +11,34 @@ other general register 0; x87 and MXCSR at their FNINIT values, as ``Cpu`` sets 
 Unicorn 2.1.4 facts this relies on (tests/vmm/test_realmode.py):
 - the instance stays ``UC_MODE_64``. A CR0 write that clears PG while EFER.LMA is set
   leaves long mode (QEMU clears EFER.LMA and hflags LMA/CS64); clearing PE in the same
-  write leaves protected mode too. A Cpu as built has PG on, so one CR0 write does it; an
-  instance with LMA set and PG off (a fresh ``Uc``) first needs PAE, EFER.LME and PG on;
-- that CR0 write leaves hflags CS32 (and SS32) as they were: QEMU derives them only when
-  a segment is loaded, so the code would still decode as 32-bit;
+  write leaves protected mode too (hflags PE). A Cpu as built has PG on, so one CR0
+  write does it; a fresh ``Uc`` state (LMA set, PG off) first needs CR4.PAE, EFER.LME
+  and CR0.PG on, since only a PG 1 -> 0 write clears LMA;
+- that CR0 write leaves hflags CS32 set: QEMU derives it only when CS is loaded, so
+  the code would still decode as 32-bit;
 - in real mode a register write of FS or GS loads the real-mode cache (base = selector
   << 4, limit 0xFFFF, flags P|S|W|A), but a write of CS, DS, ES or SS still sets the
   selector only. So every cache is patched through the saved context (segments.py):
   DS/ES/FS/GS with ``segments.load_data``, CS and SS with ``segments.load``, which also
   sets hflags for 16-bit code and stack, CPL 0 and ADDSEG (segment bases apply);
 - ``emu_start(begin)`` writes ``begin`` to RIP, which is IP here: the code runs at CS
-  base + IP. In the guest, real-mode ``mov`` to a segment register and far jumps load
-  the selector and base (= selector << 4) and keep the limit and flags, as the
-  hardware does;
-- the guest's own climb works unchanged from here: ``lgdtl``, CR0.PE and a far jump to
-  32-bit code, then CR4.PAE, CR3, EFER.LME (``wrmsr``), CR0.PG and a far jump to 64-bit
-  code (Linux's trampoline_64.S does exactly that).
+  base + IP, and ``hlt`` ends ``emu_start`` with IP after it. The guest's own ``mov``
+  to a segment register loads selector and base (selector << 4) and keeps the cached
+  limit and flags, as hardware does ("unreal mode");
+- the guest's own climb works unchanged from here: far jump, ``lidtl``/``lgdtl``,
+  CR0.PE and a far jump to 32-bit code, then CR4.PAE, CR3, EFER.LME (``wrmsr``),
+  CR0.PG and a far jump to 64-bit code (Linux's trampoline_64.S does exactly that);
+- both step mechanisms step real-mode code: MTRAP exits and the hidden TF's #DB come
+  after each instruction with RIP the next IP.
+
+What the VMM around it does not handle in real mode yet (strict xfail in the tests):
+its own instruction reads (``Cpu.fetch``, ``Cpu.byte_at(rip - 1)``) take RIP as a
+linear address, not CS base + IP, so a real-mode ``hlt`` is not seen (the vCPU runs on
+past it, stepped or free) nor is an ``int3`` for BPT_EXIT; an exception or interrupt
+the VMM delivers goes through the protected-mode IDT format, not the real-mode IVT
+(a ``ud2`` ends in a triple fault); and ``insn`` decodes real-mode code as 32-bit
+(a ``rep`` count is taken as ECX). Linux's trampoline runs with IF=0 and raises no
+exception, so none of this is in its way.
 """
 
 from __future__ import annotations

@@ -104,6 +104,23 @@ def test_real_mode_code_runs_at_cs_base_plus_ip():
     assert _caches(cpu)[segments.R_DS] == Segment(VECTOR << 8, BASE, 0xFFFF, 0x9300)
 
 
+def test_a_real_mode_segment_load_sets_selector_and_base_and_keeps_limit_and_flags():
+    """As on hardware (and how "unreal mode" works): ``mov ds, ax`` in real mode loads
+    base = selector << 4 and leaves the cached limit and flags alone."""
+    cpu = _cpu()
+    cpu.ram.write(BASE, REAL_CODE)
+    realmode.enter_real_mode(cpu, VECTOR)
+    segments.load_data(cpu.uc, {segments.R_DS: Segment(0, 0, 0xFFFF_FFFF, 0x00CF_9300)})
+    cpu.emu_start(0)
+    assert _caches(cpu)[segments.R_DS] == Segment(VECTOR << 8, BASE, 0xFFFF_FFFF, 0x00CF_9300)
+
+
+def test_load_data_refuses_cs_and_ss():
+    cpu = _cpu()
+    with pytest.raises(ValueError, match="not data segment"):
+        segments.load_data(cpu.uc, {segments.R_CS: REAL_DATA})
+
+
 def test_a_fresh_instance_with_lma_and_paging_off_enters_real_mode_too():
     """A fresh UC_MODE_64 state (LMA set, PG off) cannot leave long mode by a CR0
     write alone: enter_real_mode turns paging on first."""
