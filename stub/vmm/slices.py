@@ -23,7 +23,7 @@ from unicorn import UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INTR, UcError
 from unicorn import x86_const as X
 
 from model.points import Point
-from stub.vmm import idt, insn, syscall
+from stub.vmm import cpuid, idt, insn, syscall
 from stub.vmm.api import VmExit
 from stub.vmm.bus import Bus, PowerOff, Requester
 from stub.vmm.cpu import Cpu, OptionalHook
@@ -78,7 +78,8 @@ class SliceRunner:
     choices give the same run."""
 
     def __init__(self, cpu: Cpu, mail: Mailbox, events: Events, bus: Bus,
-                 requester: Requester, timer_period: float | None):
+                 requester: Requester, timer_period: float | None,
+                 cpuid_table: cpuid.Table | None = None):
         self._cpu = cpu
         self._mail = mail
         self._events = events
@@ -99,6 +100,10 @@ class SliceRunner:
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
+        # vcpu.py should pass cpuid.Table.for_vcpu(index, vm.cpu_model.name); until then
+        # the vendor is Intel, what Unicorn's own CPUID said.
+        uc.hook_add(UC_HOOK_INSN, cpuid.serve(cpu, cpuid_table or cpuid.Table.for_vcpu(
+            requester.index)), None, 1, 0, X.UC_X86_INS_CPUID)
 
     @property
     def code_hook(self) -> bool:
