@@ -404,3 +404,30 @@ def test_hlt_in_real_mode_halts(make_vm, personality, cap):
         for _ in REAL_IPS[1:]:
             ap.run()
     assert ap.halted and ap.cpu.rip == REAL_IPS[-1]
+
+
+@pytest.mark.xfail(strict=True, reason="the int3 check reads the byte at IP - 1, not at "
+                   "CS base + IP - 1 (Cpu.byte_at): needs cpu.py's code_address")
+def test_int3_in_real_mode_is_a_bpt_exit(make_vm):
+    vm, _ = make_vm("main:\n    hlt\n    jmp main\n", personality="intel", vcpus=2)
+    ap = vm.vcpus[1]
+    vm.write_phys(BASE, b"\x90\xcc\x90\xf4")  # nop; int3; nop; hlt
+    assert ap.sipi(VECTOR)
+    ap.set_capability(Cap.BPT_EXIT, True)
+    exit_ = ap.run(max_instructions=50)
+    assert (exit_.kind, exit_.rip) == (ExitKind.BPT, 1)
+
+
+@pytest.mark.xfail(strict=True, reason="events.deliver uses the protected-mode IDT format "
+                   "when EFER.LMA is clear: no real-mode IVT delivery (ud2 -> triple fault)")
+def test_an_exception_in_real_mode_goes_through_the_ivt(make_vm):
+    vm, _ = make_vm("main:\n    hlt\n    jmp main\n", personality="intel", vcpus=2)
+    ap = vm.vcpus[1]
+    # ud2 at IP 0; the #UD handler at CS:0x20 stores 0xBEEF at DS:0x30 and spins
+    vm.write_phys(BASE, b"\x0f\x0b")
+    vm.write_phys(BASE + 0x20, bytes.fromhex("c7063000efbe" "ebfe"))
+    vm.write_phys(6 * 4, (0x20).to_bytes(2, "little") + (VECTOR << 8).to_bytes(2, "little"))
+    assert ap.sipi(VECTOR)
+    exit_ = ap.run(max_instructions=50)
+    assert exit_.kind is ExitKind.BUDGET, exit_
+    assert vm.read_phys(0x30, 2) == b"\xef\xbe"  # DS is 0 after SIPI
