@@ -431,3 +431,39 @@ def test_an_exception_in_real_mode_goes_through_the_ivt(make_vm):
     exit_ = ap.run(max_instructions=50)
     assert exit_.kind is ExitKind.BUDGET, exit_
     assert vm.read_phys(0x30, 2) == b"\xef\xbe"  # DS is 0 after SIPI
+
+
+# ------------------------------------------------------------------ through the local APIC
+# vCPU 0 starts vCPU 1 as Linux's wakeup_secondary_cpu_via_init does: INIT assert, INIT
+# de-assert, then two SIPIs (the second is ignored: the AP runs already), through its
+# local APIC's ICR; then it waits for the AP's marker.
+BSP_STARTS_AP = rf"""
+main:
+    mov rcx, 0xfee00000
+    mov dword ptr [rcx + 0x310], 0x01000000     /* ICR high: APIC ID 1 */
+    mov dword ptr [rcx + 0x300], 0x0000c500     /* INIT, level, assert */
+    mov dword ptr [rcx + 0x300], 0x00008500     /* INIT, level, de-assert */
+    mov dword ptr [rcx + 0x300], {0x600 | VECTOR:#x}  /* SIPI */
+    mov dword ptr [rcx + 0x300], {0x600 | VECTOR:#x}  /* SIPI again */
+1:  pause
+    mov rax, [{BASE + MARKER:#x}]
+    test rax, rax
+    jz 1b
+    int3
+"""
+
+
+@needs_binutils
+def test_the_bsp_starts_an_ap_with_init_and_sipi_ipis(make_vm):
+    vm, _ = make_vm(BSP_STARTS_AP, vcpus=2)
+    bsp, ap = vm.vcpus
+    vm.write_phys(BASE, _trampoline("int3"))
+    for vcpu in vm.vcpus:
+        vcpu.set_capability(Cap.BPT_EXIT, True)
+    ap_run = Runner(ap).go()  # blocks in run(), waiting for SIPI
+    bsp_run = Runner(bsp).go()
+    assert bsp_run.result().kind is ExitKind.BPT
+    exit_ = ap_run.result()
+    assert exit_.kind is ExitKind.BPT, exit_
+    assert vm.read_phys(exit_.rip, 1) == b"\xcc" and ap.cpu.long_mode()
+    assert _u64(vm, BASE + MARKER) == MARK
