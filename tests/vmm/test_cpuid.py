@@ -15,7 +15,7 @@ from unicorn import x86_const as X
 
 from stub.vmm import cpuid, tsc
 from stub.vmm.api import Cap, ExitKind
-from tests.vmm.conftest import DEFAULT_GATES, run_bounded, u64
+from tests.vmm.conftest import DEFAULT_GATES, run_bounded, run_to_stop, step, u64
 
 MHZ_2995 = 2_995_000_000
 REGS = (X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX)
@@ -359,3 +359,30 @@ def test_serve_answers_from_the_table_on_a_bare_instance():
     uc.reg_write(X.UC_X86_REG_RCX, 0)
     uc.emu_start(0, 2)
     assert uc.reg_read(X.UC_X86_REG_RCX) == cpuid.CRYSTAL_HZ
+
+
+STEP_GUEST = """
+main:
+    int3
+    mov eax, 0x15
+at_cpuid:
+    cpuid
+after:
+    nop
+    int3
+"""
+
+
+@pytest.mark.parametrize("personality", ["intel", "amd"])
+def test_a_debugger_step_over_cpuid_lands_after_it_with_the_tables_answer(make_vm,
+                                                                          personality):
+    """Both step mechanisms (Intel's monitor trap, AMD's hidden TF) see the hook's
+    answer and stop at the next instruction."""
+    vm, sym = make_vm(STEP_GUEST, personality=personality)
+    v = vm.vcpus[0]
+    run_to_stop(v)
+    assert step(v).rip == sym["at_cpuid"]
+    exit_ = step(v)
+    assert exit_.rip == sym["after"], exit_
+    assert v.get_register("rcx") == cpuid.CRYSTAL_HZ
+    assert v.get_register("eflags") & 0x100 == 0  # no TF left behind
