@@ -176,6 +176,7 @@ def serve(cpu: Cpu, table: Table) -> Callable[[Uc, object], bool]:
 def unicorn_leaves() -> dict[tuple[int, int], Regs]:
     """What Unicorn's built-in CPU model answers (no hook), asked once per process."""
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.ctl_set_tcg_buffer_size(tsc.SCRATCH_TCG)
     uc.mem_map(0, 0x1000)
     uc.mem_write(0, b"\x0f\xa2")
     out = {}

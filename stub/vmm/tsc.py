@@ -16,12 +16,13 @@ The result is rounded to what CPUID can state (``expressible_hz``): the MHz, as 
 speaks in MHz and 0x15's ratio is built from it; above 4294 MHz, 10 MHz, since Linux
 multiplies the crystal's kHz by 0x15's numerator in 32 bits (cpuid.py). Every part of
 the VMM that converts TSC counts (the local APIC's TSC-deadline timer) should use this
-rate, the one the guest believes.
+rate, the one the guest believes. ``read()`` is the counter itself, for them.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from pathlib import Path
 
@@ -35,6 +36,8 @@ TRIES = 5  # readings at each end; the tightest bracket is kept
 SYSFS_KHZ = Path("/sys/devices/system/cpu/cpu0/tsc_freq_khz")
 CPUINFO = Path("/proc/cpuinfo")
 _RDTSC = b"\x0f\x31"
+SCRATCH_TCG = 4 << 20  # translated code of a scratch instance (the default reserves 1 GiB)
+_read_lock = threading.Lock()
 
 
 @functools.cache
@@ -74,6 +77,32 @@ def invariant() -> bool:
     return True
 
 
+def read() -> int:
+    """The TSC as the guest reads it now: the host's, through ``rdtsc`` in a scratch
+    instance (thread-safe; a few microseconds). For the devices that compare with
+    guest TSC values (the local APIC's TSC-deadline mode)."""
+    with _read_lock:
+        return _rdtsc(_reader())
+
+
+@functools.cache
+def _reader() -> Uc:
+    return _scratch()
+
+
+def _scratch() -> Uc:
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.ctl_set_tcg_buffer_size(SCRATCH_TCG)
+    uc.mem_map(0, 0x1000)
+    uc.mem_write(0, _RDTSC)
+    return uc
+
+
+def _rdtsc(uc: Uc) -> int:
+    uc.emu_start(0, len(_RDTSC))
+    return uc.reg_read(X.UC_X86_REG_RDX) << 32 | uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFF_FFFF
+
+
 def _sysfs_hz() -> int:
     try:
         return int(SYSFS_KHZ.read_text().strip()) * 1000
@@ -82,9 +111,7 @@ def _sysfs_hz() -> int:
 
 
 def _measured_hz() -> int:
-    uc = Uc(UC_ARCH_X86, UC_MODE_64)
-    uc.mem_map(0, 0x1000)
-    uc.mem_write(0, _RDTSC)
+    uc = _scratch()
     first = _reading(uc)
     time.sleep(MEASURE_NS / 1e9)  # a measuring interval, not a synchronisation
     last = _reading(uc)
@@ -97,9 +124,8 @@ def _reading(uc: Uc) -> tuple[int, int]:
     best: tuple[int, int, int] | None = None  # (bracket, ns, tsc)
     for _ in range(TRIES):
         before = time.perf_counter_ns()
-        uc.emu_start(0, len(_RDTSC))
+        tsc = _rdtsc(uc)  # (its register reads lengthen every bracket alike)
         after = time.perf_counter_ns()
-        tsc = uc.reg_read(X.UC_X86_REG_RDX) << 32 | uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFF_FFFF
         if best is None or after - before < best[0]:
             best = (after - before, (before + after) // 2, tsc)
     return best[1], best[2]

@@ -54,6 +54,17 @@ def test_the_guest_reads_the_hosts_tsc_which_runs_at_tsc_hz_across_a_host_delay(
     assert after - before >= elapsed * tsc.tsc_hz() // 10**9 * 99 // 100
 
 
+def test_read_is_the_counter_the_guest_reads():
+    """tsc.read() (for the devices) and a guest rdtsc read the same host counter."""
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map(0, 0x1000)
+    uc.mem_write(0, b"\x0f\x31")
+    first = tsc.read()
+    uc.emu_start(0, 2)
+    guest = uc.reg_read(X.UC_X86_REG_RDX) << 32 | uc.reg_read(X.UC_X86_REG_RAX)
+    assert first <= guest <= tsc.read()
+
+
 @pytest.mark.parametrize("insn", ["RDTSC", "RDTSCP", "RDMSR", "WRMSR"])
 def test_unicorn_cannot_hook_rdtsc_or_the_msr_instructions(insn):
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
