@@ -385,10 +385,7 @@ class EmulatedVcpu(Vcpu):
             self._init_pending = False
             self._sipi_vector = None
         self._events.halted = False
-        was_on = self._tf.on
-        self._tf.shadow = TfShadow()
-        if was_on:
-            self._tf.enable()
+        self._fresh_tf_shadow()
         self._end = self._pending = None
         self._watch_pending = False
         self._end_range()
