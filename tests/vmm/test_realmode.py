@@ -467,3 +467,24 @@ def test_the_bsp_starts_an_ap_with_init_and_sipi_ipis(make_vm):
     assert exit_.kind is ExitKind.BPT, exit_
     assert vm.read_phys(exit_.rip, 1) == b"\xcc" and ap.cpu.long_mode()
     assert _u64(vm, BASE + MARKER) == MARK
+
+
+@needs_binutils
+def test_init_wakes_an_ap_halted_in_run_and_a_sipi_restarts_it(make_vm):
+    """INIT reaches an AP that waits in hlt inside its own run(); the SIPI right after
+    it (taken either way: before or after the owner thread took the INIT) restarts
+    the climb in that same run()."""
+    vm, _ = make_vm("main:\n    hlt\n    jmp main\n", vcpus=2)
+    ap = vm.vcpus[1]
+    vm.write_phys(BASE, _trampoline("hlt"))
+    assert ap.sipi(VECTOR)
+    ap.set_capability(Cap.BPT_EXIT, True)
+    runner = Runner(ap).go()
+    assert ap.waiting.wait(WAIT), "the AP did not reach its hlt"
+    assert _u64(vm, BASE + MARKER) == MARK
+    vm.write_phys(BASE, _trampoline("int3"))  # the same page, ending at int3 this time
+    ap.init_signal()
+    assert ap.sipi(VECTOR)
+    exit_ = runner.result()
+    assert exit_.kind is ExitKind.BPT, exit_
+    assert ap.cpu.long_mode() and vm.read_phys(exit_.rip, 1) == b"\xcc"
