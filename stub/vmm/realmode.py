@@ -79,7 +79,7 @@ def sipi_code(vector: int) -> Segment:
     return Segment(vector << 8, vector << 12, REAL_LIMIT, _CODE_FLAGS)
 
 
-def enter_real_mode(cpu: Cpu, vector: int) -> None:
+def enter_real_mode(cpu: Cpu, vector: int, signature: int = SIGNATURE) -> None:
     """The state after INIT then SIPI ``vector`` (module docstring), on the owner thread
     or while the vCPU is parked. Translations are dropped. VmmError if Unicorn does not
     leave long mode (another Unicorn) or for a vector beyond a byte."""
@@ -96,7 +96,7 @@ def enter_real_mode(cpu: Cpu, vector: int) -> None:
     segments.load(uc, code, data)  # and hflags: 16-bit, CPL 0, segment bases apply
     for reg in _GPRS:
         cpu.set_reg(reg, 0)
-    cpu.set_reg(X.UC_X86_REG_RDX, SIGNATURE)
+    cpu.set_reg(X.UC_X86_REG_RDX, signature)  # CPUID.1 EAX of the CPU model
     uc.reg_write(X.UC_X86_REG_FPCW, 0x037F)
     uc.reg_write(X.UC_X86_REG_FPSW, 0)
     uc.reg_write(X.UC_X86_REG_FPTAG, 0xFFFF)

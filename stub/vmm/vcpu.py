@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from model.tf_shadow import TfShadow
+from stub.vmm import cpuid
 from stub.vmm.api import Cap, CapabilityUnsupported, ExitKind, Vcpu, VmExit, VmmError
 from stub.vmm.bus import Requester
 from stub.vmm.cpu import TF, Cpu
@@ -76,8 +77,10 @@ class EmulatedVcpu(Vcpu):
         self._tf = HiddenTf(self.cpu, index)
         self._events = Events(self.cpu, self._mail, self._tf, self._end_vm)
         self._events.add_sources(vm.platform.interrupt_sources(index, self.interrupt_changed))
+        self._cpuid = cpuid.Table.for_vcpu(index, vm.cpu_model.name)
         self._slices = SliceRunner(self.cpu, self._mail, self._events, vm.bus,
-                                   Requester(index, self.cpu.regs.get), vm.timer_period)
+                                   Requester(index, self.cpu.regs.get), vm.timer_period,
+                                   self._cpuid)
         self._mtrap = MtrapStep(self.cpu, self._slices, self._events)
         self._tf_step = TfStep(self.cpu, self._slices, self._events, self._tf)
         self._free = FreeRun(self.cpu, self._mail, self._slices, self._events)
@@ -433,7 +436,7 @@ class EmulatedVcpu(Vcpu):
     def _start_real_locked(self, vector: int) -> None:
         """Real mode at ``vector << 12`` and started (the caller holds the mailbox's lock;
         the owner thread, if in run(), waits on it and touches no CPU state)."""
-        enter_real_mode(self.cpu, vector)
+        enter_real_mode(self.cpu, vector, self._cpuid.answer(1, 0)[0])
         self._events.halted = False
         self._fresh_tf_shadow()  # RFLAGS is 2 now: the debugger's TF goes back on
         self._mail.started = True
