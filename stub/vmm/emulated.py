@@ -40,7 +40,7 @@ from pathlib import Path
 from model.caps import Personality, personality
 from model.points import Point
 from stub.vmm import boot as protocols
-from stub.vmm import mmio
+from stub.vmm import mmio, tsc
 from stub.vmm.api import Feature, Vcpu, Vm, VmmError
 from stub.vmm.bus import Requester
 from stub.vmm.clock import GuestClock, ManualClock
@@ -85,10 +85,11 @@ class EmulatedVm(Vm):
         self._kernel = (image, modules, cmdline, boot)  # loaded again by reset()
         self.boot = protocols.load(self.ram, image, modules, cmdline, boot)
         self.clock = GuestClock() if ticker else ManualClock()
-        # TODO(tsc): the host TSC and its rate for TSC-deadline mode (H6's tsc.py);
-        # CPUID does not advertise TSC-deadline, so nothing reads them yet.
+        # The TSC the guest reads and the rate CPUID tells it, for the local APICs'
+        # TSC-deadline mode (not advertised: its MSR cannot be hooked).
         self.platform = Platform(self.clock, memory, console, self.start_ap,
-                                 vcpus=vcpus, apic_signal=self.apic_signal)
+                                 vcpus=vcpus, apic_signal=self.apic_signal,
+                                 tsc=tsc.read, tsc_hz=tsc.tsc_hz())
         self.bus = self.platform.bus
         self.console = self.platform.console
         self._stopping = False
