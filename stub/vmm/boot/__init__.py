@@ -47,10 +47,14 @@ def read_modules(initrd: Sequence[Module | bytes | str | Path]) -> list[Module]:
 
 
 def load(ram: GuestRam, image: bytes, modules: list[Module] | tuple[Module, ...] = (),
-         cmdline: str = "", wanted: str = "auto") -> BootState:
+         cmdline: str = "", wanted: str = "auto", cpus: int = 1) -> BootState:
+    """Load ``image`` by the protocol ``wanted`` (or the first that fits); ``cpus``:
+    the vCPUs the firmware tables (ACPI's MADT) describe. vmstub kernels get none."""
     protocol = select(image, wanted)
     tables.build_boot_tables(ram)
-    return protocol.load(ram, image, list(modules), cmdline)
+    if protocol is vmstub:
+        return protocol.load(ram, image, list(modules), cmdline)
+    return protocol.load(ram, image, list(modules), cmdline, cpus=cpus)
 
 
 __all__ = ["ARCH_I386", "ARCH_X86_64", "CHOICES", "PROTOCOLS", "BootState", "LoaderError",
