@@ -28,12 +28,11 @@ tests/vmm/boot/test_unicorn_modes.py):
 from __future__ import annotations
 
 import ctypes
+import time
 from collections.abc import Mapping
 
 from unicorn import UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, Uc, UcError
 from unicorn import x86_const as X
-from unicorn.unicorn_py3.unicorn import uclib
-
 from stub.vmm import insn, paging, segments
 from stub.vmm.api import VmmError
 from stub.vmm.boot import tables
@@ -43,6 +42,8 @@ from stub.vmm.ram import PAGE, GuestRam
 from stub.vmm.segments import Segment
 from stub.vmm.regs import MSR_EFER, RegisterFile
 from stub.vmm.ucenv import ExceptionState
+from stub.vmm.ucgil import emu_start_held as _emu_start_held
+from stub.vmm.ucgil import uclib
 
 CR0_BOOT = 0x8001_0033  # PE|MP|ET|NE|WP|PG
 CR4_BOOT = 0x0620  # PAE|OSFXSR|OSXMMEXCPT
@@ -54,6 +55,15 @@ TF = 1 << 8
 DR6_BS = 1 << 14
 TCG_BUFFER = 128 << 20  # translated code per vCPU; Unicorn's default reserves 1 GiB
 _IDENTITY_CHECK_LIMIT = 2 * 0x1000  # larger patches flush all translations instead
+# Cpu.short: a slice that ends by itself, run with the GIL kept (Cpu.emu_start).
+SHORT_SINGLE = 1  # under the code hook, which stops it after one instruction
+SHORT_TF = 2  # the trap flag ends it after one instruction
+# Keeping the GIL through a step makes it end before the vCPUs released with it (gdb's
+# vCont;s:N;c) are scheduled, which is a legitimate outcome of their race but, every
+# time, would starve them: a step gives the GIL up (and they get into the guest) once
+# in this much wall time. On 2 cores that step costs ~2-3 ms (the others then run
+# natively beside it), so this bounds the cost to about a fifth of stepping time.
+GIL_TURN = 0.010
 
 _uc_reg_read = uclib.uc_reg_read
 _uc_reg_write = uclib.uc_reg_write
@@ -121,6 +131,8 @@ class Cpu:
         self._msr_ref = ctypes.byref(self._msr)
         self._paging: tuple[int, int, int, int] | None = None
         self._seg_ctx = None  # the context segment loads reuse (segments.load)
+        self.short = 0  # 0 or SHORT_*: set by a step mechanism around its slice
+        self._turn = 0.0  # when a short slice last gave the GIL up (time.monotonic)
         self._enter_long_mode()
         self._power_on = self.uc.context_save()  # for reset(): CPU state only, no memory
 
@@ -269,9 +281,31 @@ class Cpu:
         self.set_reg(X.UC_X86_REG_DR6, value)
 
     def emu_start(self, begin: int) -> None:
-        """Run the guest (until a hook or another thread stops it)."""
+        """Run the guest (until a hook or another thread stops it).
+
+        With ``short`` set (a step's one-instruction slice) the GIL is kept throughout
+        (ucgil.py), except once every ``GIL_TURN`` of wall time; a TF slice is also
+        stopped at its second block should its trap not come (a ``syscall`` whose
+        FMASK clears TF), so it cannot run on holding the GIL."""
         self._paging = None  # the guest may change its paging registers
-        self.uc.emu_start(begin, 0)
+        short = self.short
+        if not short:
+            self.uc.emu_start(begin, 0)
+            return
+        if short == SHORT_TF:
+            self.kick.stop_at_second_block()
+        now = time.monotonic()
+        if now - self._turn >= GIL_TURN:
+            self._turn = now
+            self.uc.emu_start(begin, 0)  # the other threads' turn
+            return
+        uc = self.uc
+        uc._hook_exception = None
+        status = _emu_start_held(self._handle, begin, 0, 0, 0)
+        if status:
+            raise UcError(status)
+        if uc._hook_exception is not None:
+            raise uc._hook_exception
 
     def invalidate(self) -> None:
         """Registers were changed from outside (the debugger): forget cached state."""

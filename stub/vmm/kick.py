@@ -11,16 +11,26 @@ after memory accesses so that a memory hook can stop at once.
 
 So a kick only raises a flag, and a block hook turns the flag into ``uc_emu_stop()``
 on the vCPU's own thread at the start of the next translation block, before any of
-its instructions runs: nothing is half done there. The hook runs at every block, so it
-is not Python: on an x86-64 host it is this machine code (System V ABI: ``rdi`` = the
-engine, ``rcx`` = user data, the flag's address)::
+its instructions runs: nothing is half done there. The flag is a count: 0 runs on, 1
+stops at the next block start, n > 1 lets n - 1 blocks start first (the owner's
+``stop_at_second_block``: a bound for a slice that should end by itself). The hook runs
+at every block, so it is not Python: on an x86-64 host it is this machine code (System
+V ABI: ``rdi`` = the engine, ``rcx`` = user data, the flag's address)::
 
     mov  eax, [rcx]        ; 8b 01
     test eax, eax          ; 85 c0
-    jnz  stop              ; 75 01
+    jnz  raised            ; 75 01
+    ret                    ; c3
+    raised: cmp eax, 1     ; 83 f8 01
+    je   stop              ; 74 05
+    dec  eax               ; ff c8
+    mov  [rcx], eax        ; 89 01
     ret                    ; c3
     stop: jmp [rip+0]      ; ff 25 00 00 00 00, then the 8-byte address of
                            ; uc_emu_stop: a tail call with rdi still the engine
+
+(A kick racing the count's decrement is at worst one block late: only the owner sets
+a count, for slices nobody kicks.)
 
 It costs about a sixth of the speed of a loop of three-instruction blocks, less on
 real code. On other hosts the same test runs as a Python callback (correct, slower).
@@ -37,7 +47,8 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 _HookFn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32,
                            ctypes.c_void_p)
-_THUNK = bytes.fromhex("8b01" "85c0" "7501" "c3" "ff2500000000")
+_THUNK = bytes.fromhex("8b01" "85c0" "7501" "c3" "83f801" "7405" "ffc8" "8901" "c3"
+                       "ff2500000000")
 
 
 def _native_hook():
@@ -87,6 +98,13 @@ class Kick:
     def clear(self) -> None:
         self._flag.value = 0
 
+    def stop_at_second_block(self) -> None:
+        """The owner, right before a slice: let one block start, stop at the next."""
+        self._flag.value = 2
+
     def _python_hook(self, engine, _address, _size, _data) -> None:
-        if self._flag.value:
+        value = self._flag.value
+        if value == 1:
             uclib.uc_emu_stop(ctypes.c_void_p(engine))
+        elif value:
+            self._flag.value = value - 1

@@ -27,7 +27,8 @@ from collections.abc import Callable, Iterable, Mapping
 
 from unicorn import Uc, UcError
 from unicorn import x86_const as X
-from unicorn.unicorn_py3.unicorn import uclib
+
+from stub.vmm.ucgil import uclib
 
 MSR_EFER = 0xC000_0080
 MSR_KERNEL_GS_BASE = 0xC000_0102

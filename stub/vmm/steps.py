@@ -21,7 +21,7 @@ from unicorn import x86_const as X
 
 from stub.vmm import insn
 from stub.vmm.api import ExitKind, VmExit
-from stub.vmm.cpu import DR6_BS, TF, Cpu
+from stub.vmm.cpu import DR6_BS, SHORT_SINGLE, SHORT_TF, TF, Cpu
 from stub.vmm.events import Events, IrqWindow
 from stub.vmm.hidden_tf import HiddenTf
 from stub.vmm.slices import STOP, SliceMode, SliceRunner, exception
@@ -44,6 +44,14 @@ class MtrapStep:
         if events.interrupt_window() is IrqWindow.OPEN:
             return events.deliver_interrupt() or self._mtrap()
         rip = cpu.rip
+        cpu.short = SHORT_SINGLE  # its slices run one instruction each
+        try:
+            return self._one(rip)
+        finally:
+            cpu.short = 0
+
+    def _one(self, rip: int) -> VmExit | None:
+        cpu, events = self._cpu, self._events
         exit_, ran, kind = self._slices.one(rip)
         if not ran:
             return None
@@ -90,7 +98,12 @@ class TfStep:
         # Unicorn's pause leaves the CPU loop without the trap-flag check (QEMU's
         # helper_pause) and carries on into the next instruction, so a TF slice would
         # step two: run it alone under the code hook and make its trap ourselves.
-        if not slices.run(SliceMode.SINGLE if kind == "pause" else SliceMode.TF):
+        cpu.short = SHORT_SINGLE if kind == "pause" else SHORT_TF
+        try:
+            ran = slices.run(SliceMode.SINGLE if kind == "pause" else SliceMode.TF)
+        finally:
+            cpu.short = 0
+        if not ran:
             return None
         if kind == "pause" and slices.event is STOP:
             slices.event = None  # the code hook's stop after it: as if no trap came

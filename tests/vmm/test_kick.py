@@ -74,3 +74,13 @@ def test_the_hook_is_native_on_this_host():
     """The per-block test is machine code on x86-64 (a Python callback per block would
     cost the guest most of its speed)."""
     assert Kick(engine()).native
+
+
+def test_a_count_of_two_lets_one_block_run_then_stops():
+    """``stop_at_second_block``: the loop's one block runs once, the run stops as the
+    next block (the loop head again) starts."""
+    uc = engine()
+    kick = Kick(uc)
+    kick.stop_at_second_block()
+    uc.emu_start(CODE, 0)
+    assert counts(uc) == (1, 1) and uc.reg_read(X.UC_X86_REG_RIP) == CODE
