@@ -19,7 +19,9 @@ holds the VM. TSC-deadline mode compares with the TSC the guest reads, which is 
 host's (Unicorn cannot intercept ``rdtsc``): the deadline is converted to guest time
 at ``tsc_hz`` when it is written, exact while the clock runs and late by the length of
 any debugger stop in between. Every register access is under one lock; callbacks
-(``notify``, ``send``, ``eoi``) run with it released.
+(``notify``, ``send``, ``eoi``) run with it released. ``pending`` takes no lock: the
+vCPU asks it holding the guest clock's lock (mailbox.py), and the timer code arms and
+reads the clock holding this one, so it reads a flag each locked section leaves.
 """
 
 from __future__ import annotations
@@ -107,6 +109,8 @@ class LocalApic:
         self._notify, self._send, self._eoi = notify, send, eoi
         self._tsc, self._tsc_hz = tsc, tsc_hz
         self._lock = threading.Lock()
+        self._state = _Locked(self)  # the lock, and ``_ready`` refreshed on release
+        self._ready = False  # a fixed interrupt is deliverable (``pending``)
         self._timer = clock.timer(self._on_timer)
         self.apic_base = BASE | APIC_BASE_ENABLE | (APIC_BASE_BSP if bsp else 0)
         self.reset()
@@ -119,7 +123,7 @@ class LocalApic:
     def reset(self) -> None:
         """Power-on and INIT state (SDM 11.4.7.3): everything 0, LVTs masked, SVR 0xFF
         (software disabled), DFR all ones; the ID and APIC base stay."""
-        with self._lock:
+        with self._state:
             self.irr = self.isr = self.tmr = 0  # 256-bit sets, one bit per vector
             self.tpr = self.ldr = self.esr = self.icr = 0
             self.dfr = 0xFFFF_FFFF
@@ -136,7 +140,7 @@ class LocalApic:
         """What a PC BIOS leaves on the BSP (SeaBIOS's ``localapic_setup``): the APIC
         software enabled, LINT0 ExtINT (the 8259A's INTR, level) and LINT1 NMI, both
         unmasked, so the PIC reaches the CPU until the kernel programs the APIC."""
-        with self._lock:
+        with self._state:
             self.svr |= SVR_ENABLE
             self.lvt[LVT_LINT0] = EXTINT << 8 | LVT_LEVEL
             self.lvt[LVT_LINT1] = NMI << 8 | LVT_LEVEL
@@ -167,7 +171,7 @@ class LocalApic:
     def nmi(self) -> None:
         """An NMI arrives (an NMI IPI, LINT1): pending until the vCPU takes it; NMIs
         that come while one is pending are one (as the CPU latches one)."""
-        with self._lock:
+        with self._state:
             self._nmi = True
         self._notify()
 
@@ -176,15 +180,15 @@ class LocalApic:
 
     def take_nmi(self) -> bool:
         """The vCPU delivers the pending NMI (vector 2); False if there was none."""
-        with self._lock:
+        with self._state:
             taken, self._nmi = self._nmi, False
             return taken
 
     # -- the interrupt source (the vCPU asks) ----------------------------------------
     def pending(self) -> bool:
-        """A fixed interrupt in the IRR above the processor priority."""
-        with self._lock:
-            return self._deliverable_locked() is not None
+        """A fixed interrupt in the IRR above the processor priority. Never blocks (see
+        the module docstring): the state the last locked section left."""
+        return self._ready
 
     def _deliverable_locked(self) -> int | None:
         if not self.software_enabled or not self.apic_base & APIC_BASE_ENABLE:
@@ -197,7 +201,7 @@ class LocalApic:
     def acknowledge(self) -> int:
         """INTA: the highest deliverable IRR vector moves to the ISR; the spurious
         vector when none is left (the request went away in between)."""
-        with self._lock:
+        with self._state:
             vector = self._deliverable_locked()
             if vector is None:
                 return self.svr & 0xFF
@@ -208,7 +212,7 @@ class LocalApic:
     def accept(self, vector: int, level: bool = False) -> None:
         """A fixed interrupt arrives (an IPI, the IOAPIC, an LVT): into the IRR, its
         trigger mode into the TMR. Vectors 0-15 are illegal: an error (ESR bit 6)."""
-        with self._lock:
+        with self._state:
             raised = self._accept_locked(vector, level)
         if raised:
             self._notify()
@@ -235,7 +239,7 @@ class LocalApic:
         self.write(offset & 0xFF0, value & 0xFFFF_FFFF)
 
     def read(self, reg: int) -> int:
-        with self._lock:
+        with self._state:
             return self._read_locked(reg)
 
     def _read_locked(self, reg: int) -> int:
@@ -268,7 +272,7 @@ class LocalApic:
 
     def write(self, reg: int, value: int) -> None:
         actions: list[Callable[[], None]] = []
-        with self._lock:
+        with self._state:
             self._write_locked(reg, value, actions)
         for action in actions:
             action()
@@ -347,24 +351,25 @@ class LocalApic:
             return self.tsc_deadline
         if MSR_X2APIC_FIRST <= index <= MSR_X2APIC_LAST and self.x2apic:
             reg = (index - MSR_X2APIC_FIRST) << 4
-            with self._lock:
+            with self._state:
                 return self.icr if reg == ICR_LO else self._read_locked(reg)
         return None
 
     def msr_write(self, index: int, value: int) -> bool:
         """True when this device took the write."""
         if index == MSR_APIC_BASE:
-            self.apic_base = value & (0xF_FFFF_F000 | APIC_BASE_BSP | APIC_BASE_X2APIC
-                                      | APIC_BASE_ENABLE)
+            with self._state:
+                self.apic_base = value & (0xF_FFFF_F000 | APIC_BASE_BSP | APIC_BASE_X2APIC
+                                          | APIC_BASE_ENABLE)
             return True
         if index == MSR_TSC_DEADLINE:
-            with self._lock:
+            with self._state:
                 self._arm_deadline_locked(value)
             return True
         if MSR_X2APIC_FIRST <= index <= MSR_X2APIC_LAST and self.x2apic:
             reg = (index - MSR_X2APIC_FIRST) << 4
             if reg == ICR_LO:  # one 64-bit write sends
-                with self._lock:
+                with self._state:
                     self.icr = value
                     ipi = self._ipi_locked(value >> 32)
                 self._send(ipi)
@@ -422,7 +427,7 @@ class LocalApic:
         self._timer.arm(self._clock.now() + wait)
 
     def _on_timer(self, deadline: int) -> None:
-        with self._lock:
+        with self._state:
             mode = self._timer_mode_locked()
             if mode == PERIODIC and self.initial:
                 period = self._period_locked()
@@ -439,7 +444,7 @@ class LocalApic:
         """An LVT's source fired (LINT0/LINT1 pins, thermal, perf, error): a fixed
         interrupt or an NMI through that entry unless masked. ExtINT is the PIC's own
         path (``accepts_pic``); SMI and INIT through an LVT are not modelled."""
-        with self._lock:
+        with self._state:
             lvt = self.lvt[reg]
             mode = (lvt >> 8) & 7
             live = not lvt & LVT_MASKED
@@ -502,6 +507,26 @@ class ApicBus:
                 self._signal(i, INIT, 0)
             elif ipi.mode in (NMI, SIPI):
                 self._signal(i, ipi.mode, ipi.vector)
+
+
+class _Locked:
+    """``with apic._state``: the APIC's lock, and on release ``_ready`` recomputed from
+    the state the section leaves, so ``pending`` reads a consistent answer unlocked."""
+
+    __slots__ = ("_apic",)
+
+    def __init__(self, apic: LocalApic):
+        self._apic = apic
+
+    def __enter__(self) -> None:
+        self._apic._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        apic = self._apic
+        try:
+            apic._ready = apic._deliverable_locked() is not None
+        finally:
+            apic._lock.release()
 
 
 def _highest(bits: int) -> int | None:

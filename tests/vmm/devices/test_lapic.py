@@ -280,3 +280,23 @@ def test_lint_pin_through_its_lvt():
     apic.write(L.LVT_LINT1, 0x3A | L.LVT_LEVEL)
     apic.local_interrupt(L.LVT_LINT1)
     assert apic.acknowledge() == 0x3A and apic.read(L.TMR + 0x10) == 1 << (0x3A - 0x20)
+
+
+def test_pending_never_waits_for_the_apics_lock():
+    """The vCPU asks ``pending`` holding the guest clock's lock, and the timer code
+    takes the clock's lock holding the APIC's: ``pending`` must not take the APIC's
+    lock (the two would deadlock), yet answer what the last change left."""
+    import threading
+
+    apic = Board().apic()
+    apic.accept(0x40)
+    answers: list[bool] = []
+    with apic._lock:  # another thread in the middle of a register access
+        asker = threading.Thread(target=lambda: answers.append(apic.pending()))
+        asker.start()
+        asker.join(timeout=10)
+        assert not asker.is_alive() and answers == [True]
+    apic.write(L.TPR, 0x40)  # the priority now blocks it
+    assert not apic.pending()
+    apic.write(L.TPR, 0)
+    assert apic.acknowledge() == 0x40 and not apic.pending()
