@@ -82,8 +82,9 @@ class EmulatedVm(Vm):
         self.cpu_model = _vm_personality(cpu)
         self.ram = GuestRam(memory)
         self.ram_size = memory
-        self._kernel = (image, modules, cmdline, boot)  # loaded again by reset()
-        self.boot = protocols.load(self.ram, image, modules, cmdline, boot)
+        # Loaded again by reset(); the firmware tables (MADT) list every vCPU's APIC.
+        self._kernel = (image, modules, cmdline, boot, vcpus)
+        self.boot = protocols.load(self.ram, *self._kernel)
         self.clock = GuestClock() if ticker else ManualClock()
         # The TSC the guest reads and the rate CPUID tells it, for the local APICs'
         # TSC-deadline mode (not advertised: its MSR cannot be hooked).
