@@ -18,6 +18,15 @@ it cannot finish on a borrowed thread (the server must keep reading gdb), so a b
 ``run(max_instructions=1)`` gives it back unfinished and the vCPU's own thread waits
 for the interrupt as usual.
 
+gdb's ``stepi`` among running vCPUs (``vCont;s:N;c``) releases the others too. The lent
+step keeps the GIL (the VMM's short calls and its one-instruction slice do not release
+it), so it ends before their threads could have entered the guest: that outcome of the
+race is what the runtime then arranges outright. It holds them (their threads are not
+woken) and, when the step's stop suspends them, feeds their DEBUG exits itself
+(``_park_held``): three thread wake-ups and GIL hand-offs fewer per step. At least once
+every ``PEER_TURN`` of wall time it wakes them instead and the step runs on its own
+thread, so vCPUs released with steps still make progress.
+
 Stop replies and exits leave through :attr:`outbox` (the server thread formats and
 writes them), so no vCPU thread ever blocks on the socket while holding the lock.
 
@@ -31,6 +40,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -75,6 +85,11 @@ INT3 = b"\xcc"
 PAGE = 4096
 SIGSEGV = 11
 TRIPLE_FAULT_STATUS = 1
+# A lone step holds the vCPUs released with it (gdb's stepi: vCont;s:N;c), except at
+# least once in this much wall time, when they run (Runtime._peers_to_hold). A turn
+# costs ~2-4 ms on 2 cores (the others then spin beside the step), so scripted stepping
+# pays a few percent; a human's steps, further apart, are all turns.
+PEER_TURN = 0.050
 # The stub itself failed (a bug, not the guest): sysexits' EX_SOFTWARE; even, so never
 # an isa-debug-exit status, which is always odd.
 STUB_FAILURE_STATUS = 70
@@ -148,6 +163,7 @@ class Runtime:
         self._expedite: tuple[str, ...] = ()
         self._execute = dispatcher(self)  # the model's actions, on this runtime
         self._lent = [False] * len(vm.vcpus)  # the vCPU runs on a borrowing thread
+        self._peer_turn = 0.0  # when vCPUs released with a lone step were last woken
         # Only with vCPU threads (start()) and a backend that can lend; a
         # deterministic driver steps every vCPU itself.
         self._lending = False
@@ -401,31 +417,70 @@ class Runtime:
             if at is not None:
                 self._write_registers(at[0], {"rip": at[1]})
             lone = self._lone_step()
+            peers = [] if lone is None else self._peers_to_hold(lone)
+            if peers is None:  # the others' turn: every vCPU runs on its own thread
+                lone, peers = None, []
             if lone is not None:
-                self._lent[lone] = True  # before _apply, so its thread is not woken
+                for i in (lone, *peers):
+                    self._lent[i] = True  # before _apply, so their threads are not woken
             self._apply(actions)
         if lone is not None:
-            self._step_here(lone)
+            self._step_here(lone, peers)
 
     def _lone_step(self) -> int | None:
         """The vCPU this resume armed for a step, if it is the only one. Called right
         after ``coord.resume``: every vCPU was parked, so every vCPU thread waits."""
         return self.coord.lone_step() if self._lending else None
 
-    def _step_here(self, i: int) -> None:
-        """Run vCPU i's step on this thread, then give the vCPU back to its own."""
+    def _peers_to_hold(self, lone: int) -> list[int] | None:
+        """The vCPUs a ``vCont;s:N;c`` released besides its lone step, which this
+        thread keeps (their threads are not woken) while it steps: the step ends
+        before they would have entered the guest (the race's legitimate outcome), so
+        the stop's suspend finds them outside the guest and this thread takes their
+        DEBUG exits (``_park_held``), sparing three thread wake-ups and hand-offs of
+        the GIL per step. At least every PEER_TURN of wall time they are woken
+        instead, so that vCPUs released with steps still make progress."""
+        coord = self.coord
+        peers = [i for i in sorted(coord.active) if i != lone and not coord.parked(i)]
+        now = time.monotonic()
+        if peers and now - self._peer_turn >= PEER_TURN:
+            self._peer_turn = now
+            return None
+        return peers
+
+    def _step_here(self, i: int, peers: Sequence[int] = ()) -> None:
+        """Run vCPU i's step on this thread, then give the vCPU back to its own;
+        ``peers``: released vCPUs this thread holds (``_peers_to_hold``)."""
         vcpu = self.vm.vcpus[i]
         try:
             exit_ = vcpu.run_lent()
             if exit_ is not None:  # None: halted, its own thread waits on
                 self.vcpu_exited(vcpu, exit_)
+            self._park_held(peers)
         except Exception:  # the same guard as a vCPU thread's: gdb must hear of it
             log.exception("vCPU %d step failed", i)
             self._guest_ended("X", SIGSEGV, f"vCPU {i} failed inside the stub")
         finally:
             with self.lock:
-                self._lent[i] = False
+                for j in (i, *peers):
+                    self._lent[j] = False
                 self._wake_released()
+
+    def _park_held(self, peers: Sequence[int]) -> None:
+        """The held peers the stop asked to suspend exit DEBUG, fed to the model here:
+        each is outside ``run()`` with the suspend pending, so ``run()`` would return
+        DEBUG before entering the guest. The others (no stop was made: the step waits
+        in hlt, say) go back to their threads and run."""
+        if not peers:
+            return
+        with self.lock:
+            coord = self.coord
+            for j in peers:
+                if not self._stopping and not coord.parked(j) and j in coord.want_stopped:
+                    self._execute(coord.vcpu_exit_debug(j))
+            if coord.finished and not self.finished.is_set():
+                self.finished.set()
+                self.on_output()
 
     def interrupt(self) -> None:
         with self.lock:

@@ -28,7 +28,6 @@ tests/vmm/boot/test_unicorn_modes.py):
 from __future__ import annotations
 
 import ctypes
-import time
 from collections.abc import Mapping
 
 from unicorn import UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, Uc, UcError
@@ -58,12 +57,6 @@ _IDENTITY_CHECK_LIMIT = 2 * 0x1000  # larger patches flush all translations inst
 # Cpu.short: a slice that ends by itself, run with the GIL kept (Cpu.emu_start).
 SHORT_SINGLE = 1  # under the code hook, which stops it after one instruction
 SHORT_TF = 2  # the trap flag ends it after one instruction
-# Keeping the GIL through a step makes it end before the vCPUs released with it (gdb's
-# vCont;s:N;c) are scheduled, which is a legitimate outcome of their race but, every
-# time, would starve them: a step gives the GIL up (and they get into the guest) once
-# in this much wall time. On 2 cores that step costs ~2-3 ms (the others then run
-# natively beside it), so this bounds the cost to about a fifth of stepping time.
-GIL_TURN = 0.010
 
 _uc_reg_read = uclib.uc_reg_read
 _uc_reg_write = uclib.uc_reg_write
@@ -132,7 +125,6 @@ class Cpu:
         self._paging: tuple[int, int, int, int] | None = None
         self._seg_ctx = None  # the context segment loads reuse (segments.load)
         self.short = 0  # 0 or SHORT_*: set by a step mechanism around its slice
-        self._turn = 0.0  # when a short slice last gave the GIL up (time.monotonic)
         self._enter_long_mode()
         self._power_on = self.uc.context_save()  # for reset(): CPU state only, no memory
 
@@ -284,7 +276,7 @@ class Cpu:
         """Run the guest (until a hook or another thread stops it).
 
         With ``short`` set (a step's one-instruction slice) the GIL is kept throughout
-        (ucgil.py), except once every ``GIL_TURN`` of wall time; a TF slice is also
+        (ucgil.py): the step ends before another thread runs; a TF slice is also
         stopped at its second block should its trap not come (a ``syscall`` whose
         FMASK clears TF), so it cannot run on holding the GIL."""
         self._paging = None  # the guest may change its paging registers
@@ -294,11 +286,6 @@ class Cpu:
             return
         if short == SHORT_TF:
             self.kick.stop_at_second_block()
-        now = time.monotonic()
-        if now - self._turn >= GIL_TURN:
-            self._turn = now
-            self.uc.emu_start(begin, 0)  # the other threads' turn
-            return
         uc = self.uc
         uc._hook_exception = None
         status = _emu_start_held(self._handle, begin, 0, 0, 0)

@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from model.actions import SIGINT, SIGTRAP
+from stub import runtime as runtime_module
 from stub.runtime import Runtime, StopEvent
 from tests.model.harness import request
 from tests.vmm.conftest import make_vm  # noqa: F401 - the fixture
@@ -125,7 +126,11 @@ spin: pause
 """
 
 
-def test_a_step_with_the_others_continuing_is_lent_too(runtime):
+def step_with_the_others_continuing(runtime, monkeypatch, turn: float):
+    """Fifty ``vCont;s:1;c`` steps of vCPU 0 among three spinning APs, with the
+    runtime's PEER_TURN set to ``turn``; every stop is checked to come with every vCPU
+    parked. Returns the threads that called run()/run_lent() meanwhile."""
+    monkeypatch.setattr(runtime_module, "PEER_TURN", turn)
     vm, sym, rt, in_run = runtime(SPINNERS, vcpus=4)
     stops = stop_at(vm, sym, rt, "spin0")  # every AP has started once vCPU 0 is there
     with rt.changed:  # the APs' threads register them on their own time
@@ -136,7 +141,24 @@ def test_a_step_with_the_others_continuing_is_lent_too(runtime):
         rt.resume(request({0: "s"}, "c"))
         event = stops.next()
         assert event.stop.vcpu == 0
+        with rt.lock:
+            assert rt.coord.all_parked and not any(rt._lent)
         rips.append(rip(rt, event))
     assert rips == [sym["spin0"] + 2, sym["spin0"]] * 25, [hex(r) for r in rips[:6]] + [hex(sym["spin0"])]
-    assert threading.current_thread().name in in_run
-    assert "vcpu0" not in in_run  # every step of vCPU 0 ran here
+    return in_run
+
+
+def test_a_step_with_the_others_continuing_is_lent_and_holds_them(runtime, monkeypatch):
+    """Between turns the step runs here and the others' threads are not even woken:
+    the step ends before they would have entered the guest, and this thread takes
+    their DEBUG exits for the stop."""
+    in_run = step_with_the_others_continuing(runtime, monkeypatch, turn=1e9)
+    assert set(in_run) == {threading.current_thread().name}
+
+
+def test_at_their_turn_every_vcpu_runs_on_its_own_thread(runtime, monkeypatch):
+    """At least every PEER_TURN the others are woken with the step (which then runs on
+    vCPU 0's own thread), so vCPUs released with steps still make progress."""
+    in_run = step_with_the_others_continuing(runtime, monkeypatch, turn=0.0)
+    assert {"vcpu0", "vcpu1", "vcpu2", "vcpu3"} <= set(in_run)
+    assert threading.current_thread().name not in in_run
