@@ -113,6 +113,7 @@ class Events:
         self._sources: tuple[InterruptSource, ...] = (PvTick(mail),)
         self._nmi_sources: tuple[NmiSource, ...] = ()
         self._sampled: InterruptSource | None = None  # what the last window check saw
+        self._sampled_nmi: NmiSource | None = None  # ... when it was an NMI's window
         self.halted = False
         self.mask_hwintr = False
 
@@ -156,7 +157,8 @@ class Events:
     def interrupt_window(self) -> IrqWindow | None:
         """The window for a pending interrupt; None when no source has a request. An
         NMI's window ignores IF."""
-        if self._nmi() is not None:
+        self._sampled_nmi = self._nmi()
+        if self._sampled_nmi is not None:
             return self._nmi_window()
         return self.irq_window() if self.pending_source() is not None else None
 
@@ -175,11 +177,12 @@ class Events:
 
     def deliver_interrupt(self) -> VmExit | None:
         """Take the interrupt the last window check saw (INTA, then delivery): what
-        the source answers now, as hardware's INTA after sampling INTR. A pending NMI
-        goes first."""
-        nmi = self._nmi()
-        if nmi is not None and nmi.take_nmi():
-            return self.deliver(NMI_VECTOR, None)
+        the source answers now, as hardware's INTA after sampling INTR. When the check
+        saw an NMI, the NMI (nothing, should an INIT have cleared it meanwhile: the
+        window was IF's to ignore only for it)."""
+        nmi, self._sampled_nmi = self._sampled_nmi, None
+        if nmi is not None:
+            return self.deliver(NMI_VECTOR, None) if nmi.take_nmi() else None
         source = self._sampled or self.pending_source()
         self._sampled = None
         if source is None:
