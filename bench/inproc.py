@@ -8,6 +8,10 @@ on the step path: steps/s here are the stub's Python work plus the emulated step
 
     python -m bench.inproc [--vcpus N] [--packet 'vCont;s:1'] [--seconds S]
                            [--trials T] [--profile]
+
+With several vCPUs it also prints how far the others got per step (the demo's
+``loops[]``): with ``vCont;s:{t};c`` they are released with each step, and the runtime
+lets them into the guest at least every ``stub.runtime.PEER_TURN``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import cProfile
 import pstats
 import statistics
+import struct
 import sys
 import time
 
@@ -53,6 +58,11 @@ class Loop:
         self.ask(b"z0,%x,1" % loop)
         assert self.ask(b"M%x,1:90" % elf.cpu_loop_int3()) == b"OK"
         self.thread = reply.split(b"thread:")[1].split(b";")[0]
+
+    def loops(self) -> tuple[int, ...]:
+        """The demo's ``loops[]``: each vCPU's passes through ``cpu_loop``."""
+        n = len(self.vm.vcpus)
+        return struct.unpack(f"<{n}Q", self.vm.read_phys(elf.gpa("loops"), 8 * n))
 
     def ask(self, payload: bytes, stop: bool = False) -> bytes:
         out = self.conn.receive(encode_packet(payload))
@@ -122,11 +132,21 @@ def main(argv: list[str] | None = None) -> int:
             pstats.Stats(prof).sort_stats("cumulative").print_stats(45)
             print(f"{payload.decode()}: {r:,.0f}/s under cProfile")
             return 0
-        samples = [rate(op, args.seconds) for _ in range(args.trials)]
+        before, steps = loop.loops(), 0
+        samples = []
+        for _ in range(args.trials):
+            samples.append(rate(op, args.seconds))
+            steps += round(samples[-1][0] * args.seconds)
         rates, bests = [r for r, _ in samples], [b for _, b in samples]
         print(f"{payload.decode()} vcpus={args.vcpus}: median {statistics.median(rates):,.0f}/s "
               f"({', '.join(f'{x:,.0f}' for x in rates)}); fastest batch {min(bests):.1f} us a step "
               f"({', '.join(f'{x:.1f}' for x in bests)})")
+        if args.vcpus > 1:
+            stepper = int(loop.thread, 16) - 1
+            others = sum(b - a for i, (a, b) in enumerate(zip(before, loop.loops()))
+                         if i != stepper)
+            print(f"the other vCPUs ran {others / max(1, steps) / (args.vcpus - 1):.1f} demo "
+                  "loops per step each (0: they never got into the guest)")
     finally:
         loop.close()
     return 0
