@@ -49,6 +49,7 @@ from stub.vmm.devices.debugcon import Sink
 from stub.vmm.platform import Platform, PvTimer
 from stub.vmm.points import PAGE, ArmedPoints
 from stub.vmm.ram import GuestRam
+from stub.vmm.turn import GuestTurn
 from stub.vmm.vcpu import EmulatedVcpu
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,8 @@ class EmulatedVm(Vm):
         self.paravirt_timer = timer_hz > 0 and self.boot.protocol == "vmstub"
         self.timer_period = 1.0 / timer_hz if self.paravirt_timer else None
         self.points = ArmedPoints(self._points_changed)
+        # Slices take turns: Unicorn's lock-prefixed instructions are not atomic (turn.py).
+        self.turn = GuestTurn.for_vcpus(vcpus, lambda i: self.vcpus[i].yield_turn())
         self.vcpus = [EmulatedVcpu(self, i) for i in range(vcpus)]
         for vcpu in self.vcpus:  # each vCPU's own local APIC, the one IOAPIC, ...
             mmio.attach(vcpu.cpu.uc, self.bus, Requester(vcpu.index, vcpu.cpu.regs.get),

@@ -139,6 +139,12 @@ class Mailbox:
                 return True
             return False
 
+    def yield_turn(self) -> None:
+        """Another vCPU waits for the guest turn (turn.py): end the running slice. The
+        kick counts as one (``kicked``), so the slice's end is not taken for a hlt."""
+        with self.cond:
+            self._kick_locked()
+
     def _kick_locked(self) -> None:
         if self.in_guest:
             self.kicked = True

@@ -29,6 +29,7 @@ from stub.vmm.bus import Bus, PowerOff, Requester
 from stub.vmm.cpu import Cpu, OptionalHook
 from stub.vmm.mailbox import Mailbox
 from stub.vmm.pointhooks import PointHooks
+from stub.vmm.turn import GuestTurn
 from stub.vmm.watch import WindowWatch
 
 if TYPE_CHECKING:
@@ -79,8 +80,9 @@ class SliceRunner:
 
     def __init__(self, cpu: Cpu, mail: Mailbox, events: Events, bus: Bus,
                  requester: Requester, timer_period: float | None,
-                 cpuid_table: cpuid.Table | None = None):
+                 cpuid_table: cpuid.Table | None = None, turn: GuestTurn | None = None):
         self._cpu = cpu
+        self._turn = turn  # the VM's guest turn (None: one vCPU, nobody to take turns with)
         self._mail = mail
         self._events = events
         self._bus = bus
@@ -120,8 +122,14 @@ class SliceRunner:
         cpu = self._cpu
         rip = cpu.rip
         mail = self._mail
+        turn = self._turn
+        if turn is not None:
+            turn.enter(self._requester.index,
+                       urgent=mode is SliceMode.SINGLE or mode is SliceMode.TF)
         if not mail.enter_guest(mode is SliceMode.FREE or mode is SliceMode.BOUNDED,
                                 irq_seen, irq_waiting=irq_waiting):
+            if turn is not None:
+                turn.leave(self._requester.index)
             return False
         self.event = None
         self.error = None
@@ -142,6 +150,8 @@ class SliceRunner:
                 self._start(cpu.rip)  # carry on where the free/bounded slice was
         finally:
             self.kicked = mail.leave_guest()  # guest time stops here, whatever happened
+            if turn is not None:
+                turn.leave(self._requester.index)
         if watch.stopped and self.event is None:
             self.event = STOP
         if self.budget is not None:
@@ -184,8 +194,12 @@ class SliceRunner:
     def complete_access(self) -> VmExit | None:
         """A parked vCPU's pending watched access (its last exit was WATCH), made now
         with the protection lifted and no interrupt first; the exit it leads to."""
-        mail = self._mail
+        mail, turn = self._mail, self._turn
+        if turn is not None:
+            turn.enter(self._requester.index, urgent=True)
         if not mail.enter_guest(False, forced=True):
+            if turn is not None:
+                turn.leave(self._requester.index)
             return None
         self.event = None
         self.error = None
@@ -193,6 +207,8 @@ class SliceRunner:
             self._complete_one()
         finally:
             mail.leave_guest()
+            if turn is not None:
+                turn.leave(self._requester.index)
         return self.outcome()
 
     def _arm(self, mode: SliceMode) -> None:

@@ -80,7 +80,7 @@ class EmulatedVcpu(Vcpu):
         self._cpuid = cpuid.Table.for_vcpu(index, vm.cpu_model.name)
         self._slices = SliceRunner(self.cpu, self._mail, self._events, vm.bus,
                                    Requester(index, self.cpu.regs.get), vm.timer_period,
-                                   self._cpuid)
+                                   self._cpuid, vm.turn)
         self._mtrap = MtrapStep(self.cpu, self._slices, self._events)
         self._tf_step = TfStep(self.cpu, self._slices, self._events, self._tf)
         self._free = FreeRun(self.cpu, self._mail, self._slices, self._events)
@@ -493,6 +493,10 @@ class EmulatedVcpu(Vcpu):
     def stop(self) -> None:
         """The VM is over or shutting down: leave the guest and wake every waiter."""
         self._mail.stop()
+
+    def yield_turn(self) -> None:
+        """Another vCPU waits for the guest turn: end the running slice. Thread-safe."""
+        self._mail.yield_turn()
 
     def rekick(self) -> bool:
         return self._mail.rekick()
