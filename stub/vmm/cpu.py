@@ -125,6 +125,7 @@ class Cpu:
         self._paging: tuple[int, int, int, int] | None = None
         self._seg_ctx = None  # the context segment loads reuse (segments.load)
         self.short = 0  # 0 or SHORT_*: set by a step mechanism around its slice
+        self._in_guest = False  # inside emu_start (hooks run then)
         self._enter_long_mode()
         self._power_on = self.uc.context_save()  # for reset(): CPU state only, no memory
 
@@ -279,12 +280,21 @@ class Cpu:
         (ucgil.py): the step ends before another thread runs; a TF slice is also
         stopped at its second block should its trap not come (a ``syscall`` whose
         FMASK clears TF), so it cannot run on holding the GIL."""
-        self._paging = None  # the guest may change its paging registers
-        short = self.short
-        if not short:
-            self.uc.emu_start(begin, 0)
-            return
-        if short == SHORT_TF:
+        # The guest may change its paging registers: nothing read of them inside (by
+        # a hook) or before the slice is kept.
+        self._paging = None
+        self._in_guest = True
+        try:
+            if self.short:
+                self._emu_start_held(begin)
+            else:
+                self.uc.emu_start(begin, 0)
+        finally:
+            self._in_guest = False
+            self._paging = None
+
+    def _emu_start_held(self, begin: int) -> None:
+        if self.short == SHORT_TF:
             self.kick.stop_at_second_block()
         uc = self.uc
         uc._hook_exception = None
@@ -326,10 +336,17 @@ class Cpu:
 
     # -- guest-virtual memory ---------------------------------------------------------
     def translate(self, gva: int) -> int:
-        if self._paging is None:  # read once per stop: a step translates a few times
-            self._paging = (self.reg(X.UC_X86_REG_CR0), self.reg(X.UC_X86_REG_CR4),
-                            self.msr(MSR_EFER), self.reg(X.UC_X86_REG_CR3))
-        return paging.translate(self.ram, *self._paging, gva)
+        return paging.translate(self.ram, *(self._paging or self._load_paging()), gva)
+
+    def _load_paging(self) -> tuple[int, int, int, int]:
+        """CR0, CR4, EFER, CR3, read once per stop (a step translates a few times) and
+        kept until the next slice or register write (``invalidate``); read
+        afresh each time inside a slice (a hook's), where the guest may change them."""
+        paging_regs = (self.reg(X.UC_X86_REG_CR0), self.reg(X.UC_X86_REG_CR4),
+                       self.msr(MSR_EFER), self.reg(X.UC_X86_REG_CR3))
+        if not self._in_guest:
+            self._paging = paging_regs
+        return paging_regs
 
     def read(self, gva: int, size: int) -> bytes:
         return b"".join(self.ram.read(gpa, n) for gpa, n in self._pieces(gva, size))

@@ -38,3 +38,19 @@ def test_an_amd_step_over_syscall_whose_fmask_clears_tf_ends_at_lstar(make_vm):
     assert exit_.kind is ExitKind.DB and exit_.trace_trap, exit_
     assert v.get_register("rip") == sym["entry"] and v.cpu.cpl == 0
     assert v.get_register("rcx") == sym["after"]
+
+
+def test_paging_registers_read_inside_a_slice_are_not_kept(make_vm):
+    """A hook's translation (syscall's GDT read) reads CR0/CR4/EFER/CR3 afresh: the
+    guest may change them later in the same slice. Outside a slice they are kept until
+    the next one."""
+    vm, _ = make_vm("main:\n int3\n")
+    cpu = vm.vcpus[0].cpu
+    cpu._in_guest = True  # as inside emu_start
+    try:
+        cpu.translate(0x1000)
+        assert cpu._paging is None
+    finally:
+        cpu._in_guest = False
+    cpu.translate(0x1000)
+    assert cpu._paging is not None
