@@ -92,7 +92,10 @@ def explore(cfg: Config, mutation: Mutation | None = None, *, symmetry: bool = F
             sid = parent[sid]
         return out[::-1]
 
-    v = sys.check_state(init)
+    # Bound once: the loop below runs once per transition.
+    apply, permute, check_state, find = sys.apply, sys.permute, sys.check_state, index.get
+    fair_ids: dict = {}  # label -> its fairness class id
+    v = check_state(init)
     if v:
         cex = Counterexample(v, [], "state")
     sid, level_end, depth = 0, 1, 0
@@ -108,35 +111,38 @@ def explore(cfg: Config, mutation: Mutation | None = None, *, symmetry: bool = F
                 and (not s[5] or s[1] in WAITING)):
             cex = Counterexample(Violation("P7", "deadlock: nothing can happen but gdb "
                                                  "hanging up"), path_to(sid), "deadlock")
-        moves = [(lab, None) for lab in labels]
-        if canon:
-            for lab in labels:
-                moves += [(lab, p) for p in tie_break_variants(sys, s, lab)]
-        for lab, perm in moves:
-            if perm is None:
-                t, viol = sys.apply(s, lab)
+        moves = labels if canon is None else _with_tie_breaks(sys, s, labels)
+        for lab in moves:
+            if lab.__class__ is _Permuted:
+                lab, perm = lab
+                t, viol = apply(permute(s, perm), relabel(lab, perm))
             else:
-                t, viol = sys.apply(sys.permute(s, perm), relabel(lab, perm))
-            if canon:
+                perm = None
+                t, viol = apply(s, lab)
+            if canon is not None:
                 t = canon(t)
             transitions += 1
-            key = labels_seen.setdefault((lab, perm), (lab, perm))
             if viol is not None and cex is None:
+                key = labels_seen.setdefault((lab, perm), (lab, perm))
                 cex = Counterexample(viol, path_to(sid) + [key], "move")
-            tid = index.get(t)
+            tid = find(t)
             if tid is None:
                 tid = index[t] = len(states)
                 states.append(t)
                 parent.append(sid)
-                via.append(key)
+                # One tuple per distinct move: the path labels are shared.
+                via.append(labels_seen.setdefault((lab, perm), (lab, perm)))
                 if cex is None:
-                    sv = sys.check_state(t)
+                    sv = check_state(t)
                     if sv is not None:
                         cex = Counterexample(sv, path_to(tid), "state")
             if keep_graph:
                 g_dst.append(tid)
-                fc = sys.fair_class(lab)
-                g_cls.append(-1 if fc is None else classes.setdefault(fc, len(classes)))
+                fc = fair_ids.get(lab)
+                if fc is None:
+                    fc = sys.fair_class(lab)
+                    fc = fair_ids[lab] = -1 if fc is None else classes.setdefault(fc, len(classes))
+                g_cls.append(fc)
         if keep_graph:
             g_start.append(len(g_dst))
         sid += 1
@@ -157,6 +163,19 @@ def explore(cfg: Config, mutation: Mutation | None = None, *, symmetry: bool = F
         canon.clear()
     return Result(cfg, symmetry, len(states), transitions, _depth(parent), seconds, cex,
                   graph, sys, states if (keep_states or keep_graph) else None)
+
+
+class _Permuted(tuple):
+    """A move taken on the state permuted by ``perm`` (symmetry's tie-breaks), told
+    apart from a plain label by its type."""
+
+
+def _with_tie_breaks(sys: System, s, labels: list) -> list:
+    """``labels``, then each resume again as if each other pending vCPU were lowest."""
+    out = list(labels)
+    for lab in labels:
+        out += [_Permuted((lab, p)) for p in tie_break_variants(sys, s, lab)]
+    return out
 
 
 def _depth(parent: array) -> int:

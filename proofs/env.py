@@ -70,7 +70,7 @@ from model.actions import (
 )
 from model.coordinator import Coordinator, Snapshot
 from model.errors import ProtocolError
-from model.executor import dispatcher
+from model.executor import METHODS, dispatcher
 from model.points import HW, REASON, SW, WATCH_KINDS, Point
 from model.resume import CONTINUE_ALL, ResumeRequest, from_legacy, from_vcont
 from model.step_mode import StepConfig, probe_step_config
@@ -90,6 +90,9 @@ STEP_ARMED = frozenset(lifecycle.STEP_ARMED)
 WAITING = ("qwait", "wait")
 FAIR_KINDS = ("run", "honour", "deliver", "start")
 WATCH_REASONS = frozenset(REASON[k] for k in WATCH_KINDS)
+# Moves that read and write only their own vCPU's fields (and read the VMM's memory and
+# armed points): System._apply_local memoises them.
+LOCAL_MOVES = frozenset({"run", "honour", "irq", "fault"})
 
 
 # The resumes gdb 13 sends, built by the function the session uses (model.resume).
@@ -139,11 +142,14 @@ class Mutation:
 class World:
     """One transition's mutable working copy of a state."""
 
-    __slots__ = ("bps", "cid", "cpus", "ctrlc", "ended", "log", "mem", "phase", "viol")
+    __slots__ = ("bps", "cid", "cpus", "ctrlc", "dirty", "ended", "log", "mem", "phase",
+                 "viol")
 
     def __init__(self, state, log: list[str] | None):
-        self.cid, self.phase, self.ctrlc, self.bps, self.mem, self.ended, cpus = state
-        self.cpus: list = list(cpus)  # tuples; a list once mut() made it writable
+        self.cid, self.phase, self.ctrlc, self.bps, self.mem, self.ended, self.cpus = state
+        # ``cpus`` stays the state's tuple until a vCPU is written (many moves write none);
+        # ``dirty`` lists the vCPUs made writable, in order.
+        self.dirty: list[int] = []
         self.log = log
         self.viol: Violation | None = None
 
@@ -151,8 +157,17 @@ class World:
         """vCPU i's fields, writable (copied on first write: most moves touch one)."""
         c = self.cpus[i]
         if type(c) is tuple:
-            c = self.cpus[i] = list(c)
+            cpus = self.cpus
+            if type(cpus) is tuple:
+                cpus = self.cpus = list(cpus)
+            c = cpus[i] = list(c)
+            self.dirty.append(i)
         return c
+
+    def put(self, i: int, cpu: tuple) -> None:
+        """Replace vCPU i's fields wholesale."""
+        self.mut(i)
+        self.cpus[i] = list(cpu)
 
     def fail(self, prop: str, msg: str) -> None:
         if self.viol is None:
@@ -187,7 +202,13 @@ class System:
         self._execute = dispatcher(self)  # this System is the actions' executor
         self._completing: int | None = None
         self._perm_memo: dict = {}  # (cid, perm) -> the permuted snapshot's cid
-        self._moves: dict = {}  # move kind -> its bound _do_ method
+        self._moves: dict = {}  # label -> (its bound _do_ method, its arguments)
+        self._plans: dict = {}  # (cid, method, args) -> coord_call's answer, compiled
+        self._local: dict = {}  # (label, vCPU fields, mem) -> (its next fields, violation)
+        self._resumes: dict = {}  # resume label -> (request, stepped vCPUs, packet)
+        self.tie_breaks: dict = {}  # (cid, label) -> proofs.symmetry's tie-break variants
+        self._gdb_label_memo: dict = {}  # (cid, phase, ctrlc, ended) -> gdb's moves
+        self.sw_points = tuple(Point(SW, g) for g in range(self.k))
 
     # ----------------------------------------------------------- real model code
     def _probe(self) -> StepConfig:
@@ -258,14 +279,21 @@ class System:
     # ----------------------------------------------------------- enabled moves
     def labels(self, state) -> list[tuple]:
         """Every move enabled in ``state``, as labels for :meth:`apply`."""
-        cid, _phase, _ctrlc, _bps, mem, ended, cpus = state
+        cid, phase, ctrlc, _bps, mem, ended, cpus = state
         out: list[tuple] = []
-        snap = self.snaps[cid]
         if not ended:
+            states = self.snaps[cid].states
             for i, cpu in enumerate(cpus):
                 if cpu[STARTED]:
-                    self._vcpu_labels(i, cpu, snap.states[i], mem, cpus, out)
-        self._gdb_labels(state, snap, out)
+                    self._vcpu_labels(i, cpu, states[i], mem, cpus, out)
+        # gdb's moves read the coordinator snapshot and gdb's phase only: memoised.
+        key = (cid, phase, ctrlc, ended)
+        gdb = self._gdb_label_memo.get(key)
+        if gdb is None:
+            gdb = []
+            self._gdb_labels(state, self.snaps[cid], gdb)
+            gdb = self._gdb_label_memo[key] = tuple(gdb)
+        out += gdb
         return out
 
     def _vcpu_labels(self, i: int, cpu, cs: str, mem: int, cpus, out: list) -> None:
@@ -358,15 +386,52 @@ class System:
     # ------------------------------------------------------------------ a move
     def apply(self, state, label: tuple, log: list[str] | None = None):
         """Carry out one move. Returns ``(next_state, violation or None)``."""
-        w = World(state, log)
-        move = self._moves.get(label[0])
+        move = self._moves.get(label)
         if move is None:
-            move = self._moves[label[0]] = getattr(self, "_do_" + label[0])
-        move(w, *label[1:])
-        intern = self._intern.setdefault
-        nxt = (w.cid, w.phase, w.ctrlc, w.bps, w.mem, w.ended,
-               tuple([c if type(c) is tuple else intern(t := tuple(c), t) for c in w.cpus]))
-        return nxt, w.viol
+            move = self._moves[label] = (getattr(self, "_do_" + label[0]), label[1:],
+                                         label[0] in LOCAL_MOVES)
+        if move[2] and log is None:
+            return self._apply_local(state, label)
+        w = World(state, log)
+        move[0](w, *move[1])
+        return self._next(state, w), w.viol
+
+    def _next(self, state, w: World):
+        """The state ``w`` ends in; vCPUs it wrote are interned (so equal vCPUs are one
+        object), the others are the source state's."""
+        dirty = w.dirty
+        if not dirty:
+            cpus = state[6]
+        else:
+            cpus = w.cpus
+            intern = self._intern.setdefault
+            for i in dirty:
+                t = tuple(cpus[i])
+                cpus[i] = intern(t, t)
+            cpus = tuple(cpus)
+        return (w.cid, w.phase, w.ctrlc, w.bps, w.mem, w.ended, cpus)
+
+    def _apply_local(self, state, label: tuple):
+        """A move of vCPU i's own (``LOCAL_MOVES``): what it does is a function of the
+        move, vCPU i's fields and the VMM's memory/armed points alone, so it is
+        memoised on those; the first time it is carried out as any other move and
+        checked to have changed nothing else."""
+        i = label[1]
+        cpus = state[6]
+        key = (label, cpus[i], state[4])
+        hit = self._local.get(key)
+        if hit is None:
+            w = World(state, None)
+            self._moves[label][0](w, *label[1:])
+            nxt = self._next(state, w)
+            if nxt[:6] != state[:6] or any(nxt[6][j] is not cpus[j]
+                                          for j in range(self.n) if j != i):
+                raise AssertionError(f"{label} changed more than vCPU{i}")
+            hit = self._local[key] = (nxt[6][i], w.viol)
+        cpu, viol = hit
+        out = list(cpus)
+        out[i] = cpu
+        return (*state[:6], tuple(out)), viol
 
     # gdb ----------------------------------------------------------------------
     def _do_attach(self, w: World) -> None:
@@ -380,34 +445,55 @@ class System:
         self.call(w, "query_halt")
 
     def _do_cont(self, w: World) -> None:
-        self._resume(w, CONTINUE_ALL, "c")
+        self._resume(w, ("cont",))
 
     def _do_step(self, w: World, i: int) -> None:
-        self._resume(w, step_alone(i), f"vCont;s:{i + 1}")
+        self._resume(w, ("step", i))
 
     def _do_vcont(self, w: World, i: int) -> None:
-        self._resume(w, step_others_continue(i), f"vCont;s:{i + 1};c")
+        self._resume(w, ("vcont", i))
 
     def _do_range(self, w: World, i: int) -> None:
-        a, b = self.cfg.step_range
-        self._resume(w, range_alone(i, (a, b)), f"vCont;r{a:x},{b:x}:{i + 1}")
+        self._resume(w, ("range", i))
 
     def _do_rangec(self, w: World, i: int) -> None:
-        a, b = self.cfg.step_range
-        self._resume(w, range_others_continue(i, (a, b)), f"vCont;r{a:x},{b:x}:{i + 1};c")
+        self._resume(w, ("rangec", i))
+
+    def _resume_request(self, label: tuple) -> tuple[ResumeRequest, tuple[int, ...], str]:
+        """The resume gdb sends for ``label``: the request, the vCPUs it steps, the
+        packet (built once per label)."""
+        kind, i = label[0], label[1] if len(label) > 1 else None
+        if kind == "cont":
+            request, packet = CONTINUE_ALL, "c"
+        elif kind == "step":
+            request, packet = step_alone(i), f"vCont;s:{i + 1}"
+        elif kind == "vcont":
+            request, packet = step_others_continue(i), f"vCont;s:{i + 1};c"
+        else:
+            a, b = self.cfg.step_range
+            if kind == "range":
+                request, packet = range_alone(i, (a, b)), f"vCont;r{a:x},{b:x}:{i + 1}"
+            else:
+                request = range_others_continue(i, (a, b))
+                packet = f"vCont;r{a:x},{b:x}:{i + 1};c"
+        return request, tuple(request.steps), packet
 
     def _in_range(self, pc: int) -> bool:
         a, b = self.cfg.step_range
         return a <= pc < b
 
-    def _resume(self, w: World, request: ResumeRequest, packet: str) -> None:
+    def _resume(self, w: World, label: tuple) -> None:
+        r = self._resumes.get(label)
+        if r is None:
+            r = self._resumes[label] = self._resume_request(label)
+        request, steps, packet = r
         if w.log is not None:  # traces only: no formatting on the hot path
             w.note(f"gdb -> {packet}")
         w.phase = "wait"
         w.ctrlc = False
-        for i in request.steps:
+        for i in steps:
             w.mut(i)[STEP] = 0
-        self.call(w, "resume", request)
+        self.call(w, "resume", request, key=label)
 
     def _do_ctrlc(self, w: World) -> None:
         w.note("gdb -> ^C" if w.phase != "stopped" else "gdb's ^C arrives after the stop reply")
@@ -415,12 +501,14 @@ class System:
         self.call(w, "interrupt")
 
     def _do_insert(self, w: World, g: int) -> None:
-        w.note(f"gdb -> Z0,{g}")
+        if w.log is not None:  # traces only: no formatting on the hot path
+            w.note(f"gdb -> Z0,{g}")
         w.bps |= 1 << g
-        self.call(w, "insert_point", Point(SW, g))
+        self.call(w, "insert_point", self.sw_points[g], key=("Z0", g))
 
     def _do_remove(self, w: World, g: int) -> None:
-        w.note(f"gdb -> z0,{g}")
+        if w.log is not None:  # traces only: no formatting on the hot path
+            w.note(f"gdb -> z0,{g}")
         w.bps &= ~(1 << g)
         for i, c in enumerate(w.cpus):
             if c[HIT] == (g, True):
@@ -428,23 +516,25 @@ class System:
                 # re-executes the original instruction) or, if g is inserted again before
                 # the next resume, still report it.
                 w.mut(i)[HIT] = (g, False)
-        self.call(w, "remove_point", Point(SW, g))
+        self.call(w, "remove_point", self.sw_points[g], key=("z0", g))
 
     def _do_zins(self, w: World, j: int) -> None:
         p = self.va[j]
-        w.note(f"gdb -> Z{_zkind(p)},{p.addr:x},{p.length}")
+        if w.log is not None:  # traces only: no formatting on the hot path
+            w.note(f"gdb -> Z{_zkind(p)},{p.addr:x},{p.length}")
         w.bps |= 1 << (self.k + j)
-        self.call(w, "insert_point", p)
+        self.call(w, "insert_point", p, key=("Z", j))
 
     def _do_zrem(self, w: World, j: int) -> None:
         p = self.va[j]
         bit = self.k + j
-        w.note(f"gdb -> z{_zkind(p)},{p.addr:x},{p.length}")
+        if w.log is not None:  # traces only: no formatting on the hot path
+            w.note(f"gdb -> z{_zkind(p)},{p.addr:x},{p.length}")
         w.bps &= ~(1 << bit)
         for i, c in enumerate(w.cpus):
             if c[HIT] == (bit, True):
                 w.mut(i)[HIT] = (bit, False)  # may be dropped now, as for z0
-        self.call(w, "remove_point", p)
+        self.call(w, "remove_point", p, key=("z", j))
 
     def _do_reset(self, w: World) -> None:
         w.note("gdb -> qRcmd system_reset")
@@ -474,18 +564,21 @@ class System:
             w.fail("P8", f"vCPU{i} started running while other vCPUs are held stopped")
 
     def _do_sipi(self, w: World, i: int, j: int) -> None:
-        w.note(f"vCPU{i} guest sends a start-up request for vCPU{j}")
+        if w.log is not None:  # traces only: no formatting on the hot path
+            w.note(f"vCPU{i} guest sends a start-up request for vCPU{j}")
         self._left_hit_behind(w, i)
         w.mut(j)[STARTED] = True
 
     def _do_poweroff(self, w: World, i: int) -> None:
-        w.note(f"vCPU{i} guest powers the VM off")
+        if w.log is not None:  # traces only: no formatting on the hot path
+            w.note(f"vCPU{i} guest powers the VM off")
         self._left_hit_behind(w, i)
         w.ended = True
         self.call(w, "guest_ended", "W", 0, actor=i)
 
     def _do_fault(self, w: World, i: int) -> None:
-        w.note(f"vCPU{i} triple-faults: run() returns TRIPLE_FAULT, registers as they were")
+        if w.log is not None:  # traces only: no formatting on the hot path
+            w.note(f"vCPU{i} triple-faults: run() returns TRIPLE_FAULT, registers as they were")
         self._left_hit_behind(w, i)
         cpu = w.mut(i)
         cpu[EXIT] = "fault"
@@ -508,25 +601,30 @@ class System:
                 w.note(f"vCPU{i} thread -> vcpu_step_trap (exit {ex.upper()})")
             self.call(w, "vcpu_step_trap", i, ex == "mtrap", actor=i)
         elif ex == "mtrapin":
-            w.note(f"vCPU{i} thread -> vcpu_step_trap (exit MTRAP, RIP still in the range)")
+            if w.log is not None:  # traces only: no formatting on the hot path
+                w.note(f"vCPU{i} thread -> vcpu_step_trap (exit MTRAP, RIP still in the range)")
             self.call(w, "vcpu_step_trap", i, True, True, actor=i)
         elif ex == "fault":
-            w.note(f"vCPU{i} thread -> vcpu_faulted")
+            if w.log is not None:  # traces only: no formatting on the hot path
+                w.note(f"vCPU{i} thread -> vcpu_faulted")
             self.call(w, "vcpu_faulted", i, actor=i)
         elif ex >= self.k:
             p = self.va[ex - self.k]
-            w.note(f"vCPU{i} thread -> vcpu_point_hit({_fmt_point(p)})")
-            self.call(w, "vcpu_point_hit", i, p, actor=i)
+            if w.log is not None:  # traces only: no formatting on the hot path
+                w.note(f"vCPU{i} thread -> vcpu_point_hit({_fmt_point(p)})")
+            self.call(w, "vcpu_point_hit", i, p, actor=i, key=("hit", i, ex))
         else:
             ours = bool(w.mem >> ex & 1)
             present = ours or self.prog[ex] == INT3
-            w.note(f"vCPU{i} thread -> vcpu_breakpoint(gpa={ex}, int3_present={present})")
+            if w.log is not None:  # traces only: no formatting on the hot path
+                w.note(f"vCPU{i} thread -> vcpu_breakpoint(gpa={ex}, int3_present={present})")
             reinjected = self.call(w, "vcpu_breakpoint", i, ex, present, actor=i)
             if self.prog[ex] == INT3 and not reinjected:
                 w.fail("P6", f"vCPU{i}: the guest's own int3 at {ex} was swallowed, not re-injected")
 
     def _do_irq(self, w: World, i: int) -> None:
-        w.note(f"vCPU{i} timer interrupt arrives during the step (not masked)")
+        if w.log is not None:  # traces only: no formatting on the hot path
+            w.note(f"vCPU{i} timer interrupt arrives during the step (not masked)")
         self._left_hit_behind(w, i)
         self._deliver_event(w, i, "irq", in_run=True)
 
@@ -535,7 +633,8 @@ class System:
         cpu = w.mut(i)
         if cpu[EXIT] == DUE:
             cpu[EXIT] = self._trap_kind(cpu)
-            w.note(f"vCPU{i} run() returns the trap of the event that ended its step")
+            if w.log is not None:  # traces only: no formatting on the hot path
+                w.note(f"vCPU{i} run() returns the trap of the event that ended its step")
             return
         self._left_hit_behind(w, i)
         if cpu[ISR] is not None:
@@ -567,8 +666,9 @@ class System:
             if j is not None:
                 p = self.va[j]
                 what = "fetches at" if p.kind == HW else "is about to access"
-                w.note(f"vCPU{i} {what} {_fmt_point(p)}: run() returns "
-                       f"{'HWBREAK' if p.kind == HW else 'WATCH'}, nothing executed")
+                if w.log is not None:  # traces only: no formatting on the hot path
+                    w.note(f"vCPU{i} {what} {_fmt_point(p)}: run() returns "
+                           f"{'HWBREAK' if p.kind == HW else 'WATCH'}, nothing executed")
                 cpu[EXIT] = self.k + j
                 cpu[HIT] = (self.k + j, True)
                 cpu[RF] = int(p.kind == HW)
@@ -607,7 +707,8 @@ class System:
         cpu = w.mut(i)
         whose = "the debugger's" if ours else "the guest's own"
         if cpu[VCAPS] & BPT:
-            w.note(f"vCPU{i} executes {whose} int3 at {pc}: run() returns BPT")
+            if w.log is not None:  # traces only: no formatting on the hot path
+                w.note(f"vCPU{i} executes {whose} int3 at {pc}: run() returns BPT")
             cpu[EXIT] = pc
             if ours:
                 cpu[HIT] = (pc, True)
@@ -616,7 +717,8 @@ class System:
             w.fail("P6", f"vCPU{i} executed the debugger's int3 at {pc} with BPT_EXIT off: "
                          "the guest's #BP handler gets it")
             return
-        w.note(f"vCPU{i} executes the guest's int3 at {pc} (BPT_EXIT off): #BP to the guest")
+        if w.log is not None:  # traces only: no formatting on the hot path
+            w.note(f"vCPU{i} executes the guest's int3 at {pc} (BPT_EXIT off): #BP to the guest")
         cpu[PC] = (pc + 1) % self.k
         self._deliver_event(w, i, "bp", in_run=True)
 
@@ -625,8 +727,9 @@ class System:
         kind, frame, own_before_event = cpu[ISR]
         caps = cpu[VCAPS]
         tf_on = caps & TF
-        w.note(f"vCPU{i} executes iret in its {kind} handler (frame TF={frame})"
-               + (" (stepping)" if caps & (MT | TF) else ""))
+        if w.log is not None:  # traces only: no formatting on the hot path
+            w.note(f"vCPU{i} executes iret in its {kind} handler (frame TF={frame})"
+                   + (" (stepping)" if caps & (MT | TF) else ""))
         if tf_on and self.cfg.iret_fixup:
             self.tf(w, i, "intercept_popf")
         own_before = cpu[OWN]
@@ -656,7 +759,8 @@ class System:
         elif cpu[VCAPS] & MT:
             if cpu[RNG] and cpu[ISR] is None and self._in_range(cpu[PC]):
                 if quiet == 0:
-                    w.note(f"vCPU{i} VMM: RIP {cpu[PC]} still in the range, goes on")
+                    if w.log is not None:  # traces only: no formatting on the hot path
+                        w.note(f"vCPU{i} VMM: RIP {cpu[PC]} still in the range, goes on")
                     return image
                 cpu[EXIT] = "mtrapin"
             else:
@@ -677,7 +781,8 @@ class System:
                     frame = int(a.tf)
                 else:
                     w.fail("ERR", f"unexpected {a} on event delivery")
-        w.note(f"vCPU{i} {kind} frame pushed with TF={frame}")
+        if w.log is not None:  # traces only: no formatting on the hot path
+            w.note(f"vCPU{i} {kind} frame pushed with TF={frame}")
         if frame != own_before:
             w.fail("P5", f"vCPU{i}: the {kind} frame carries TF={frame}; the guest's TF is "
                          f"{own_before} (the handler sees the debugger's TF)")
@@ -748,20 +853,29 @@ class System:
         return tuple(rest)
 
     # --------------------------------------------------- the coordinator's actions
-    def call(self, w: World, method: str, *args, actor: int | None = None) -> bool:
+    def call(self, w: World, method: str, *args, actor: int | None = None,
+             key: tuple | None = None) -> bool:
         """One coordinator event, then its actions carried out in order (this System
         is their ActionExecutor, model.executor). Returns whether a
-        ReinjectBreakpoint was among them."""
-        before = self.snaps[w.cid].states
-        cid, actions, err = self.coord_call(w.cid, method, args)
+        ReinjectBreakpoint was among them. ``key``, if given, stands for
+        ``(method, args)`` in the memo (cheaper to hash than points and resume
+        requests); it must determine them."""
+        before = w.cid
+        pk = (before, method, args) if key is None else (before, key)
+        plan = self._plans.get(pk)
+        if plan is None:
+            plan = self._plans[pk] = self._plan(before, method, args)
+        cid, actions, err, todo, ended = plan
         if err:
             w.fail("ERR", f"Coordinator.{method}{args}: {err}")
             return False
         w.cid = cid
-        self._w, self._before, self._actor, self._reinjected = w, before, actor, False
+        self._w, self._before, self._actor, self._reinjected = (
+            w, self.snaps[before].states, actor, False)
         self._completing = None
         if w.log is None:
-            self._execute(actions)
+            for run, x in todo:
+                run(x)
         else:
             for a in actions:
                 w.log.append("   " + fmt_action(a))
@@ -769,9 +883,78 @@ class System:
         if self._completing is not None:
             w.fail("W1", f"CompleteAccess for vCPU{self._completing} with no stop reporting "
                          "its watch hit after it")
-        if not w.ended and self.snaps[cid].ended:
+        if ended and not w.ended:
             w.ended = True  # a fault without a debugger, or gdb resumed from one
         return self._reinjected
+
+    def _plan(self, cid: int, method: str, args: tuple) -> tuple:
+        """:meth:`coord_call`'s answer with its actions bound once to the methods that
+        carry them out, as ``(method, argument)`` pairs: the hot path then does no
+        per-action type dispatch (what :func:`model.executor.dispatcher` does) and no
+        Enum hashing. Traces (``log``) still go through the dispatcher, action by
+        action, so both paths carry out the same methods."""
+        ncid, actions, err = self.coord_call(cid, method, args)
+        todo = tuple(x for a in actions if (x := self._bind(a)) is not None)
+        return (ncid, actions, err, todo, self.snaps[ncid].ended)
+
+    def _bind(self, a) -> tuple | None:
+        """One action as ``(method, argument)``; None for one that does nothing here
+        (a best-effort capability the VMM lacks: :meth:`_set_cap` skips it)."""
+        t = type(a)
+        if t is SetCap:
+            bit = CAP_BIT[a.cap]
+            if not self.settable & bit:
+                return None if a.best_effort else (self.set_cap, a)
+            return (self._set_cap_bit, (a.vcpu, bit, a.on, a))
+        if t is ClearSuspend:
+            return (self._suspend, (a.vcpu, False))
+        if t is RequestSuspend:
+            return (self._suspend, (a.vcpu, True))
+        name = METHODS.get(t)
+        method = getattr(self, name, None) if name else None
+        if method is None:
+            return (lambda x: self._execute((x,)), a)  # UnknownAction, when it is reached
+        return (method, a)
+
+    def _suspend(self, x: tuple) -> None:
+        """RequestSuspend/ClearSuspend, bound; the vCPU is copied only if it changes."""
+        i, on = x
+        w = self._w
+        if w.cpus[i][SUSP] != on:
+            w.mut(i)[SUSP] = on
+
+    def _set_cap_bit(self, x: tuple) -> None:
+        """A settable SetCap, bound (:meth:`_set_cap` without the lookups): the same
+        checks and effects; the vCPU is copied only if it changes."""
+        i, bit, on, a = x
+        w = self._w
+        if bit & STEP_BITS and i != self._actor and self._before[i] in IN_GUEST:
+            w.fail("P4", f"{fmt_action(a)} while vCPU{i} is inside the guest")
+        c = w.cpus[i]
+        was = c[VCAPS] & bit
+        if on:
+            if was:
+                return
+            cpu = w.mut(i)
+            cpu[VCAPS] = cpu[VCAPS] | bit
+            if bit == TF:
+                rest = self.tf(w, i, "enable", bool(cpu[REAL]))
+            else:
+                return
+        else:
+            stepcap = bit & (MT | TF)
+            if not was and not (stepcap and c[RNG]):
+                return
+            cpu = w.mut(i)
+            cpu[VCAPS] = cpu[VCAPS] & ~bit
+            if stepcap:
+                cpu[RNG] = False  # the range belonged to that one step
+            if bit == TF and was:
+                rest = self.tf(w, i, "disable")
+            else:
+                return
+        for y in rest:
+            w.fail("ERR", f"unexpected {y} on SetCap RFLAGS_TF")
 
     # The ActionExecutor, on the World of the event being carried out.
     def set_cap(self, a: SetCap) -> None:
@@ -834,7 +1017,8 @@ class System:
         elif cpu[ACC]:
             w.fail("W1", f"vCPU{i}'s watched access completed twice")
         else:
-            w.note(f"vCPU{i} VMM executes its access at {cpu[PC]} with watchpoints lifted")
+            if w.log is not None:  # traces only: no formatting on the hot path
+                w.note(f"vCPU{i} VMM executes its access at {cpu[PC]} with watchpoints lifted")
             cpu[PC] = (cpu[PC] + 1) % self.k
             cpu[ACC] = 1
         self._completing = i
@@ -859,8 +1043,8 @@ class System:
                          "its saved byte is the old kernel's")
         w.mem &= ~self.sw_mask  # memory reloaded
         for j, c in enumerate(w.cpus):
-            w.cpus[j] = (j == 0, 0, 0, 0, None, ("off", False), c[VCAPS], c[SUSP],
-                         None, None, None, 0, 0, 0, False)
+            w.put(j, (j == 0, 0, 0, 0, None, ("off", False), c[VCAPS], c[SUSP],
+                      None, None, None, 0, 0, 0, False))
         if w.cpus[0][VCAPS] & STEP_BITS:
             w.fail("P4", "vCPU0 has step capabilities on at reset")
 
@@ -898,7 +1082,8 @@ class System:
         if w.mem >> gpa & 1:
             w.fail("P6", f"vCPU{i}: the debugger's int3 at {gpa} re-injected into the guest")
             return
-        w.note(f"vCPU{i} VMM injects #BP (RIP past the int3)")
+        if w.log is not None:  # traces only: no formatting on the hot path
+            w.note(f"vCPU{i} VMM injects #BP (RIP past the int3)")
         cpu[PC] = (gpa + 1) % self.k
         self._deliver_event(w, i, "bp", in_run=False)
 
@@ -983,7 +1168,8 @@ class System:
             return self.k + len(self.va)
 
     def _exit_reply(self, w: World, a: SendExit | None = None) -> None:
-        w.note(f"stub -> {a.kind}{a.code:02x}" if a else "stub -> W00")
+        if w.log is not None:  # traces only: no formatting on the hot path
+            w.note(f"stub -> {a.kind}{a.code:02x}" if a else "stub -> W00")
         if w.phase in WAITING:
             w.phase = "exited"
         elif w.phase != "det":

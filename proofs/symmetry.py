@@ -34,7 +34,7 @@ class Canon:
                              "check it without --symmetry")
         self.sys = sys
         self._ids: dict = {}
-        self._memo: dict = {}
+        self._memo: dict = {}  # (cid, cpus) -> the permutation to apply, None for none
         self._parts: dict = {}  # cid -> each vCPU's coordinator part, as an id
 
     def _id(self, obj) -> int:
@@ -57,12 +57,14 @@ class Canon:
         return tuple(k[2] for k in keys)
 
     def __call__(self, state):
-        got = self._memo.get(state)
-        if got is None:
+        # The permutation depends on the coordinator snapshot and the vCPUs alone, so
+        # it is memoised on those (states that differ only in gdb's side share it).
+        key = (state[0], state[6])
+        p = self._memo.get(key, False)
+        if p is False:
             p = self.perm(state)
-            got = state if p == tuple(range(len(p))) else self.sys.permute(state, p)
-            self._memo[state] = got
-        return got
+            p = self._memo[key] = None if p == tuple(range(len(p))) else p
+        return state if p is None else self.sys.permute(state, p)
 
     def clear(self) -> None:
         self._memo.clear()
@@ -77,7 +79,16 @@ def tie_break_variants(sys: System, state, label: tuple) -> list[tuple]:
     transpositions that put each other candidate in the lowest place."""
     if label[0] not in RESUMES:
         return []
-    s = sys.snaps[state[0]]
+    # A function of the coordinator snapshot and the label alone.
+    key = (state[0], label)
+    got = sys.tie_breaks.get(key)
+    if got is None:
+        got = sys.tie_breaks[key] = _tie_breaks(sys, state[0], label)
+    return got
+
+
+def _tie_breaks(sys: System, cid: int, label: tuple) -> list[tuple]:
+    s = sys.snaps[cid]
     active = [i for i, st in enumerate(s.states) if st != "absent"]
     # "c", "vCont;s:i;c" and "vCont;r..:i;c": all; "vCont;s:i", "vCont;r..:i": i
     plan = active if label[0] not in ("step", "range") else [label[1]]
