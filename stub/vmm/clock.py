@@ -1,10 +1,13 @@
 """Guest time: one clock per VM that runs only while the VM does.
 
 Guest time (integer nanoseconds from the VM's creation) advances at host speed while
-at least one vCPU is *in the guest*: executing inside a slice (``emu_start``), or
-halted inside ``run()`` waiting for an interrupt (idle: the guest asked to wait for
-time to pass). It stands still otherwise: while gdb holds every vCPU stopped, between
-single steps (only the step's own slice counts), before the guest starts. So a
+at least one vCPU is *in the guest*: executing inside a slice (``emu_start``), running
+free between two slices (the run loop delivering an interrupt or an exception is the
+machine's own time: the guest's TSC, the host's, counts it too, and Linux marks its TSC
+unstable when guest time falls behind it), or halted inside ``run()`` waiting for an
+interrupt (idle: the guest asked to wait for time to pass). It stands still otherwise:
+while gdb holds every vCPU stopped, between single steps (only the step's own slice
+counts), before the guest starts. The mailbox keeps one flag per vCPU for it. So a
 ``stepi`` after a long pause does not land in a timer handler: no guest time passed.
 
 Why idle counts: a guest that does ``sti; hlt`` waits for a timer that only guest time

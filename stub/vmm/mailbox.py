@@ -55,6 +55,10 @@ class Mailbox:
         self.bpt_exit_asked = False  # the setting last asked for
         self.bpt_exit = False  # the setting in effect: taken from the asked one at each entry
         self.points_stale = False  # the VM's armed points changed since this vCPU applied them
+        # This vCPU counts toward guest time (clock.py): from a slice's entry; kept
+        # between free slices (the run loop's own work is the running machine's time,
+        # as the TSC, the host's, sees it), dropped at a step's end and when run() returns.
+        self._timing = False
 
     # -- requests (any thread) ----------------------------------------------------------
     def request_suspend(self) -> None:
@@ -188,24 +192,42 @@ class Mailbox:
             self.in_guest, self.kicked = kickable, False
             self.irq_waiting = _WAITING_FRESH if irq_waiting and kickable else 0
             self._clear_stop()  # a kick for an earlier slice must not stop this one
-            self._clock.enter_locked()
+            self._time_on_locked()
         if irq_waiting:
             self._clock.poke()  # the ticker may be parked with no timer armed
         return True
 
-    def leave_guest(self) -> bool:
-        """Out of ``emu_start``; True if it was kicked."""
+    def leave_guest(self, free: bool = False) -> bool:
+        """Out of ``emu_start``; True if it was kicked. ``free``: a free slice, after
+        which guest time runs on until the run loop stops (``time_off``)."""
         with self.cond:
             self.in_guest = False
             self.irq_waiting = 0
-            self._clock.leave_locked()
+            if not free:
+                self._time_off_locked()
             return self.kicked
+
+    def time_off(self) -> None:
+        """run() returns: this vCPU no longer keeps guest time running."""
+        with self.cond:
+            self._time_off_locked()
+
+    def time_off_locked(self) -> None:
+        self._time_off_locked()
+
+    def _time_on_locked(self) -> None:
+        if not self._timing:
+            self._timing = True
+            self._clock.enter_locked()
+
+    def _time_off_locked(self) -> None:
+        if self._timing:
+            self._timing = False
+            self._clock.leave_locked()
 
     def wait_idle_locked(self) -> None:
         """Halted inside run(), waiting for an interrupt (the caller holds ``cond``):
-        guest time runs meanwhile, so a timer can come to wake the vCPU."""
-        self._clock.enter_locked()
-        try:
-            self.cond.wait()
-        finally:
-            self._clock.leave_locked()
+        guest time runs meanwhile, so a timer can come to wake the vCPU (and on
+        after it, while the vCPU runs free; ``time_off`` when run() returns)."""
+        self._time_on_locked()
+        self.cond.wait()

@@ -149,7 +149,8 @@ class SliceRunner:
                 self.points.begin_slice(cpu.rip, False)  # the nested run changed it
                 self._start(cpu.rip)  # carry on where the free/bounded slice was
         finally:
-            self.kicked = mail.leave_guest()  # guest time stops here, whatever happened
+            # Guest time stops here unless the vCPU runs free (mailbox.leave_guest).
+            self.kicked = mail.leave_guest(free=mode is SliceMode.FREE)
             if turn is not None:
                 turn.leave(self._requester.index)
         if watch.stopped and self.event is None:

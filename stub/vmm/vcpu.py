@@ -162,6 +162,7 @@ class EmulatedVcpu(Vcpu):
             exit_ = self._run(block=max_instructions is None)
         finally:
             self._mail.in_run = False
+            self._mail.time_off()
         if exit_ is not _IDLE and exit_.kind is not ExitKind.BUDGET:
             self._end_range()
         if exit_ is not _IDLE and exit_.kind is ExitKind.WATCH:
@@ -178,6 +179,7 @@ class EmulatedVcpu(Vcpu):
             exit_ = self._run(block=False)
         finally:
             self._mail.in_run = False
+            self._mail.time_off()
         if exit_ is _IDLE:
             return None  # the owner thread finishes the step (and its range)
         self._end_range()
@@ -257,7 +259,8 @@ class EmulatedVcpu(Vcpu):
                 self.waiting.set()
                 if mail.started:  # halted: idle in the guest, guest time runs
                     mail.wait_idle_locked()
-                else:
+                else:  # waiting for a start (SIPI): no guest time of its own
+                    mail.time_off_locked()
                     mail.cond.wait()
                 self.waiting.clear()
 
