@@ -32,14 +32,15 @@ from collections.abc import Mapping
 
 from unicorn import UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, Uc, UcError
 from unicorn import x86_const as X
+
 from stub.vmm import insn, paging, segments
 from stub.vmm.api import VmmError
 from stub.vmm.boot import tables
 from stub.vmm.idt import CpuState, Entered
 from stub.vmm.kick import Kick
 from stub.vmm.ram import PAGE, GuestRam
-from stub.vmm.segments import Segment
 from stub.vmm.regs import MSR_EFER, RegisterFile
+from stub.vmm.segments import Segment
 from stub.vmm.ucenv import ExceptionState
 from stub.vmm.ucgil import emu_start_held as _emu_start_held
 from stub.vmm.ucgil import uclib
