@@ -5,9 +5,11 @@ The session is what a kernel developer does first: a breakpoint on a kernel func
 name (set at reset, before the kernel maps itself: the stub keeps it by virtual
 address), ``stepi`` until the kernel's own ``pushf`` (``_raw_spin_lock_irqsave`` saves
 the flags through ``native_save_fl``, or the ``pushf; pop rax`` the kernel patches in
-its place) and one more over it: the flags it pushed must not carry the debugger's TF. Then ``continue``, Ctrl-C, detach, attach again, detach, and the guest
-runs on to its ``/init``, which prints the marker with the CPUs it sees and powers off:
-the stub ends with status 0."""
+its place) and one more over it: the flags it pushed must not carry the debugger's TF.
+Breakpoints stay inserted while the kernel runs its own int3 self-test, which must
+reach the kernel's handler (it BUG()s otherwise). Then ``continue``, Ctrl-C, detach,
+attach again, detach, and the guest runs on to its ``/init``, which prints the marker
+with the CPUs it sees and powers off: the stub ends with status 0."""
 
 from __future__ import annotations
 
@@ -71,6 +73,15 @@ def test_gdb_session_on_two_vcpus(linux_kit: Kit, linux_symbols, cpu):
             assert 'reason="breakpoint-hit"' in hit and "_raw_spin_lock_irqsave" in hit, hit
             flags = step_over_pushf(mi)
             assert not flags & TF, f"the kernel saw the debugger's TF: {flags:#x}"
+            # The kernel's own int3 (its boot-time int3 self-test in alternatives
+            # patching, which BUG()s unless its handler runs) with a debugger's
+            # breakpoint inserted all the while: reaching kernel_init proves it.
+            mi.command("-break-delete")
+            mi.command("-break-insert sysrq_handle_crash")  # never called: stays in
+            mi.command("-break-insert kernel_init")
+            mi.command("-exec-continue", "*running")
+            hit = mi.wait_for("*stopped")
+            assert 'reason="breakpoint-hit"' in hit and "kernel_init" in hit, hit
             mi.command("-break-delete")
             mi.command("-exec-continue", "*running")
             stopped = mi.command("-exec-interrupt", "*stopped")
