@@ -375,14 +375,23 @@ class Cpu:
             pass
         return bytes(out)
 
+    def code_address(self, ip: int) -> int:
+        """The linear address of code at ``ip`` (RIP): itself, but in real mode CS base
+        + IP, where the base is CS << 4 (SIPI's entry and every real-mode CS load set
+        it so). CR0 comes from the paging registers a stop reads anyway."""
+        if (self._paging or self._load_paging())[0] & 1:
+            return ip
+        return (self.reg(X.UC_X86_REG_CS) << 4) + (ip & 0xFFFF)
+
     def fetch(self, rip: int) -> bytes:
         """The bytes of the instruction at ``rip`` (fewer where translation ends)."""
-        return self.read_upto(rip, insn.MAX_INSN)
+        return self.read_upto(self.code_address(rip), insn.MAX_INSN)
 
-    def byte_at(self, gva: int) -> int | None:
-        """The byte at ``gva``, or None when it does not translate."""
+    def byte_at(self, ip: int) -> int | None:
+        """The code byte at ``ip`` (a RIP value; see ``code_address``), or None when it
+        does not translate."""
         try:
-            return self.ram.read(self.translate(gva), 1)[0]
+            return self.ram.read(self.translate(self.code_address(ip)), 1)[0]
         except VmmError:
             return None
 

@@ -31,14 +31,13 @@ Unicorn 2.1.4 facts this relies on (tests/vmm/test_realmode.py):
 - both step mechanisms step real-mode code: MTRAP exits and the hidden TF's #DB come
   after each instruction with RIP the next IP.
 
-What the VMM around it does not handle in real mode yet (strict xfail in the tests):
-its own instruction reads (``Cpu.fetch``, ``Cpu.byte_at(rip - 1)``) take RIP as a
-linear address, not CS base + IP, so a real-mode ``hlt`` is not seen (the vCPU runs on
-past it, stepped or free) nor is an ``int3`` for BPT_EXIT; an exception or interrupt
-the VMM delivers goes through the protected-mode IDT format, not the real-mode IVT
-(a ``ud2`` ends in a triple fault); and ``insn`` decodes real-mode code as 32-bit
-(a ``rep`` count is taken as ECX). Linux's trampoline runs with IF=0 and raises no
-exception, so none of this is in its way.
+The VMM's own instruction reads take CS base + IP in real mode (``Cpu.code_address``),
+so a real-mode ``hlt`` halts and an ``int3`` is a BPT exit. What it does not handle in
+real mode yet (strict xfail in the tests): an exception or interrupt the VMM delivers
+goes through the protected-mode IDT format, not the real-mode IVT (a ``ud2`` ends in a
+triple fault); and ``insn`` decodes real-mode code as 32-bit (a ``rep`` count is taken
+as ECX). Linux's trampoline runs with IF=0 and raises no exception, so neither is in
+its way.
 """
 
 from __future__ import annotations

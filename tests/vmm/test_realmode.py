@@ -387,9 +387,6 @@ def test_steps_in_real_mode_stop_at_each_next_ip(make_vm, personality, cap, kind
     assert ap.get_register("rbx") == 0x5678
 
 
-@pytest.mark.xfail(strict=True, reason="the VMM reads the instruction at IP, not at CS "
-                   "base + IP (Cpu.fetch, byte_at(rip - 1)): hlt in real mode is not "
-                   "recognised, so the vCPU runs on past it (needs cpu.py's code_address)")
 @pytest.mark.parametrize(("personality", "cap"), [
     ("intel", Cap.MTRAP_EXIT), ("amd", Cap.RFLAGS_TF), ("intel", None)])
 def test_hlt_in_real_mode_halts(make_vm, personality, cap):
@@ -406,8 +403,6 @@ def test_hlt_in_real_mode_halts(make_vm, personality, cap):
     assert ap.halted and ap.cpu.rip == REAL_IPS[-1]
 
 
-@pytest.mark.xfail(strict=True, reason="the int3 check reads the byte at IP - 1, not at "
-                   "CS base + IP - 1 (Cpu.byte_at): needs cpu.py's code_address")
 def test_int3_in_real_mode_is_a_bpt_exit(make_vm):
     vm, _ = make_vm("main:\n    hlt\n    jmp main\n", personality="intel", vcpus=2)
     ap = vm.vcpus[1]
