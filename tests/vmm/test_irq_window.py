@@ -1,5 +1,5 @@
 """A PIC request that rose while the guest had IF=0 reaches it once it sets IF, however
-long IF stayed 0 (docs/linux.md, "What blocks the boot", item 4).
+long IF stayed 0 (docs/linux.md, "What blocked the boot", item 4).
 
 The PIC's INTR stays up while IRQ 0 waits in the IRR, so later PIT edges do not rise
 again and do not kick the vCPU; the window watch gives up on a request after 1 ms of
