@@ -95,6 +95,7 @@ def explore(cfg: Config, mutation: Mutation | None = None, *, symmetry: bool = F
     # Bound once: the loop below runs once per transition.
     apply, permute, check_state, find = sys.apply, sys.permute, sys.check_state, index.get
     fair_ids: dict = {}  # label -> its fairness class id
+    tie_breaks: dict = {}  # (cid, phase, ctrlc, ended) -> the resumes' tie-break variants
     v = check_state(init)
     if v:
         cex = Counterexample(v, [], "state")
@@ -111,7 +112,16 @@ def explore(cfg: Config, mutation: Mutation | None = None, *, symmetry: bool = F
                 and (not s[5] or s[1] in WAITING)):
             cex = Counterexample(Violation("P7", "deadlock: nothing can happen but gdb "
                                                  "hanging up"), path_to(sid), "deadlock")
-        moves = labels if canon is None else _with_tie_breaks(sys, s, labels)
+        if canon is None:
+            moves = labels
+        else:
+            # Only gdb's resumes have tie-break variants, and gdb's moves are a function
+            # of (snapshot, gdb's phase), so their variants are too.
+            key = (s[0], s[1], s[2], s[5])
+            extra = tie_breaks.get(key)
+            if extra is None:
+                extra = tie_breaks[key] = _tie_breaks(sys, s, labels)
+            moves = labels + extra if extra else labels
         for lab in moves:
             if lab.__class__ is _Permuted:
                 lab, perm = lab
@@ -170,9 +180,9 @@ class _Permuted(tuple):
     apart from a plain label by its type."""
 
 
-def _with_tie_breaks(sys: System, s, labels: list) -> list:
-    """``labels``, then each resume again as if each other pending vCPU were lowest."""
-    out = list(labels)
+def _tie_breaks(sys: System, s, labels: list) -> list:
+    """Each resume in ``labels`` again, as if each other pending vCPU were lowest."""
+    out = []
     for lab in labels:
         out += [_Permuted((lab, p)) for p in tie_break_variants(sys, s, lab)]
     return out

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 from dataclasses import fields, replace
 from functools import cache
+from operator import itemgetter
 
 from model import lifecycle
 from model.actions import (
@@ -202,8 +203,11 @@ class System:
         self._execute = dispatcher(self)  # this System is the actions' executor
         self._completing: int | None = None
         self._perm_memo: dict = {}  # (cid, perm) -> the permuted snapshot's cid
+        self._perm_take: dict = {}  # perm -> a function picking the vCPUs in its order
         self._moves: dict = {}  # label -> (its bound _do_ method, its arguments)
-        self._plans: dict = {}  # (cid, method, args) -> coord_call's answer, compiled
+        self._plans: dict = {}  # (cid, method, args, actor) -> coord_call's answer, compiled
+        self._op_ids: dict = {}  # one vCPU's capability/suspend actions -> a small int
+        self._local_ops: dict = {}  # (that int, vCPU fields) -> the fields after, or False
         self._local: dict = {}  # (label, vCPU fields, mem) -> (its next fields, violation)
         self._resumes: dict = {}  # resume label -> (request, stepped vCPUs, packet)
         self.tie_breaks: dict = {}  # (cid, label) -> proofs.symmetry's tie-break variants
@@ -861,10 +865,10 @@ class System:
         ``(method, args)`` in the memo (cheaper to hash than points and resume
         requests); it must determine them."""
         before = w.cid
-        pk = (before, method, args) if key is None else (before, key)
+        pk = (before, method, args, actor) if key is None else (before, key, actor)
         plan = self._plans.get(pk)
         if plan is None:
-            plan = self._plans[pk] = self._plan(before, method, args)
+            plan = self._plans[pk] = self._plan(before, method, args, actor)
         cid, actions, err, todo, ended = plan
         if err:
             w.fail("ERR", f"Coordinator.{method}{args}: {err}")
@@ -887,15 +891,89 @@ class System:
             w.ended = True  # a fault without a debugger, or gdb resumed from one
         return self._reinjected
 
-    def _plan(self, cid: int, method: str, args: tuple) -> tuple:
+    def _plan(self, cid: int, method: str, args: tuple, actor: int | None) -> tuple:
         """:meth:`coord_call`'s answer with its actions bound once to the methods that
         carry them out, as ``(method, argument)`` pairs: the hot path then does no
         per-action type dispatch (what :func:`model.executor.dispatcher` does) and no
         Enum hashing. Traces (``log``) still go through the dispatcher, action by
         action, so both paths carry out the same methods."""
         ncid, actions, err = self.coord_call(cid, method, args)
-        todo = tuple(x for a in actions if (x := self._bind(a)) is not None)
-        return (ncid, actions, err, todo, self.snaps[ncid].ended)
+        todo = [x for a in actions if (x := self._bind(a)) is not None]
+        todo = self._fuse(todo, self.snaps[cid].states, actor)
+        return (ncid, actions, err, tuple(todo), self.snaps[ncid].ended)
+
+    def _fuse(self, todo: list, before: tuple, actor: int | None) -> list:
+        """Each run of two or more consecutive capability/suspend actions becomes one
+        step (:meth:`_run_local`). Those actions read and write only their own vCPU's
+        fields, so the run is, for each vCPU it touches, a function of that vCPU's
+        fields, memoised. A run with a P4 failure (known here: it depends on the
+        snapshot and the actor) stays as it is."""
+        out: list = []
+        run: list = []
+        for x in todo + [None]:
+            local = x is not None and (
+                x[0] == self._suspend
+                or (x[0] == self._set_cap_bit
+                    and not (x[1][1] & STEP_BITS and x[1][0] != actor
+                             and before[x[1][0]] in IN_GUEST)))
+            if local:
+                run.append(x)
+                continue
+            if len(run) > 1:
+                groups = []
+                for i in dict.fromkeys(y[1][0] for y in run):  # vCPUs, first-touched order
+                    ops = tuple(y for y in run if y[1][0] == i)
+                    groups.append((i, self._op_ids.setdefault(ops, len(self._op_ids)), ops))
+                out.append((self._run_local, (tuple(groups), tuple(run))))
+            else:
+                out += run
+            run = []
+            if x is not None:
+                out.append(x)
+        return out
+
+    def _run_local(self, x: tuple) -> None:
+        """A fused run of capability/suspend actions (:meth:`_fuse`): each vCPU's new
+        fields from the memo; on any failure the actions are carried out one by one
+        instead, so violations come out in their order."""
+        groups, run = x
+        w = self._w
+        cpus = w.cpus
+        memo = self._local_ops
+        new = []
+        for i, op, ops in groups:
+            c = cpus[i]
+            if type(c) is not tuple:
+                c = tuple(c)
+            got = memo.get((op, c))
+            if got is None:
+                got = memo[(op, c)] = self._local_ops_on(w, i, c, ops)
+            if got is False:
+                for fn, arg in run:
+                    fn(arg)
+                return
+            new.append((i, got))
+        if type(cpus) is tuple:
+            cpus = w.cpus = list(cpus)
+        for i, c in new:
+            if cpus[i] is not c:
+                cpus[i] = c
+                w.dirty.append(i)
+
+    def _local_ops_on(self, w: World, i: int, cpu: tuple, ops: tuple):
+        """vCPU i's fields after ``ops`` (interned), or False if any fails."""
+        scratch = World((w.cid, w.phase, w.ctrlc, w.bps, w.mem, w.ended,
+                         tuple(cpu if j == i else None for j in range(self.n))), None)
+        self._w = scratch
+        try:
+            for fn, arg in ops:
+                fn(arg)
+        finally:
+            self._w = w
+        if scratch.viol is not None:
+            return False
+        t = tuple(scratch.cpus[i])
+        return self._intern.setdefault(t, t)
 
     def _bind(self, a) -> tuple | None:
         """One action as ``(method, argument)``; None for one that does nothing here
@@ -1215,7 +1293,11 @@ class System:
         pcid = self._perm_memo.get((cid, perm))
         if pcid is None:
             pcid = self._perm_memo[(cid, perm)] = self._permute_snapshot(cid, perm)
-        return (pcid, phase, ctrlc, bps, mem, ended, tuple(cpus[p] for p in perm))
+        take = self._perm_take.get(perm)
+        if take is None:
+            take = self._perm_take[perm] = (itemgetter(*perm) if len(perm) > 1
+                                            else lambda c: (c[perm[0]],))
+        return (pcid, phase, ctrlc, bps, mem, ended, take(cpus))
 
     def _permute_snapshot(self, cid: int, perm: tuple[int, ...]) -> int:
         s = self.snaps[cid]
