@@ -8,8 +8,9 @@ the flags through ``native_save_fl``, or the ``pushf; pop rax`` the kernel patch
 its place) and one more over it: the flags it pushed must not carry the debugger's TF.
 Breakpoints stay inserted while the kernel runs its own int3 self-test, which must
 reach the kernel's handler (it BUG()s otherwise). Then ``continue``, Ctrl-C, detach,
-attach again, detach, and the guest runs on to its ``/init``, which prints the marker
-with the CPUs it sees and powers off: the stub ends with status 0."""
+attach again and ``continue`` with a breakpoint inserted: the guest runs on to its
+``/init``, which prints the marker with the CPUs it sees and powers off; gdb sees the
+exit and the stub ends with status 0."""
 
 from __future__ import annotations
 
@@ -92,10 +93,15 @@ def test_gdb_session_on_two_vcpus(linux_kit: Kit, linux_symbols, cpu):
         finally:
             mi.close()
         again = Mi(elf=linux_symbols, timeout=TIMEOUT)
-        try:  # attach again: the VM stops, both vCPUs are there, and it runs on after
+        try:  # attach again: the VM stops, both vCPUs are there; then it runs to its
+            # power-off with a breakpoint inserted (the kernel's own int3s in
+            # text_poke_bp, patching jump labels, go to its handler all the while)
             again.command(f"-target-select remote 127.0.0.1:{sp.port}", "^connected")
             assert again.command("-thread-info").count('target-id="Thread') == 2
-            again.command("-target-detach")
+            again.command("-break-insert sysrq_handle_crash")
+            again.command("-exec-continue", "*running")
+            exited = again.wait_for("*stopped")
+            assert 'reason="exited-normally"' in exited, exited
         finally:
             again.close()
         status = sp.proc.wait(TIMEOUT)
