@@ -18,6 +18,8 @@ E. gdb ``next``/``until`` over smpkernel's 1000-iteration loop line (bench/smpst
    ours with 1 and with 4 busy vCPUs and QEMU TCG with one, a fresh debuggee per gdb
    session, in turn; then guest speed with 4 watchpoints against none (bench/watch.py).
 F. the model checker against SPIN (if proofs/ and its SPIN cross-check exist).
+G. Debian's Linux kernel with the test kit's initramfs on 2 vCPUs, no gdb (bench/linux.py):
+   ours and QEMU TCG in turn, boot to ``/init`` and a user-space loop.
 
 ``--baseline REV`` adds our stub at git revision REV (bench/baseline.py) as one more
 column in the stepping, memory-read and breakpoint rows, in turn with ours at every trial.
@@ -36,7 +38,8 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import baseline, checker, gdbbench, measure, pc, report, smpsteps, sysinfo, targets
+from bench import (baseline, checker, gdbbench, linux, measure, pc, report, smpsteps,
+                   sysinfo, targets)
 from bench.report import Row
 
 HERE = Path(__file__).resolve().parent
@@ -61,16 +64,17 @@ class Plan:
     smp_per_session: int  # timed `next` (and as many `until`) per session
     watch_trials: int  # bench/watch.py: with/without alternations per placement
     watch_seconds: float
+    linux_trials: int  # boots of Debian's kernel, each side
 
 
 FULL = Plan(trials=5, seconds=1.5, ctrl_c=40, speed_trials=5, speed_seconds=2.5, stepi=1000,
             stepi_reps=3, dump_bytes=16 << 20, dump_reps=3, checker_reps=3, loop_trials=5,
             first_line_trials=7, smp_trials=3, smp_per_session=2, watch_trials=3,
-            watch_seconds=2.0)
+            watch_seconds=2.0, linux_trials=3)
 QUICK = Plan(trials=3, seconds=0.4, ctrl_c=12, speed_trials=2, speed_seconds=1.0, stepi=300,
              stepi_reps=2, dump_bytes=4 << 20, dump_reps=1, checker_reps=1, loop_trials=2,
              first_line_trials=3, smp_trials=1, smp_per_session=2, watch_trials=2,
-             watch_seconds=1.0)
+             watch_seconds=1.0, linux_trials=1)
 
 
 def log(msg: str) -> None:
@@ -147,6 +151,12 @@ def make_rows(p: Plan) -> dict[str, Row]:
         "first-line-nocache": Row("the same, ours compiling its source (no .pyc)", "ms",
                                   higher_better=False),
         **smp_rows(),
+        "linux-boot": Row(f"Debian's kernel, {linux.BENCH_VCPUS} vCPUs: process start to /init",
+                          "s", higher_better=False, target="≤ 1.5× QEMU TCG",
+                          check=lambda r: None if r.median("tcg") is None
+                          else r.median("ours") <= 1.5 * r.median("tcg")),
+        "linux-loop": Row("the same Linux: a user-space loop (busybox sh)", "iterations/s",
+                          target="≥ 0.5× QEMU TCG", check=at_least("tcg", 0.5)),
         "checker": Row("model checker, same model (2 vCPUs, amd)", "states/s",
                        ref_label="SPIN", target="report (no target)"),
     }
@@ -556,6 +566,39 @@ def watch_speeds(seconds: float, trials: int) -> list[dict]:
     return good
 
 
+def phase_linux(p: Plan, rows: dict[str, Row], qemu: bool) -> None:
+    """Phase G: bench/linux.py's boots, ours and QEMU TCG in turn, the order alternating."""
+    boot, loop = rows["linux-boot"], rows["linux-loop"]
+    for r in (boot, loop):
+        for col in ("kvm", "udb"):
+            r.na(col, "n/a")
+    try:
+        kit, initrd = linux.kit_and_initrd()
+    except linux.KitUnavailable as err:
+        for r in (boot, loop):
+            r.na("ours", f"n/a: {err}")
+            r.na("tcg", "n/a")
+        return
+    cols = {"ours": linux.ours, **({"tcg": linux.qemu} if qemu else {})}
+    if not qemu:
+        boot.na("tcg", "skipped")
+        loop.na("tcg", "skipped")
+    boot.detail = (f"{kit.kernel_package}, {linux.MEMORY_MB} MiB, '{linux.APPEND}'; the "
+                   f"same initramfs and command line both sides")
+    for trial in range(p.linux_trials):
+        for col in (list(cols) if trial % 2 == 0 else list(cols)[::-1]):
+            cmd = cols[col](kit.vmlinuz, initrd, linux.BENCH_VCPUS)
+            got: dict[str, float] = {}
+
+            def one(cmd=cmd) -> list[float]:
+                got["boot"], got["loop"] = linux.measure(cmd, linux.BENCH_VCPUS)
+                return [got["boot"]]
+            attempt(boot, col, f"{col} Linux boot", one)
+            if "loop" in got:
+                loop.add(col, [got["loop"]])
+    log("Linux rows done")
+
+
 def phase_checker(p: Plan, rows: dict[str, Row]) -> None:
     row = rows["checker"]
     ok, why = checker.available()
@@ -636,6 +679,7 @@ def main(argv: list[str] | None = None) -> int:
     qemu = pc.qemu_binary() if not a.no_qemu else None
     phase_pc(plan, rows, qemu, "skipped (--no-qemu)" if a.no_qemu else "no qemu-system-i386")
     phase_smp(plan, rows, peers["tcg"])
+    phase_linux(plan, rows, peers["tcg"])
     if not a.no_checker:
         phase_checker(plan, rows)
     else:
@@ -645,7 +689,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ordered = [rows[k] for k in ("s", "s-intel", "vcont", "stepi", "stepi4", "m", "x", "dump",
                                  "bp", "bp4", "ctrlc", "speed", "speed-d", "loop", "first-line",
-                                 "first-line-nocache", *SMP_ROWS, "checker")]
+                                 "first-line-nocache", *SMP_ROWS, "linux-boot",
+                                 "linux-loop", "checker")]
     label = base.label if base else ""
     print()
     print(report.text_table(ordered, label))
