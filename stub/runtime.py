@@ -250,9 +250,7 @@ class Runtime:
                 self._apply(self.coord.vcpu_point_hit(i, exit_.point))
             case ExitKind.POWEROFF:
                 self.exit_status = 0 if exit_.status is None else exit_.status
-                self._guest_ended_locked("W", exit_.code & 0xFF,
-                                         f"guest powered off (code {exit_.code}"
-                                         f"{f', exit status {exit_.status}' if exit_.status else ''})")
+                self._guest_ended_locked("W", exit_.code & 0xFF, _ended_how(exit_))
             case ExitKind.TRIPLE_FAULT:
                 self._on_triple_fault(i, exit_.detail)
             case ExitKind.BUDGET:
@@ -734,3 +732,14 @@ class Runtime:
 
 
 __all__ = ["ExitEvent", "MemoryAccessError", "Runtime", "StopEvent"]
+
+
+def _ended_how(exit_: VmExit) -> str:
+    """The log line of a power-off, or of a reset (its ``detail`` names the device),
+    which ends the VM too: the machine does not reboot (QEMU's ``-no-reboot``). A
+    kernel's panic with ``panic=N`` ends here, through its reboot."""
+    if exit_.detail:
+        return (f"guest reset the machine ({exit_.detail}); it does not reboot, so the VM "
+                f"ends (a kernel panic with panic=N ends so: see the console)")
+    status = f", exit status {exit_.status}" if exit_.status else ""
+    return f"guest powered off (code {exit_.code}{status})"
