@@ -29,11 +29,17 @@ def attach(uc: Uc, bus: Bus, cpu: Requester, ram_size: int) -> None:
     for found in bus.mmio_ranges:
         if found.base < ram_size:
             raise ValueError(
-                f"{ram_size >> 20} MiB of RAM reach {type(found.device).__name__}'s MMIO "
-                f"at {found.base:#x}: give the VM less memory")
+                f"{ram_size >> 20} MiB of RAM reach the device memory at "
+                f"{min_base(bus):#x} (the APICs): give the VM at most "
+                f"{min_base(bus) >> 20} MiB")
         device = found.device
         uc.mmio_map(found.base, found.size, _reader(device, cpu), None,
                     _writer(device, cpu), None)
+
+
+def min_base(bus: Bus) -> int:
+    """Where the lowest MMIO range starts: RAM must end below it."""
+    return min(found.base for found in bus.mmio_ranges)
 
 
 def _reader(device: MmioDevice, cpu: Requester):
