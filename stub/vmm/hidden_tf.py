@@ -42,6 +42,10 @@ class HiddenTf:
         """RFLAGS as the guest would read it (call only while on)."""
         return (rflags & ~TF) | (TF if self.shadow.shadow else 0)
 
+    def guest_flags(self, rflags: int) -> int:
+        """RFLAGS as the guest would read it, whether the debugger's TF is on or not."""
+        return self.guest_view(rflags) if self.shadow.is_on else rflags
+
     def set_guest_tf(self, on: bool) -> None:
         """The debugger wrote RFLAGS while on: its TF is the guest's own (the real TF,
         the debugger's, stays set)."""

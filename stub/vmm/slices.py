@@ -16,6 +16,7 @@ says so through the effect its ``out`` returns.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -80,8 +81,10 @@ class SliceRunner:
 
     def __init__(self, cpu: Cpu, mail: Mailbox, events: Events, bus: Bus,
                  requester: Requester, timer_period: float | None,
-                 cpuid_table: cpuid.Table | None = None, turn: GuestTurn | None = None):
+                 cpuid_table: cpuid.Table | None = None, turn: GuestTurn | None = None,
+                 guest_flags: Callable[[int], int] = lambda rflags: rflags):
         self._cpu = cpu
+        self._guest_flags = guest_flags  # RFLAGS as the guest sees them (hidden TF)
         self._turn = turn  # the VM's guest turn (None: one vCPU, nobody to take turns with)
         self._mail = mail
         self._events = events
@@ -102,8 +105,6 @@ class SliceRunner:
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
-        # vcpu.py should pass cpuid.Table.for_vcpu(index, vm.cpu_model.name); until then
-        # the vendor is Intel, what Unicorn's own CPUID said.
         uc.hook_add(UC_HOOK_INSN, cpuid.serve(cpu, cpuid_table or cpuid.Table.for_vcpu(
             requester.index)), None, 1, 0, X.UC_X86_INS_CPUID)
 
@@ -294,7 +295,7 @@ class SliceRunner:
 
     def _on_syscall(self, uc, _data) -> None:
         syscall.syscall(self._cpu, lambda: (self._note(_EXCEPTIONS[syscall.UD]),
-                                            uc.emu_stop()))
+                                            uc.emu_stop()), self._guest_flags)
 
     def _on_in(self, _uc, port: int, size: int, _data) -> int:
         return self._bus.io_in(port, size, self._requester)

@@ -4,7 +4,8 @@ what the CPU does. ``sysretq`` runs natively (QEMU's helper checks the CPL, whic
 segments.py keeps right).
 
 - EFER.SCE clear or not in long mode: #UD, RIP at the syscall;
-- RCX = the next RIP, R11 = RFLAGS, RFLAGS &= ~IA32_FMASK (RF cleared too);
+- RCX = the next RIP, R11 = RFLAGS (the guest's TF, not the debugger's hidden one),
+  RFLAGS &= ~IA32_FMASK (RF cleared too);
 - CS = STAR[47:32] (a flat 64-bit code segment, DPL 0, not read from the GDT),
   SS = STAR[47:32] + 8 (flat data, DPL 0): CPL 0;
 - RIP = IA32_LSTAR.
@@ -32,8 +33,11 @@ RF = 1 << 16
 UD = 6
 
 
-def syscall(cpu: Cpu, raise_ud: Callable[[], None]) -> None:
-    """The syscall at RIP, done (from the UC_HOOK_INSN hook), or #UD raised."""
+def syscall(cpu: Cpu, raise_ud: Callable[[], None],
+            guest_flags: Callable[[int], int] = lambda rflags: rflags) -> None:
+    """The syscall at RIP, done (from the UC_HOOK_INSN hook), or #UD raised.
+    ``guest_flags``: RFLAGS as the guest sees them (R11 gets the guest's TF, never a
+    debugger's hidden one)."""
     rip = cpu.rip
     efer = cpu.msr(MSR_EFER)
     if not efer & EFER_SCE or not efer & EFER_LMA:
@@ -45,6 +49,6 @@ def syscall(cpu: Cpu, raise_ud: Callable[[], None]) -> None:
     selector = star >> 32 & 0xFFFF
     cpu.load_segments(segments.flat_code64(selector), segments.flat_stack(selector + 8))
     cpu.set_reg(X.UC_X86_REG_RCX, rip + SYSCALL_LENGTH)
-    cpu.set_reg(X.UC_X86_REG_R11, rflags)
+    cpu.set_reg(X.UC_X86_REG_R11, guest_flags(rflags))
     cpu.rflags = rflags & ~(fmask | RF) & 0xFFFF_FFFF | 2
     cpu.rip = lstar - SYSCALL_LENGTH

@@ -80,7 +80,7 @@ class EmulatedVcpu(Vcpu):
         self._cpuid = cpuid.Table.for_vcpu(index, vm.cpu_model.name)
         self._slices = SliceRunner(self.cpu, self._mail, self._events, vm.bus,
                                    Requester(index, self.cpu.regs.get), vm.timer_period,
-                                   self._cpuid, vm.turn)
+                                   self._cpuid, vm.turn, self._tf.guest_flags)
         self._mtrap = MtrapStep(self.cpu, self._slices, self._events)
         self._tf_step = TfStep(self.cpu, self._slices, self._events, self._tf)
         self._free = FreeRun(self.cpu, self._mail, self._slices, self._events)

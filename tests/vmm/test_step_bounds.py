@@ -38,6 +38,7 @@ def test_an_amd_step_over_syscall_whose_fmask_clears_tf_ends_at_lstar(make_vm):
     assert exit_.kind is ExitKind.DB and exit_.trace_trap, exit_
     assert v.get_register("rip") == sym["entry"] and v.cpu.cpl == 0
     assert v.get_register("rcx") == sym["after"]
+    assert v.get_register("r11") & 0x0702 == 0x0602  # the guest's RFLAGS: no debugger TF
 
 
 def test_paging_registers_read_inside_a_slice_are_not_kept(make_vm):
