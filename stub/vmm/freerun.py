@@ -43,7 +43,7 @@ class FreeRun:
             # for it (the handler's IF) decides whether the slice is watched.
             return events.deliver_interrupt()
         if window is IrqWindow.SHADOW:
-            return slices.one()[0]  # then the loop delivers the interrupt
+            return slices.one(free=True)[0]  # then the loop delivers the interrupt
         if slices.budget is None:
             slices.watch.update(window is IrqWindow.IF0, seq)
             mode = SliceMode.FREE

@@ -114,11 +114,13 @@ class SliceRunner:
         return self._code.active
 
     def run(self, mode: SliceMode, irq_seen: int | None = None,
-            irq_waiting: bool = False) -> bool:
+            irq_waiting: bool = False, free: bool = False) -> bool:
         """One emu_start in ``mode``. False when a request came first (an interrupt
         request too, when ``irq_seen`` is the mailbox's ``irq_seq`` the caller decided
         on): the run loop goes round again to honour it. ``irq_waiting``: a request
-        waits for IF=1 (the ticker kicks the slice until it ends: Mailbox.rekick)."""
+        waits for IF=1 (the ticker kicks the slice until it ends: Mailbox.rekick).
+        ``free``: the vCPU runs free (a free slice is so anyway), so guest time runs on
+        after this slice (Mailbox.leave_guest)."""
         self._arm(mode)
         cpu = self._cpu
         rip = cpu.rip
@@ -151,7 +153,7 @@ class SliceRunner:
                 self._start(cpu.rip)  # carry on where the free/bounded slice was
         finally:
             # Guest time stops here unless the vCPU runs free (mailbox.leave_guest).
-            self.kicked = mail.leave_guest(free=mode is SliceMode.FREE)
+            self.kicked = mail.leave_guest(free=free or mode is SliceMode.FREE)
             if turn is not None:
                 turn.leave(self._requester.index)
         if watch.stopped and self.event is None:
@@ -244,13 +246,15 @@ class SliceRunner:
         """The exit the last slice leads to, if any (exceptions delivered, ...)."""
         return self._events.after_slice(self.event, self.error)
 
-    def one(self, rip: int | None = None) -> tuple[VmExit | None, bool, str | None]:
+    def one(self, rip: int | None = None,
+            free: bool = False) -> tuple[VmExit | None, bool, str | None]:
         """Execute one instruction (at ``rip``, the current RIP if the caller has not
-        read it already). Returns (exit, ran, what insn.classify calls it)."""
+        read it already). Returns (exit, ran, what insn.classify calls it). ``free``:
+        not a step, the free run's instruction in an interrupt shadow."""
         cpu = self._cpu
         rip = cpu.rip if rip is None else rip
         kind = insn.classify(cpu.fetch(rip), cpu.long_mode())[0]
-        if not self.run(SliceMode.SINGLE):
+        if not self.run(SliceMode.SINGLE, free=free):
             return None, False, kind
         exit_ = self.outcome()
         if kind == "hlt" and self.event is None and self.error is None and cpu.rip != rip:

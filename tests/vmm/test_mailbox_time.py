@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from stub.vmm.clock import GuestClock
 from stub.vmm.mailbox import Mailbox
+from tests.vmm.conftest import needs_binutils
 
 
 class HostTime:
@@ -56,3 +57,18 @@ def test_idling_in_hlt_counts_and_time_off_is_idempotent():
     mail.time_off()
     mail.time_off()
     assert clock.running == 0 and clock.now() == 40
+
+
+@needs_binutils
+def test_the_free_runs_instruction_in_an_interrupt_shadow_keeps_guest_time(make_vm):
+    """FreeRun executes the instruction after ``sti`` alone (Linux's idle ``sti; hlt``
+    at every tick): that slice is the free run's, not a step's, so guest time runs on
+    after it. Linux kept its TSC as clocksource only after this (docs/linux.md)."""
+    vm, _ = make_vm("main:\n    nop\n    nop\n    nop\n    int3\n")
+    vcpu = vm.vcpus[0]
+    slices, mail = vcpu._slices, vcpu._mail  # noqa: SLF001 - the VMM's own parts
+    slices.one(free=True)
+    assert vm.clock.running == 1
+    mail.time_off()
+    slices.one()  # a step's instruction: only its own slice counts
+    assert vm.clock.running == 0
