@@ -98,19 +98,22 @@ def binary_unescape(data: bytes) -> bytes:
     return bytes(out)
 
 
-_ADLER_SPAN = 256  # 255 * 256 + 1 < 65521: adler32's low half is then the exact sum + 1
+# adler32's low half is the byte sum + 1 modulo 65521: exact while a span's sum stays
+# below 65520, i.e. 256 bytes of any value, or 515 bytes of 7-bit text (hex replies).
+_ADLER_SPAN = 256
+_ADLER_SPAN_ASCII = 515
 
 
 def checksum(data: bytes) -> int:
     """The RSP checksum: the sum of the body bytes modulo 256.
 
-    ``sum()`` walks a bytes object at ~3 ns a byte (~380 us for a 128 KiB reply);
-    zlib's adler32 keeps the plain byte sum (+1, modulo 65521) in its low 16 bits,
-    exact for spans of at most 256 bytes, and runs in C: ~80 us for the same reply."""
-    if len(data) <= _ADLER_SPAN:
+    ``sum()`` walks a bytes object at ~3 ns a byte (~380 us for a 128 KiB reply); zlib's
+    adler32 runs in C over spans short enough to keep its sum exact, sliced from a
+    memoryview (no copies): ~170 us for a 128 KiB hex reply, most of it adler32 itself."""
+    n = len(data)
+    if n <= _ADLER_SPAN:
         return sum(data) & 0xFF
-    adler = zlib.adler32
-    total = 0
-    for i in range(0, len(data), _ADLER_SPAN):
-        total += adler(data[i:i + _ADLER_SPAN]) & 0xFFFF
-    return (total - (len(data) + _ADLER_SPAN - 1) // _ADLER_SPAN) & 0xFF
+    span = _ADLER_SPAN_ASCII if data.isascii() else _ADLER_SPAN
+    adler, view = zlib.adler32, memoryview(data)
+    total = sum([adler(view[i:i + span]) & 0xFFFF for i in range(0, n, span)])
+    return (total - (n + span - 1) // span) & 0xFF
