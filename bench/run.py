@@ -119,6 +119,8 @@ def make_rows(p: Plan) -> dict[str, Row]:
                        target=step_target[0], check=step_target[1]),
         "vcont": Row("raw `vCont;s:N` single-steps/s, 1 vCPU", "/s", target=step_target[0],
                      check=step_target[1]),
+        "s-floor": Row("raw `s`, the floor: a null Python responder, no VM (bench/floor.py)",
+                       "/s"),
         "stepi": Row(f"gdb 13 `stepi {p.stepi}`, steps/s, 1 vCPU", "/s",
                      target="≥ 1× QEMU TCG", check=at_least("tcg", 1)),
         "stepi4": Row(f"gdb 13 `stepi {p.stepi}`, steps/s, ours 4 vCPUs (`vCont;s:1;c`)",
@@ -240,9 +242,23 @@ def phase_raw(p: Plan, rows: dict[str, Row], peers: dict[str, bool], base=None):
             return rows["s-intel"]
         return rows["s" if packet == b"s" else "vcont"]
 
+    floor = None
+    try:
+        floor = targets.start_floor()
+        floor_session = floor.to_cpu_loop()
+    except Exception as err:  # noqa: BLE001
+        log(f"floor: cannot start: {err}")
+        rows["s-floor"].na("ours", "did not start")
+        if floor is not None:
+            floor.stop()
+        floor = None
+
     # Single steps, round-robin over debuggees, trial by trial.
     for trial in range(p.trials):
         fresh_udb()
+        if floor is not None:
+            attempt(rows["s-floor"], "ours", "floor b's'",
+                    lambda: measure.step_rates(floor_session, b"s", 1, p.seconds))
         for key, s in list(sessions.items()):
             for packet in (b"s", b"vCont;s:{t}"):
                 if key.endswith("-intel") and packet != b"s":
@@ -251,11 +267,14 @@ def phase_raw(p: Plan, rows: dict[str, Row], peers: dict[str, bool], base=None):
                 attempt(row, col_of(key), f"{key} {packet!r}",
                         lambda s=s, packet=packet: measure.step_rates(s, packet, 1, p.seconds))
         log(f"steps: trial {trial + 1}/{p.trials} done")
-    if "ours-intel" in sessions:  # the intel row compares with the same peers
+    for key in ("s-intel", "s-floor"):  # these rows compare with the same peers
         for col in ("tcg", "kvm", "udb"):
-            rows["s-intel"].samples[col] = rows["s"].samples.get(col, [])
+            rows[key].samples[col] = rows["s"].samples.get(col, [])
             if col in rows["s"].notes:
-                rows["s-intel"].notes[col] = rows["s"].notes[col]
+                rows[key].notes[col] = rows["s"].notes[col]
+    if floor is not None:
+        floor_session.close()
+        floor.stop()
     for key in ("ours-intel", "base-intel"):
         if key in sessions:
             sessions.pop(key).close()
@@ -687,7 +706,7 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - t0
     load_after = sysinfo.load()
 
-    ordered = [rows[k] for k in ("s", "s-intel", "vcont", "stepi", "stepi4", "m", "x", "dump",
+    ordered = [rows[k] for k in ("s", "s-intel", "s-floor", "vcont", "stepi", "stepi4", "m", "x", "dump",
                                  "bp", "bp4", "ctrlc", "speed", "speed-d", "loop", "first-line",
                                  "first-line-nocache", *SMP_ROWS, "linux-boot",
                                  "linux-loop", "checker")]

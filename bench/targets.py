@@ -257,6 +257,16 @@ def start_qemu(accel: str, smp: int = 1) -> Target:
     return t
 
 
+def start_floor() -> Target:
+    """bench/floor.py: a null Python responder, no VM (the floor for a Python stub)."""
+    port = free_port()
+    proc = subprocess.Popen([PYTHON, "-m", "bench.floor", str(port)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Rsp retries connecting until it listens.
+    return Target("floor", "null Python responder (bench/floor.py)", proc, port,
+                  patch_int3=False)
+
+
 def start_udb() -> Target:
     port = free_port()
     env = {**os.environ, "UC_IGNORE_REG_BREAK": "1"}  # Unicorn's per-register warnings
