@@ -39,7 +39,7 @@ from stub.vmm.boot import tables
 from stub.vmm.idt import CpuState, Entered
 from stub.vmm.kick import Kick
 from stub.vmm.ram import PAGE, GuestRam
-from stub.vmm.regs import MSR_EFER, RegisterFile
+from stub.vmm.regs import MSR_EFER, RegisterFile, batch_reader
 from stub.vmm.segments import Segment
 from stub.vmm.ucenv import ExceptionState
 from stub.vmm.ucgil import emu_start_held as _emu_start_held
@@ -62,6 +62,10 @@ SHORT_TF = 2  # the trap flag ends it after one instruction
 _uc_reg_read = uclib.uc_reg_read
 _uc_reg_write = uclib.uc_reg_write
 
+# What a step reads at each stop, in one uc_reg_read_batch (Cpu.state): RIP, RFLAGS,
+# DR6 and the paging registers (CR0, CR4, EFER, CR3), as 64-bit words of the batch.
+_STATE = (X.UC_X86_REG_RIP, X.UC_X86_REG_RFLAGS, X.UC_X86_REG_DR6, X.UC_X86_REG_CR0,
+          X.UC_X86_REG_CR4, (X.UC_X86_REG_MSR, MSR_EFER), X.UC_X86_REG_CR3)
 _GPRS = tuple(getattr(X, f"UC_X86_REG_{n}") for n in (
     "RAX", "RBX", "RCX", "RDX", "RSI", "RDI", "RBP", "RSP",
     "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15"))
@@ -124,6 +128,7 @@ class Cpu:
         self._msr = _Msr()
         self._msr_ref = ctypes.byref(self._msr)
         self._paging: tuple[int, int, int, int] | None = None
+        self._state = batch_reader(self.uc, _STATE)
         self._seg_ctx = None  # the context segment loads reuse (segments.load)
         self.short = 0  # 0 or SHORT_*: set by a step mechanism around its slice
         self._in_guest = False  # inside emu_start (hooks run then)
@@ -246,6 +251,15 @@ class Cpu:
         segments are taken as 64-bit too; no kernel steps through one for long)."""
         return bool(self.msr(MSR_EFER) & EFER_LMA)
 
+    def state(self) -> tuple[int, int, int]:
+        """(RIP, RFLAGS, DR6) in one C call, which also reads the paging registers:
+        outside a slice they are kept as ``_load_paging`` keeps them (until the next
+        slice or ``invalidate``), so a step's fetch and translations read none."""
+        rip, rflags, dr6, cr0, cr4, efer, cr3 = self._state()
+        if not self._in_guest:
+            self._paging = (cr0, cr4, efer, cr3)
+        return rip, rflags, dr6
+
     @property
     def rip(self) -> int:
         return self.reg(X.UC_X86_REG_RIP)
@@ -331,9 +345,15 @@ class Cpu:
         except VmmError:
             return False
 
-    def set_tf(self, on: bool) -> None:
-        flags = self.rflags
-        self.rflags = flags | TF if on else flags & ~TF
+    def set_tf(self, on: bool, flags: int | None = None) -> int:
+        """RFLAGS.TF ``on``; ``flags``: RFLAGS as just read, if the caller has it. Writes
+        only a change. Returns RFLAGS as it is now."""
+        if flags is None:
+            flags = self.rflags
+        new = flags | TF if on else flags & ~TF
+        if new != flags:
+            self.rflags = new
+        return new
 
     # -- guest-virtual memory ---------------------------------------------------------
     def translate(self, gva: int) -> int:
@@ -343,8 +363,7 @@ class Cpu:
         """CR0, CR4, EFER, CR3, read once per stop (a step translates a few times) and
         kept until the next slice or register write (``invalidate``); read
         afresh each time inside a slice (a hook's), where the guest may change them."""
-        paging_regs = (self.reg(X.UC_X86_REG_CR0), self.reg(X.UC_X86_REG_CR4),
-                       self.msr(MSR_EFER), self.reg(X.UC_X86_REG_CR3))
+        paging_regs = self._state()[3:]
         if not self._in_guest:
             self._paging = paging_regs
         return paging_regs
@@ -386,6 +405,12 @@ class Cpu:
     def fetch(self, rip: int) -> bytes:
         """The bytes of the instruction at ``rip`` (fewer where translation ends)."""
         return self.read_upto(self.code_address(rip), insn.MAX_INSN)
+
+    def fetch_insn(self, rip: int) -> tuple[bytes, bool]:
+        """``fetch(rip)`` and ``long_mode()`` read from the same paging registers (the
+        kept ones outside a slice: one C call for both, none after ``state``)."""
+        code = self.read_upto(self.code_address(rip), insn.MAX_INSN)
+        return code, bool((self._paging or self._load_paging())[2] & EFER_LMA)
 
     def byte_at(self, ip: int) -> int | None:
         """The code byte at ``ip`` (a RIP value; see ``code_address``), or None when it

@@ -128,9 +128,9 @@ class EmulatedVm(Vm):
     def write_phys(self, gpa: int, data: bytes) -> None:
         self.ram.write(gpa, data)
         if data:
-            for vcpu in self.vcpus:
-                vcpu.mark_dirty(gpa, gpa + len(data))
-            self.ticker.poke()
+            kicked = [vcpu.mark_dirty(gpa, gpa + len(data)) for vcpu in self.vcpus]
+            if any(kicked):  # a parked vCPU has no kick to lose: the ticker sleeps on
+                self.ticker.poke()
 
     def shutdown(self) -> None:
         self._stopping = True

@@ -31,7 +31,8 @@ class HiddenTf:
     # -- the capability -----------------------------------------------------------------
     def enable(self) -> None:
         if not self.shadow.is_on:
-            self._apply(self.shadow.enable(bool(self._cpu.rflags & TF)))
+            flags = self._cpu.rflags
+            self._apply(self.shadow.enable(bool(flags & TF)), flags=flags)
 
     def disable(self) -> None:
         if self.shadow.is_on:
@@ -58,11 +59,14 @@ class HiddenTf:
     def intercept_popf(self) -> None:
         self._apply(self.shadow.intercept_popf())
 
-    def trace_trap(self) -> bool:
+    def trace_trap(self, rflags: int | None = None) -> bool:
         """The step's #DB came. Fixes the pushf image if one is pending; True when the
-        guest single-steps itself and must get its own #DB now."""
-        actions = self.shadow.trace_trap(bool(self._cpu.rflags & TF))
-        self._apply(actions)
+        guest single-steps itself and must get its own #DB now. ``rflags``: RFLAGS as
+        the caller just read it (None: read here)."""
+        if rflags is None:
+            rflags = self._cpu.rflags
+        actions = self.shadow.trace_trap(bool(rflags & TF))
+        self._apply(actions, flags=rflags)
         return any(isinstance(a, ReflectDebugTrap) for a in actions)
 
     def event_delivered(self, frame_slot: int) -> None:
@@ -70,10 +74,14 @@ class HiddenTf:
         debugger's TF; give it the guest's."""
         self._apply(self.shadow.event_delivered(), frame_slot)
 
-    def _apply(self, actions: Iterable[TfAction], frame_slot: int = 0) -> None:
+    def _apply(self, actions: Iterable[TfAction], frame_slot: int = 0,
+               flags: int | None = None) -> None:
+        """Carry out the shadow's actions in order. ``flags``: RFLAGS as just read (None:
+        read when needed); only SetTrapFlag changes it, and a write that changes
+        nothing is skipped."""
         for action in actions:
             if isinstance(action, SetTrapFlag):
-                self._cpu.set_tf(action.value)
+                flags = self._cpu.set_tf(action.value, flags)
             elif isinstance(action, FixFlagsImage):
                 where = self._cpu.rsp if action.where == "stack" else frame_slot
                 try:

@@ -89,10 +89,13 @@ class Mailbox:
             self.cond.notify_all()
             return self.in_guest
 
-    def mark_dirty(self, start: int, end: int) -> None:
+    def mark_dirty(self, start: int, end: int) -> bool:
+        """Guest code in [start, end) was written (kicking a running slice). True when
+        it kicked (the ticker should then repeat a kick Unicorn may lose)."""
         with self.cond:
             self.dirty.append((start, end))
             self._kick_locked()
+            return self.in_guest
 
     def mark_points(self) -> bool:
         """The debugger's armed points changed: the vCPU applies them to its own

@@ -23,6 +23,7 @@ Unicorn quirks handled here:
 from __future__ import annotations
 
 import ctypes
+import operator
 from collections.abc import Callable, Iterable, Mapping
 
 from unicorn import Uc, UcError
@@ -120,6 +121,38 @@ def _st_decoder(fp: int, i: int) -> Callable[[list[int]], int]:
         phys = fp + 1 + ((top + i) & 7)
         return (w[2 * phys + 1] & 0xFFFF) << 64 | w[2 * phys]
     return decode
+
+
+def batch_reader(uc: Uc, regs: tuple[int | tuple[int, int], ...]
+                 ) -> Callable[[], tuple[int, ...]]:
+    """A reader of these registers in one ``uc_reg_read_batch`` (their values, in the
+    order given). Each is a Unicorn id of a register Unicorn writes whole 64-bit
+    values for (no masking is done), or ``(UC_X86_REG_MSR, index)`` for an MSR. Each
+    slot always holds the same register, so a narrower write could not leave another
+    register's bytes behind either."""
+    n = len(regs)
+    words = (ctypes.c_uint64 * (2 * n))()
+    base = ctypes.addressof(words)
+    ids = (ctypes.c_int * n)(*(r[0] if isinstance(r, tuple) else r for r in regs))
+    ptrs = (ctypes.c_void_p * n)(*(base + _SLOT * i for i in range(n)))
+    picks = []
+    for i, reg in enumerate(regs):
+        if isinstance(reg, tuple):  # uc_x86_msr: the index in, the value after it
+            words[2 * i] = reg[1]
+            picks.append(2 * i + 1)
+        else:
+            picks.append(2 * i)
+    pick = operator.itemgetter(*picks)
+    getter = pick if n > 1 else lambda w: (pick(w),)  # a tuple for one register too
+    handle = uc._uch
+
+    def read() -> tuple[int, ...]:
+        status = _uc_reg_read_batch(handle, ids, ptrs, n)
+        if status:
+            raise UcError(status)
+        return getter(words)
+
+    return read
 
 
 class RegisterFile:

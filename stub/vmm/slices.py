@@ -114,16 +114,18 @@ class SliceRunner:
         return self._code.active
 
     def run(self, mode: SliceMode, irq_seen: int | None = None,
-            irq_waiting: bool = False, free: bool = False) -> bool:
+            irq_waiting: bool = False, free: bool = False, rip: int | None = None) -> bool:
         """One emu_start in ``mode``. False when a request came first (an interrupt
         request too, when ``irq_seen`` is the mailbox's ``irq_seq`` the caller decided
         on): the run loop goes round again to honour it. ``irq_waiting``: a request
         waits for IF=1 (the ticker kicks the slice until it ends: Mailbox.rekick).
         ``free``: the vCPU runs free (a free slice is so anyway), so guest time runs on
-        after this slice (Mailbox.leave_guest)."""
+        after this slice (Mailbox.leave_guest). ``rip``: the current RIP, if the
+        caller has just read it."""
         self._arm(mode)
         cpu = self._cpu
-        rip = cpu.rip
+        if rip is None:
+            rip = cpu.rip
         mail = self._mail
         turn = self._turn
         if turn is not None:
@@ -252,9 +254,10 @@ class SliceRunner:
         read it already). Returns (exit, ran, what insn.classify calls it). ``free``:
         not a step, the free run's instruction in an interrupt shadow."""
         cpu = self._cpu
-        rip = cpu.rip if rip is None else rip
-        kind = insn.classify(cpu.fetch(rip), cpu.long_mode())[0]
-        if not self.run(SliceMode.SINGLE, free=free):
+        if rip is None:
+            rip = cpu.state()[0]  # one C call with the paging registers the fetch reads
+        kind = insn.classify(*cpu.fetch_insn(rip))[0]
+        if not self.run(SliceMode.SINGLE, free=free, rip=rip):
             return None, False, kind
         exit_ = self.outcome()
         if kind == "hlt" and self.event is None and self.error is None and cpu.rip != rip:

@@ -488,10 +488,10 @@ class EmulatedVcpu(Vcpu):
         if self._mail.mark_points():
             self._vm.ticker.poke()  # repeats the kick if Unicorn loses it
 
-    def mark_dirty(self, start: int, end: int) -> None:
+    def mark_dirty(self, start: int, end: int) -> bool:
         """Guest code in [start, end) was written: drop its translations before the
-        next slice (kicking a running one)."""
-        self._mail.mark_dirty(start, end)
+        next slice (kicking a running one). True when it kicked one."""
+        return self._mail.mark_dirty(start, end)
 
     def stop(self) -> None:
         """The VM is over or shutting down: leave the guest and wake every waiter."""
