@@ -86,6 +86,10 @@ class EmulatedVcpu(Vcpu):
         self._free = FreeRun(self.cpu, self._mail, self._slices, self._events)
         self._ranger = RangeRun(self.cpu, self._slices, self._events, self._tf)
         self._asked = dict.fromkeys(Cap, False)  # step capabilities (BPT_EXIT: the mailbox)
+        # The CPU model's capabilities as tuples: membership by identity, without the
+        # Enum's Python-level __hash__ a frozenset lookup calls (4 per step).
+        self._settable = tuple(vm.cpu_model.settable)
+        self._readable = tuple(vm.cpu_model.readable)
         self._end: VmExit | None = None  # this vCPU ended the VM: its exit, for every run()
         self._pending: VmExit | None = None  # an exit complete_access led to, for run()
         self._range: tuple[int, int] | None = None  # the next step's range (RANGE_STEP)
@@ -128,14 +132,14 @@ class EmulatedVcpu(Vcpu):
 
     # ================================================================ capabilities
     def get_capability(self, cap: Cap) -> bool:
-        model = self._vm.cpu_model
-        if cap not in model.readable:
+        if cap not in self._readable:
+            model = self._vm.cpu_model
             raise CapabilityUnsupported(f"{model.name}: cannot read {cap.value}")
         return self._mail.bpt_exit_asked if cap is Cap.BPT_EXIT else self._asked[cap]
 
     def set_capability(self, cap: Cap, on: bool) -> None:
-        model = self._vm.cpu_model
-        if cap not in model.settable:
+        if cap not in self._settable:
+            model = self._vm.cpu_model
             raise CapabilityUnsupported(f"{model.name}: no {cap.value}")
         on = bool(on)
         if cap is Cap.BPT_EXIT:
