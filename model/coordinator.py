@@ -279,7 +279,9 @@ class Coordinator:
                 self._fire(i, "release_step")
                 if how is Resume.RANGE:
                     self.ranging.add(i)
-                    self._out.append(StepRange(i, *request.range_of(i)))
+                    span = request.range_of(i)
+                    assert span is not None, "a RANGE plan comes from the request's range"
+                    self._out.append(StepRange(i, *span))
             self._out.append(ClearSuspend(i))
         return self._out
 

@@ -56,6 +56,7 @@ def probe_step_config(has_cap: Callable[[Cap], bool], can_set: Callable[[Cap], b
 
     ``has_cap(cap)``: does reading the capability succeed (libvmmapi ``vm_get_capability``)?
     ``can_set(cap)``: does setting it on (and back off) succeed?"""
-    mode = next((m for m in PROBE_ORDER if has_cap(m.cap)), StepMode.NONE)
+    mode = next((m for m in PROBE_ORDER if m.cap is not None and has_cap(m.cap)),
+                StepMode.NONE)
     mask = mode is not StepMode.NONE and can_set(Cap.MASK_HWINTR)
     return StepConfig(mode, mask)

@@ -116,9 +116,12 @@ class Session:
         """``T05thread:01;swbreak:;...`` / ``watch:ADDR;``. ``swbreak``/``hwbreak``
         only to a gdb that announced them (qSupported): it then leaves the PC as the
         stub reports it. The watch reasons are as old as the protocol: always."""
-        reason, watch = stop.reason, None
+        reason = stop.reason
+        watch: tuple[str, int] | None = None
         if reason in WATCH_REASONS:
-            reason, watch = None, (reason, stop.addr)
+            assert reason is not None and stop.addr is not None, "a watch has its address"
+            watch = (reason, stop.addr)
+            reason = None
         elif (reason == "swbreak" and not self.swbreak) or (
                 reason == "hwbreak" and not self.hwbreak):
             reason = None
@@ -170,10 +173,14 @@ class Session:
     # Every configured vCPU is a thread from reset, started or not (stub.threads):
     # thread N is vCPU N-1 always. One not started yet has its reset registers, and
     # the coordinator refuses to resume it alone (BadVcpu, a clear E. reply).
-    def _vcpu_of(self, thread: P.ThreadId, allow_all: bool = False) -> int | None:
-        """vCPU index for a thread id; None for "all" where allowed."""
+    def _vcpu_or_all(self, thread: P.ThreadId) -> int | None:
+        """vCPU index for a thread id; None for "all"."""
+        return None if thread.is_all else self._vcpu_of(thread)
+
+    def _vcpu_of(self, thread: P.ThreadId) -> int:
+        """vCPU index for a thread id; "all" means vCPU 0 where one vCPU is needed."""
         if thread.is_all:
-            return None if allow_all else 0
+            return 0
         if thread.is_any:
             return self.g_vcpu
         vcpu = T.vcpu_of_thread(thread.tid)
@@ -182,11 +189,10 @@ class Session:
         return vcpu
 
     def _SetThread(self, cmd: P.SetThread) -> bytes:
-        vcpu = self._vcpu_of(cmd.thread, allow_all=cmd.op == "c")
         if cmd.op == "g":
-            self.g_vcpu = vcpu
+            self.g_vcpu = self._vcpu_of(cmd.thread)
         else:
-            self.c_vcpu = vcpu
+            self.c_vcpu = self._vcpu_or_all(cmd.thread)
         return P.OK
 
     def _ThreadAlive(self, cmd: P.ThreadAlive) -> bytes:
@@ -258,7 +264,7 @@ class Session:
         # gdb allows a stub to stop a range step anywhere, and simply steps again.
         ranges = (any(a.range is not None for a in cmd.actions)
                   and self.rt.supports(Feature.RANGE_STEP))
-        items = []
+        items: list[tuple] = []  # from_vcont's items: (letter, vcpu[, range])
         for a in cmd.actions:
             vcpu = None if a.thread is None or a.thread.is_all else self._vcpu_of(a.thread)
             if a.range is None or not ranges:

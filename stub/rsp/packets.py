@@ -648,12 +648,12 @@ def _parse(p: bytes) -> Command:
     return Unknown(p)
 
 
-def parse(payload: bytes) -> Command:
-    """Parse one packet payload. Never raises on any input."""
-    payload = bytes(payload)
-    if payload and payload[0] in _REPEATED and len(payload) <= _REPEATED_MAX:
-        return _parse_repeated(payload)
-    return _parse_checked(payload)
+def parse(payload: bytes | bytearray | memoryview) -> Command:
+    """Parse one packet payload (any bytes-like object). Never raises on any input."""
+    p = bytes(payload)
+    if p and p[0] in _REPEATED and len(p) <= _REPEATED_MAX:
+        return _parse_repeated(p)
+    return _parse_checked(p)
 
 
 def _parse_checked(payload: bytes) -> Command:
@@ -695,13 +695,17 @@ def binary_memory_reply(data: bytes) -> bytes:
 def stop_reply(
     signal: int,
     thread: int | None = None,
-    reason: Literal["swbreak", "hwbreak"] | None = None,
+    reason: str | None = None,
     registers: Mapping[int, bytes] | None = None,
     *,
     pid: int | None = None,
-    watch: tuple[Literal["watch", "rwatch", "awatch"], int] | None = None,
+    watch: tuple[str, int] | None = None,
 ) -> bytes:
     """``T05thread:01;swbreak:;06:<hex>;07:<hex>;10:<hex>;``.
+
+    ``reason``: ``swbreak``, ``hwbreak`` or None; ``watch``: (``watch``, ``rwatch`` or
+    ``awatch``, address). Any other reason or kind is a ValueError (checked here, at run
+    time: stop reasons come from the model as plain strings).
 
     ``registers`` maps gdb register numbers (remote numbering, as in target.xml) to their
     bytes in target order; gdb caches them and skips the ``g``/``p`` it would otherwise

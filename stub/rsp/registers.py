@@ -272,13 +272,13 @@ LAYOUTS: dict[str, RegisterLayout] = {layout.arch: layout for layout in (X86_64,
 DEFAULT_LAYOUT = X86_64
 
 
-def layout_for(arch: str) -> RegisterLayout:
+def layout_for(arch: object) -> RegisterLayout:
     """The layout for a gdb architecture name (``"i386"``, ``"i386:x86-64"``);
-    ValueError for any other."""
-    try:
+    ValueError for any other name or any other object (a VM's boot information is
+    duck-typed)."""
+    if isinstance(arch, str) and arch in LAYOUTS:
         return LAYOUTS[arch]
-    except (KeyError, TypeError):
-        raise ValueError(f"no register layout for architecture {arch!r}") from None
+    raise ValueError(f"no register layout for architecture {arch!r}")
 
 
 #: Annexes served by qXfer:features:read (every layout serves its own as target.xml).
