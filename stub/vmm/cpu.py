@@ -409,8 +409,17 @@ class Cpu:
     def fetch_insn(self, rip: int) -> tuple[bytes, bool]:
         """``fetch(rip)`` and ``long_mode()`` read from the same paging registers (the
         kept ones outside a slice: one C call for both, none after ``state``)."""
-        code = self.read_upto(self.code_address(rip), insn.MAX_INSN)
-        return code, bool((self._paging or self._load_paging())[2] & EFER_LMA)
+        regs = self._paging or self._load_paging()
+        long_mode = bool(regs[2] & EFER_LMA)
+        addr = self.code_address(rip)
+        if addr & (PAGE - 1) <= PAGE - insn.MAX_INSN:  # within one page: one translation
+            try:
+                gpa = paging.translate(self.ram, *regs, addr)
+            except VmmError:
+                return b"", long_mode
+            if gpa + insn.MAX_INSN <= self.ram.size:
+                return bytes(self.ram.view[gpa:gpa + insn.MAX_INSN]), long_mode
+        return self.read_upto(addr, insn.MAX_INSN), long_mode
 
     def byte_at(self, ip: int) -> int | None:
         """The code byte at ``ip`` (a RIP value; see ``code_address``), or None when it

@@ -211,9 +211,12 @@ class Mailbox:
             return self.kicked
 
     def time_off(self) -> None:
-        """run() returns: this vCPU no longer keeps guest time running."""
-        with self.cond:
-            self._time_off_locked()
+        """run() returns: this vCPU no longer keeps guest time running. (``_timing`` is
+        written only by the thread running the vCPU, this one: an unlocked look
+        saves the lock when a step's slice already stopped its time.)"""
+        if self._timing:
+            with self.cond:
+                self._time_off_locked()
 
     def time_off_locked(self) -> None:
         self._time_off_locked()

@@ -88,3 +88,17 @@ def test_write_phys_pokes_the_ticker_only_for_a_kicked_slice():
     finally:
         vm.vcpus[1]._mail.in_guest = False
         vm.shutdown()
+
+
+def test_fetch_insn_reads_what_fetch_reads_at_every_page_offset():
+    cpu = _cpu()
+    cpu.ram.write(0x20_3000, bytes(range(256)) * 32)  # two pages, identity-mapped
+    cpu.state()
+    for rip in (0x20_3000, 0x20_3123, 0x20_3FF1, 0x20_3FF2, 0x20_3FF8, 0x20_3FFF, 0x20_4FF8):
+        assert cpu.fetch_insn(rip) == (cpu.fetch(rip), True), hex(rip)
+    end = cpu.ram.size
+    for rip in (end - 15, end - 8, end - 1, end, 1 << 47):  # RAM's end; no translation
+        assert cpu.fetch_insn(rip) == (cpu.fetch(rip), True), hex(rip)
+    assert cpu.fetch_insn(end - 8)[0] == cpu.ram.read(end - 8, 8)
+    assert cpu.fetch_insn(1 << 47)[0] == b""  # not canonical
+    assert cpu.fetch_insn(0x20_3FF8)[0] == cpu.ram.read(0x20_3FF8, 15)  # across the pages
