@@ -21,8 +21,10 @@ tests/vmm/boot/test_unicorn_modes.py):
   ``until - 1``, which walks the page tables and leaves a hidden #GP/#PF as QEMU's
   "exception in flight" (the next fault then becomes a double fault). Enabling exits
   with an empty exit set turns ``until`` off; vCPUs run until told to stop;
-- the binding's ``reg_read`` costs ~1.3 us, the C function ~0.4 us: the step path
-  reads 64-bit registers through the latter.
+- the binding's ``reg_read`` costs ~1.3 us, the C function ~0.4 us (1-2 us on a busy
+  shared host), and ``uc_reg_read_batch`` of seven registers about twice one read: a
+  step reads what it needs at each stop in one batch (``state``), and single 64-bit
+  registers through the C function.
 """
 
 from __future__ import annotations
@@ -223,8 +225,8 @@ class Cpu:
             raise VmmError(f"the 32-bit entry did not reach {entry:#x} (at {self.rip:#x})")
 
     # -- frequently used registers ----------------------------------------------------
-    # The binding's reg_read costs ~1.3 us (register-class lookup); a step reads about
-    # ten registers, so 64-bit ones go straight to the C function (~0.4 us).
+    # The binding's reg_read costs ~1.3 us (register-class lookup), so 64-bit ones go
+    # straight to the C function (~0.4 us); what a step reads at a stop: ``state``.
     def reg(self, reg: int) -> int:
         self._value.value = 0  # narrower registers (selectors) fill only the low bytes
         status = _uc_reg_read(self._handle, reg, self._ref)
