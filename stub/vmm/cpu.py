@@ -365,7 +365,8 @@ class Cpu:
         """CR0, CR4, EFER, CR3, read once per stop (a step translates a few times) and
         kept until the next slice or register write (``invalidate``); read
         afresh each time inside a slice (a hook's), where the guest may change them."""
-        paging_regs = self._state()[3:]
+        _, _, _, cr0, cr4, efer, cr3 = self._state()
+        paging_regs = (cr0, cr4, efer, cr3)
         if not self._in_guest:
             self._paging = paging_regs
         return paging_regs
