@@ -18,6 +18,14 @@ it cannot finish on a borrowed thread (the server must keep reading gdb), so a b
 ``run(max_instructions=1)`` gives it back unfinished and the vCPU's own thread waits
 for the interrupt as usual.
 
+A lone continue is lent too, for a while. When a resume releases one vCPU alone for a
+continue (a one-vCPU guest, gdb's scheduler-locking) and the backend offers
+``Feature.LEND_RUN``, that vCPU first runs on the server thread for at most
+``LENT_RUN``: going from one breakpoint hit to the next (gdb's ``z0``, ``s``, ``Z0``,
+``vCont;c``) then costs no thread hand-off at all. When the time runs out or the vCPU
+halts, the loan ends unfinished and its own thread carries on, as after a step into
+``hlt``.
+
 gdb's ``stepi`` among running vCPUs (``vCont;s:N;c``) releases the others too. The lent
 step keeps the GIL (the VMM's short calls and its one-instruction slice do not release
 it), so it ends before their threads could have entered the guest: that outcome of the
@@ -90,6 +98,12 @@ TRIPLE_FAULT_STATUS = 1
 # costs ~2-4 ms on 2 cores (the others then spin beside the step), so scripted stepping
 # pays a few percent; a human's steps, further apart, are all turns.
 PEER_TURN = 0.050
+# A continue that releases one vCPU alone (a one-vCPU guest, gdb's scheduler-locking)
+# first runs it on the thread that asked, for at most this long: a breakpoint hit within
+# it is reported without a thread hand-off either way (Runtime._run_here); past it the
+# vCPU's own thread takes over. Meanwhile the server reads nothing, so this also bounds
+# what it adds to a Ctrl-C's latency.
+LENT_RUN = 0.002
 # The stub itself failed (a bug, not the guest): sysexits' EX_SOFTWARE; even, so never
 # an isa-debug-exit status, which is always odd.
 STUB_FAILURE_STATUS = 70
@@ -167,6 +181,7 @@ class Runtime:
         # Only with vCPU threads (start()) and a backend that can lend; a
         # deterministic driver steps every vCPU itself.
         self._lending = False
+        self._lending_runs = False
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -174,6 +189,7 @@ class Runtime:
         # so a '?' always has a vCPU to name (proofs/ found the race otherwise).
         self.vcpu_started(0)
         self._lending = Feature.LEND in self.vm.features
+        self._lending_runs = Feature.LEND_RUN in self.vm.features
         for vcpu in self.vm.vcpus:
             t = threading.Thread(target=self._vcpu_main, args=(vcpu,),
                                  name=f"vcpu{vcpu.index}", daemon=True)
@@ -418,17 +434,30 @@ class Runtime:
             peers = [] if lone is None else self._peers_to_hold(lone)
             if peers is None:  # the others' turn: every vCPU runs on its own thread
                 lone, peers = None, []
+            limit = None
+            if lone is None:
+                lone = self._lone_run()
+                limit = None if lone is None else LENT_RUN
             if lone is not None:
                 for i in (lone, *peers):
                     self._lent[i] = True  # before _apply, so their threads are not woken
             self._apply(actions)
         if lone is not None:
-            self._step_here(lone, peers)
+            self._run_here(lone, peers, limit)
 
     def _lone_step(self) -> int | None:
         """The vCPU this resume armed for a step, if it is the only one. Called right
         after ``coord.resume``: every vCPU was parked, so every vCPU thread waits."""
         return self.coord.lone_step() if self._lending else None
+
+    def _lone_run(self) -> int | None:
+        """The vCPU this resume released for a continue, if it is the only vCPU that
+        runs (the others stay parked). Called right after ``coord.resume``."""
+        if not self._lending_runs:
+            return None
+        coord = self.coord
+        released = [i for i in coord.active if not coord.parked(i)]
+        return released[0] if len(released) == 1 else None
 
     def _peers_to_hold(self, lone: int) -> list[int] | None:
         """The vCPUs a ``vCont;s:N;c`` released besides its lone step, which this
@@ -446,17 +475,19 @@ class Runtime:
             return None
         return peers
 
-    def _step_here(self, i: int, peers: Sequence[int] = ()) -> None:
-        """Run vCPU i's step on this thread, then give the vCPU back to its own;
-        ``peers``: released vCPUs this thread holds (``_peers_to_hold``)."""
+    def _run_here(self, i: int, peers: Sequence[int] = (),
+                  limit: float | None = None) -> None:
+        """Run vCPU i's step (``limit`` None) or its continue for at most ``limit``
+        seconds on this thread, then give the vCPU back to its own; ``peers``: released
+        vCPUs this thread holds (``_peers_to_hold``)."""
         vcpu = self.vm.vcpus[i]
         try:
-            exit_ = vcpu.run_lent()
-            if exit_ is not None:  # None: halted, its own thread waits on
+            exit_ = vcpu.run_lent() if limit is None else vcpu.run_lent(limit)
+            if exit_ is not None:  # None: halted or out of time, its own thread goes on
                 self.vcpu_exited(vcpu, exit_)
             self._park_held(peers)
         except Exception:  # the same guard as a vCPU thread's: gdb must hear of it
-            log.exception("vCPU %d step failed", i)
+            log.exception("vCPU %d %s failed", i, "step" if limit is None else "run")
             self._guest_ended("X", SIGSEGV, f"vCPU {i} failed inside the stub")
         finally:
             with self.lock:

@@ -60,6 +60,7 @@ class Feature(enum.Enum):
     ``Vm.features`` and the runtime uses nothing it does not list."""
 
     LEND = "lend"                # Vcpu.run_lent(): a parked vCPU steps on the caller's thread
+    LEND_RUN = "lend_run"        # Vcpu.run_lent(limit): ... or runs there for a while
     BOUNDED_RUN = "bounded_run"  # Vcpu.run(max_instructions=k), for deterministic drivers
     DEBUG_POINTS = "debug_points"  # Vm.arm_point/disarm_point, HWBREAK/WATCH exits,
                                    # Vcpu.complete_access (docs/debug-points.md)
@@ -159,11 +160,15 @@ class Vcpu:
         included, is as without a bound."""
         raise NotImplementedError
 
-    def run_lent(self) -> VmExit | None:
+    def run_lent(self, limit: float | None = None) -> VmExit | None:
         """Only with ``Feature.LEND``. Run this parked vCPU, armed for a step, on the
         calling thread (its own thread is waiting and stays so) until the step's exit.
         Returns None, without blocking, when the step cannot finish without waiting
-        (``hlt`` with no interrupt to wake it): the vCPU's own thread then runs it."""
+        (``hlt`` with no interrupt to wake it): the vCPU's own thread then runs it.
+
+        Only with ``Feature.LEND_RUN``: a vCPU released with no step capability on (a
+        continue) runs there for at most ``limit`` seconds of wall time; its exit, or
+        None when the time ran out or it halted (its own thread then runs it on)."""
         raise NotImplementedError
 
     def inject_exception(self, vector: int, inst_length: int = 0) -> None:

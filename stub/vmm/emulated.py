@@ -107,6 +107,8 @@ class EmulatedVm(Vm):
             mmio.attach(vcpu.cpu.uc, self.bus, Requester(vcpu.index, vcpu.cpu.regs.get),
                         memory)
         self.ticker = Ticker(self) if ticker else NoTicker()
+        if ticker:  # the ticker's timer is what ends a lent run (EmulatedVcpu.run_lent)
+            self.features = self.features | {Feature.LEND_RUN}
         self.pv_timer = PvTimer(self.clock, timer_hz, self._post_ticks) \
             if self.paravirt_timer else None
         self._start_bsp()

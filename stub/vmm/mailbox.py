@@ -52,6 +52,9 @@ class Mailbox:
         # That emu_start is a free slice entered with a request waiting for IF=1: the
         # ticker kicks it every REKICK until it leaves (see ``rekick``). 0: not waiting.
         self.irq_waiting = 0
+        self.loan_over = False  # a lent run's time is up (Vcpu.run_lent with a limit)
+        self._lent = False  # a lent run is under way
+        self._loans = 0  # lent runs so far (a late end_loan finds its loan finished)
         self.bpt_exit_asked = False  # the setting last asked for
         self.bpt_exit = False  # the setting in effect: taken from the asked one at each entry
         self.points_stale = False  # the VM's armed points changed since this vCPU applied them
@@ -88,6 +91,26 @@ class Mailbox:
             self._kick_locked()
             self.cond.notify_all()
             return self.in_guest
+
+    def start_loan(self) -> int:
+        """A run lent to another thread for a while begins (the owner thread): the
+        loan's number, for ``end_loan``."""
+        with self.cond:
+            self._loans += 1
+            self._lent = True
+            return self._loans
+
+    def end_loan(self, loan: int) -> None:
+        """Loan ``loan``'s time is up (any thread): leave the slice and enter no other
+        until it is finished. A late call, for a loan already finished, does nothing."""
+        with self.cond:
+            if self._lent and loan == self._loans:
+                self.loan_over = True
+                self._kick_locked()
+
+    def finish_loan(self) -> None:
+        with self.cond:
+            self._lent = self.loan_over = False
 
     def mark_dirty(self, start: int, end: int) -> bool:
         """Guest code in [start, end) was written (kicking a running slice). True when
@@ -188,7 +211,7 @@ class Mailbox:
         waiting for IF=1; the ticker is woken to watch it (``rekick``)."""
         with self.cond:
             if self._vm_over() or not forced and (
-                    self.suspend or self.dirty or self.points_stale or (
+                    self.suspend or self.dirty or self.points_stale or self.loan_over or (
                         irq_seen is not None and irq_seen != self.irq_seq)):
                 return False
             self.bpt_exit = self.bpt_exit_asked

@@ -175,15 +175,27 @@ class EmulatedVcpu(Vcpu):
             return VmExit(ExitKind.BUDGET, rip=self.cpu.rip, detail="idle")
         return exit_
 
-    def run_lent(self) -> VmExit | None:
-        if not (self._mtrap.on or self._tf.on):
-            raise VmmError(f"vCPU {self.index} is lent without a step capability on")
+    def run_lent(self, limit: float | None = None) -> VmExit | None:
+        stepping = self._mtrap.on or self._tf.on
+        if not stepping and limit is None:
+            raise VmmError(f"vCPU {self.index} is lent without a step capability on "
+                           "or a time limit")
         self._slices.budget = None
+        mail = self._mail
+        timer = None
+        if not stepping:  # the loan ends when the time is up: a kick, then round the loop
+            clock = self._vm.clock
+            loan = mail.start_loan()
+            timer = clock.timer(lambda _deadline: mail.end_loan(loan))
+            timer.arm(clock.now() + int(limit * 1e9))
         try:
             exit_ = self._run(block=False)
         finally:
-            self._mail.in_run = False
-            self._mail.time_off()
+            if timer is not None:
+                timer.cancel()
+                mail.finish_loan()
+            mail.in_run = False
+            mail.time_off()
         if exit_ is _IDLE:
             return None  # the owner thread finishes the step (and its range)
         self._end_range()
@@ -256,6 +268,8 @@ class EmulatedVcpu(Vcpu):
                     self._take_init_locked()
                 if mail.suspend:
                     return VmExit(ExitKind.DEBUG, rip=self.cpu.rip)
+                if mail.loan_over:  # a lent run's time is up: its owner thread goes on
+                    return _IDLE
                 if mail.started and not (events.halted and not events.wakeable()):
                     return None
                 if not block:

@@ -162,3 +162,80 @@ def test_at_their_turn_every_vcpu_runs_on_its_own_thread(runtime, monkeypatch):
     in_run = step_with_the_others_continuing(runtime, monkeypatch, turn=0.0)
     assert {"vcpu0", "vcpu1", "vcpu2", "vcpu3"} <= set(in_run)
     assert threading.current_thread().name not in in_run
+
+
+# A loop the test puts breakpoints in; `far` is never reached while the loop runs.
+LOOPER = "main:\nloop: nop\n nop\nhit: nop\n jmp loop\nfar: hlt\n"
+
+
+def _vcpu_thread_ran(vcpu) -> threading.Event:
+    """Set when the vCPU's own thread next enters run()."""
+    ran = threading.Event()
+    run = vcpu.run
+
+    def wrapper(*args, **kwargs):
+        if threading.current_thread().name == f"vcpu{vcpu.index}":
+            ran.set()
+        return run(*args, **kwargs)
+    vcpu.run = wrapper
+    return ran
+
+
+@pytest.mark.parametrize("personality", ["amd", "intel"])
+def test_a_lone_continue_to_a_breakpoint_runs_on_the_callers_thread(runtime, personality):
+    vm, sym, rt, in_run = runtime(LOOPER, personality)
+    stops = stop_at(vm, sym, rt, "loop")
+    rt.insert_point(0, "sw", sym["hit"])
+    del in_run[:]
+    rt.resume(request({}, "c"))
+    event = stops.next()
+    assert event.stop.signal == SIGTRAP and rip(rt, event) == sym["hit"]
+    assert in_run == [threading.current_thread().name]  # no hand-off either way
+
+
+def test_a_long_continue_goes_back_to_the_vcpu_thread(runtime):
+    vm, sym, rt, in_run = runtime(LOOPER)
+    stops = stop_at(vm, sym, rt, "loop")
+    ran = _vcpu_thread_ran(vm.vcpus[0])
+    del in_run[:]
+    rt.resume(request({}, "c"))  # returns after LENT_RUN at the latest
+    assert ran.wait(WAIT), "the vCPU's own thread should take the run over"
+    assert rt.outbox.empty()
+    rt.interrupt()
+    event = stops.next()
+    assert event.stop.signal == SIGINT and sym["loop"] <= rip(rt, event) <= sym["hit"] + 1
+    assert in_run[0] == threading.current_thread().name and "vcpu0" in in_run
+    # Stopped and continued again: the loan's end must not linger into the next run.
+    rt.insert_point(0, "sw", sym["hit"])
+    rt.resume(request({}, "c"))
+    assert rip(rt, stops.next()) == sym["hit"]
+
+
+def test_a_continue_into_hlt_goes_back_to_the_vcpu_thread(runtime):
+    vm, sym, rt, in_run = runtime(HALTER)
+    stops = stop_at(vm, sym, rt, "t")
+    vcpu = vm.vcpus[0]
+    rt.resume(request({}, "c"))  # hlt at once: the server must not wait for the tick
+    assert vcpu.waiting.wait(WAIT), "the vCPU's own thread should wait in hlt"
+    assert rt.outbox.empty()
+    rt.interrupt()
+    event = stops.next()
+    assert event.stop.signal == SIGINT
+
+
+def test_a_continue_of_several_vcpus_is_not_lent(runtime):
+    vm, sym, rt, in_run = runtime(SPINNERS, vcpus=2)
+    stops = Stops(rt)
+    rt.attach()
+    rt.query_halt()
+    stops.next()
+    rt.resume(request({}, "c"))  # vCPU 0 alone: lent for a while, then it starts the AP
+    with rt.changed:  # the AP's thread registers it on its own time
+        assert rt.changed.wait_for(lambda: len(rt.coord.active) == 2, WAIT)
+    rt.interrupt()
+    stops.next()
+    del in_run[:]
+    rt.resume(request({}, "c"))
+    rt.interrupt()
+    stops.next()
+    assert threading.current_thread().name not in in_run

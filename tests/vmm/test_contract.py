@@ -17,8 +17,8 @@ from tests.vmm.conftest import MEMORY, WAIT, Console, Runner, guest, run_to_stop
 
 def test_the_vm_offers_lending_and_bounded_runs_and_hides_its_machine(make_vm):
     vm, _ = make_vm("main:\n int3\n")
-    assert vm.features == {Feature.LEND, Feature.BOUNDED_RUN, Feature.DEBUG_POINTS,
-                           Feature.RANGE_STEP, Feature.RESET}
+    assert vm.features == {Feature.LEND, Feature.LEND_RUN, Feature.BOUNDED_RUN,
+                           Feature.DEBUG_POINTS, Feature.RANGE_STEP, Feature.RESET}
     assert not hasattr(vm, "personality") and not hasattr(vm, "console_output")
     assert vm.cpu_model.name == "amd"
 
