@@ -64,11 +64,14 @@ class Mailbox:
         self._timing = False
 
     # -- requests (any thread) ----------------------------------------------------------
-    def request_suspend(self) -> None:
+    def request_suspend(self) -> bool:
+        """True when it kicked a slice (the ticker should then repeat a kick Unicorn may
+        lose); a vCPU outside the guest sees the request before it enters again."""
         with self.cond:
             self.suspend = True
             self._kick_locked()
             self.cond.notify_all()
+            return self.in_guest
 
     def clear_suspend(self) -> None:
         with self.cond:

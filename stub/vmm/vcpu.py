@@ -327,8 +327,10 @@ class EmulatedVcpu(Vcpu):
         self._range = (start, end)
 
     def request_suspend(self) -> None:
-        self._mail.request_suspend()
-        self._vm.ticker.poke()
+        # Only a vCPU in the guest needs the ticker's repeated kicks: waking it for the
+        # others cost a thread wake-up per held vCPU at every stop of a lone step.
+        if self._mail.request_suspend():
+            self._vm.ticker.poke()
 
     def clear_suspend(self) -> None:
         self._mail.clear_suspend()
