@@ -41,6 +41,7 @@ from stub.vmm.boot import tables
 from stub.vmm.idt import CpuState, Entered
 from stub.vmm.kick import Kick
 from stub.vmm.ram import PAGE, GuestRam
+from stub.vmm.rawhooks import RawHook
 from stub.vmm.regs import MSR_EFER, RegisterFile, batch_reader
 from stub.vmm.segments import Segment
 from stub.vmm.ucenv import ExceptionState
@@ -87,10 +88,13 @@ class OptionalHook:
     their addresses up through the current page tables, which can leave a hidden
     fault in flight (see ucenv): it is forgotten at once."""
 
-    def __init__(self, cpu: Cpu, kind: int, callback):
+    def __init__(self, cpu: Cpu, kind: int, callback, raw: bool = False):
+        """``raw``: a ``rawhooks.RawHook`` (``callback`` then takes no ``uc`` and no
+        user data: ``(intno)`` or ``(address, size)``); else the binding's hook."""
         self._cpu = cpu
         self._kind = kind
         self._callback = callback
+        self._raw = RawHook(cpu.uc, kind, callback) if raw else None
         self._handle: int | None = None
 
     @property
@@ -100,11 +104,18 @@ class OptionalHook:
     def on(self) -> None:
         if self._handle is None:
             self._cpu.uc.ctl_flush_tb()
-            self._handle = self._cpu.uc.hook_add(self._kind, self._callback)
+            if self._raw is not None:
+                self._raw.on()
+                self._handle = 0
+            else:
+                self._handle = self._cpu.uc.hook_add(self._kind, self._callback)
 
     def off(self) -> None:
         if self._handle is not None:
-            self._cpu.uc.hook_del(self._handle)
+            if self._raw is not None:
+                self._raw.off()
+            else:
+                self._cpu.uc.hook_del(self._handle)
             self._handle = None
             self._cpu.exc.forget()
 

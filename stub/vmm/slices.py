@@ -24,7 +24,7 @@ from unicorn import UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INTR, UcError
 from unicorn import x86_const as X
 
 from model.points import Point
-from stub.vmm import cpuid, idt, insn, syscall
+from stub.vmm import cpuid, idt, insn, rawhooks, syscall
 from stub.vmm.api import VmExit
 from stub.vmm.bus import Bus, PowerOff, Requester
 from stub.vmm.cpu import Cpu, OptionalHook
@@ -98,10 +98,12 @@ class SliceRunner:
         self.watch = WindowWatch(cpu, timer_period)
         self._insns = 0
         self._limit = 1  # instructions the code hook lets a slice run
-        self._code = OptionalHook(cpu, UC_HOOK_CODE, self._on_code)
+        self._code = OptionalHook(cpu, UC_HOOK_CODE, self._on_code, raw=True)
         self.points = PointHooks(cpu, self._on_point, self._on_pass, self._on_point_stop)
         uc = cpu.uc
-        uc.hook_add(UC_HOOK_INTR, self._on_intr)
+        self._stop = rawhooks.stopper(uc)
+        self._intr = rawhooks.RawHook(uc, UC_HOOK_INTR, self._on_intr)
+        self._intr.on()
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
@@ -282,17 +284,18 @@ class SliceRunner:
         """A hook of another part ended the slice before an instruction."""
         self._note(STOP)
 
-    def _on_intr(self, uc, intno: int, _data) -> None:
+    # The interrupt and code hooks are raw (rawhooks.py): one frame per call on a step.
+    def _on_intr(self, intno: int) -> None:
         self._note(_EXCEPTIONS[intno])
-        uc.emu_stop()
+        self._stop()
 
-    def _on_code(self, uc, _address: int, _size: int, _data) -> None:
+    def _on_code(self, _address: int, _size: int) -> None:
         self._insns += 1
         # SINGLE: the one instruction is done, stop before the next. BOUNDED: the
         # budget is spent, or a waiting interrupt can now be taken (IF=1).
         if self._insns > self._limit or (self.watch_if and self._cpu.rflags & idt.IF):
             self._note(STOP)
-            uc.emu_stop()
+            self._stop()
 
     def _on_out(self, uc, port: int, size: int, value: int, _data) -> None:
         effect = self._bus.io_out(port, size, value, self._requester)
