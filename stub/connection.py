@@ -37,9 +37,11 @@ E2BIG = 0x07
 def boot_arch(target: Runtime) -> str | None:
     """The VM's boot architecture (``vm.boot.arch``: ``"i386"`` for a kernel booted
     from an ELF32 image, ``"i386:x86-64"`` otherwise), or None when the VM does not say
-    (a VMM without boot information, a runtime without a VM in test doubles)."""
+    (a VMM without boot information, a runtime without a VM in test doubles, an
+    ``arch`` that is not a string)."""
     boot = getattr(getattr(target, "vm", None), "boot", None)
-    return getattr(boot, "arch", None)
+    arch = getattr(boot, "arch", None)
+    return arch if isinstance(arch, str) else None
 
 
 def target_layout(target: Runtime) -> RegisterLayout:
@@ -118,9 +120,13 @@ class GdbConnection:
     def packet(self, payload: bytes) -> bytes | None:
         """One packet's payload, framing aside; returns the reply payload, if any.
         The same path :meth:`receive` takes for each packet it decodes."""
+        return self.packet_outcome(payload).reply
+
+    def packet_outcome(self, payload: bytes) -> Outcome:
+        """The same, returning the session's whole Outcome (its console text too)."""
         outcome = self._handle(payload)
         self._act(outcome)
-        return outcome.reply
+        return outcome
 
     # ---------------------------------------------------------------- internals
     def _on_event(self, event) -> None:

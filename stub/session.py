@@ -88,19 +88,21 @@ class Session:
             return Outcome(P.EMPTY)  # not supported: gdb's agreed answer
         try:
             reply = handler(cmd)
-        except NotStopped as err:
-            log.warning("%s refused: %s", type(cmd).__name__, err)
+        # One name per clause: mypyc types an except variable by its first clause and
+        # raises TypeError when a later clause binds another exception type to it.
+        except NotStopped as busy:
+            log.warning("%s refused: %s", type(cmd).__name__, busy)
             return Outcome(P.error_reply(EBUSY))
-        except (StepUnavailable, BadVcpu) as err:
+        except (StepUnavailable, BadVcpu) as cannot:
             # Text gdb shows ("Remote failure reply: E.this VM has no ..."): these are
             # things a user asked for that cannot be done, not bad packets.
-            log.warning("%s refused: %s", type(cmd).__name__, err)
-            return Outcome(b"E.%s" % str(err).encode())
-        except (ProtocolError, ValueError, KeyError) as err:
-            log.warning("%s refused: %s", type(cmd).__name__, err)
+            log.warning("%s refused: %s", type(cmd).__name__, cannot)
+            return Outcome(b"E.%s" % str(cannot).encode())
+        except (ProtocolError, ValueError, KeyError) as bad:
+            log.warning("%s refused: %s", type(cmd).__name__, bad)
             return Outcome(P.error_reply(EINVAL))
-        except (MemoryAccessError, VmmError) as err:
-            log.info("%s: %s", type(cmd).__name__, err)
+        except (MemoryAccessError, VmmError) as fault:
+            log.info("%s: %s", type(cmd).__name__, fault)
             return Outcome(P.error_reply(EFAULT))
         if reply is None:  # a resume: the stop reply comes later, from the outbox
             return _NO_REPLY

@@ -107,6 +107,7 @@ _NONE, _ESC, _RLE = range(3)
 _IDLE_SPECIAL = re.compile(rb"[$+\-\x03]")
 _BODY_END = re.compile(rb"[#$]")
 _BODY_SPECIAL = re.compile(rb"[}*]")
+_NOT_PLAIN = re.compile(rb"[#$}*]")  # a body without these needs no decoding
 
 
 class Framer:
@@ -147,6 +148,12 @@ class Framer:
         return self._state != _IDLE
 
     def feed(self, data: bytes) -> list[Event]:
+        n = len(data)
+        # The common read: exactly one whole packet, its body plain (no escape, run
+        # length, '$' or '#'). The same event as the byte-wise path below, without it.
+        if (self._state == _IDLE and n >= 4 and data[0] == 0x24 and data[n - 3] == 0x23
+                and n - 4 <= self.max_packet and _NOT_PLAIN.search(data, 1, n - 3) is None):
+            return [self._plain(bytes(data[1 : n - 3]), bytes(data[n - 2 :]))]
         events: list[Event] = []
         view = memoryview(data)  # slices below copy nothing
         pos, n = 0, len(data)
@@ -187,6 +194,13 @@ class Framer:
                     self._state = _IDLE
                     self._reset_body()
         return events
+
+    def _plain(self, body: bytes, chars: bytes) -> Event:
+        """``_finish`` for a plain body read whole (the state stays idle and reset)."""
+        ok = _HEX.issuperset(chars) and int(chars, 16) == checksum(body)
+        if not ok and self.check_checksums:
+            return BadPacket(BAD_CHECKSUM)
+        return Packet(body)
 
     def _absorb(self, seg: memoryview) -> None:
         """Add raw body bytes: update the checksum, decode escapes and RLE, bound size."""

@@ -213,22 +213,9 @@ class SessionHarness:
             range_step=Feature.RANGE_STEP in self.vm.features, ram=len(self.vm.ram),
             g_vcpu=s.g_vcpu, c_vcpu=s.c_vcpu, physical=self.flags[0], notimer=self.flags[1])
 
-    def _spy(self) -> None:
-        """Keep each packet's whole Outcome (``GdbConnection.packet`` returns only its
-        reply; the O text of a refused resume is in ``console``)."""
-        session = self.conn.session
-        handle = session.handle
-
-        def spied(cmd):
-            self.outcome = handle(cmd)
-            return self.outcome
-
-        session.handle = spied
-
     def _connect(self) -> None:
         """What the server does on accept, then gdb's ``?``."""
         self.conn = GdbConnection(self.rt)
-        self._spy()
         self.flags = (False, True)  # a new session: virtual addresses, NOTIMER set
         self.conn.connected()
         self._wait(self._quiescent, "the attach stop")
@@ -264,11 +251,11 @@ class SessionHarness:
         world = self._world()
         stopped = world.stopped
         before = self._vm_state() if stopped else None
-        self.outcome = None
-        reply = self.conn.packet(payload)
+        self.outcome = outcome = self.conn.packet_outcome(payload)  # the last packet's
+        reply = outcome.reply
         self.replies.append((payload, reply))
         self._check_reply(payload, cmd, reply, stopped)
-        console = self.outcome.console if self.outcome is not None else b""
+        console = outcome.console
         bad = contract.expect(cmd, world, reply, console)
         if bad:
             raise HarnessError(f"{payload[:60]!r} -> {reply!r:.100} (O {console!r:.80}),"

@@ -388,3 +388,22 @@ def test_checksum_is_the_byte_sum(data, ascii_only):
     if ascii_only:
         data = bytes(b & 0x7F for b in data)
     assert checksum(data) == sum(data) & 0xFF
+
+
+# Whole one-packet reads take Framer.feed's fast path; byte by byte never does.
+@settings(max_examples=300, deadline=None)
+@given(
+    body=st.binary(max_size=40) | st.sampled_from([b"g", b"vCont;s:1", b"m1000,4", b"}]"]),
+    chars=st.sampled_from([None, b"00", b"zz", b"0", b"FF", b"#1"]),
+    max_packet=st.integers(1, 48),
+    check=st.booleans(),
+)
+def test_a_whole_packet_in_one_read_gives_what_byte_by_byte_gives(body, chars, max_packet,
+                                                                  check):
+    data = b"$" + body + b"#" + (b"%02x" % checksum(body) if chars is None else chars)
+    whole, single = Framer(max_packet), Framer(max_packet)
+    whole.check_checksums = single.check_checksums = check
+    one_by_one = [e for i in range(len(data)) for e in single.feed(data[i:i + 1])]
+    assert whole.feed(data) == one_by_one
+    assert whole.in_packet == single.in_packet and whole.buffered == single.buffered
+    assert whole.feed(b"$g#67") == single.feed(b"$g#67")  # both left in the same state

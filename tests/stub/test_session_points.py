@@ -319,7 +319,6 @@ def test_a_step_the_vm_cannot_do_is_a_stop_with_the_reason_not_an_error():
     assert out.reply.startswith(b"T00thread:02;reason:exception;")
     assert b"no single-step mechanism" in out.console
     assert s.g_vcpu == 1  # the stop selects its thread, as every stop does
-    conn = GdbConnection(t)
-    conn.session.handle = lambda cmd: out
+    conn = GdbConnection(t)  # the same refusal through the connection, on the wire
     sent = conn.receive(encode_packet(b"vCont;s:2;c"))
     assert sent.index(b"$O") < sent.index(b"$T00thread:02;")  # printed, then the stop
