@@ -32,7 +32,15 @@ stamp=.venv/.installed-$(cat pyproject.toml | sha1sum | cut -c1-12)
 if [ ! -f "$stamp" ]; then
     echo "setup: installing Python packages into .venv" >&2
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-    .venv/bin/python -m pip install -q -e '.[test]'
+    .venv/bin/python -m pip install -q -e '.[test,compile]'
     rm -f .venv/.installed-*
     touch "$stamp"
+fi
+
+# The hot pure-Python modules compiled with mypyc into .build/compiled (docs/compiled.md),
+# rebuilt only when a source or mypy changed; a failed build leaves the stub pure Python.
+# The .pth makes every interpreter of the venv load the build only while it matches the
+# sources. VMSTUB_COMPILE=0 skips the build (VMSTUB_PURE=1 ignores one at run time).
+if [ "${VMSTUB_COMPILE:-1}" != 0 ]; then
+    .venv/bin/python -m stub.compiled_build --if-stale || true
 fi

@@ -104,6 +104,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from mypy_extensions import mypyc_attr
+
 from model import lifecycle
 from model.actions import (
     SIGINT,
@@ -167,6 +169,9 @@ def _set_caps(i: int, caps: tuple[Cap, ...] | frozenset[Cap], on: bool) -> tuple
     return tuple(SetCap(i, cap, on, best_effort=cap is Cap.MASK_HWINTR) for cap in ordered)
 
 
+# The proofs' mutants (proofs/mutants.py) subclass it in plain Python; compiled with
+# mypyc (docs/compiled.md) it must allow that.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Coordinator:
     def __init__(self, vcpus: int, step: StepConfig, wait_for_debugger: bool = False):
         self.n = vcpus

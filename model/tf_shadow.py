@@ -46,6 +46,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mypy_extensions import mypyc_attr
+
 from model.machine import MachineSpec, Tx, fire
 
 TF_SHADOW = MachineSpec(
@@ -96,6 +98,9 @@ class ReflectDebugTrap:
 TfAction = SetTrapFlag | FixFlagsImage | ReflectDebugTrap
 
 
+# The proofs' mutants (proofs/mutants.py) subclass it in plain Python; compiled with
+# mypyc (docs/compiled.md) it must allow that.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class TfShadow:
     """One vCPU's shadow. Each trigger returns the actions to carry out, in order."""
 
