@@ -57,7 +57,7 @@ from mypyc.build import mypycify
 paths, out, temp, c_dir = sys.argv[1].split(","), sys.argv[2], sys.argv[3], sys.argv[4]
 setup(name="vmstub_compiled", script_args=["build_ext", "--build-lib", out,
       "--build-temp", temp, "--parallel", "2"],
-      ext_modules=mypycify(["--follow-imports=silent", "--python-version=3.11"] + paths,
+      ext_modules=mypycify(["--follow-imports=silent"] + paths,
                            opt_level="3", group_name="vmstub", target_dir=c_dir))
 """
 
@@ -73,11 +73,14 @@ def build(mypy: str) -> Path:
     shutil.rmtree(work, ignore_errors=True)
     paths = [str(L.source_of(m).relative_to(L.ROOT)) for m in L.MODULES]
     with open(LOG, "w") as log:
-        subprocess.run(
+        status = subprocess.run(
             [sys.executable, "-c", _SETUP, ",".join(paths), str(out), str(work / "temp"),
              str(work / "c")],
-            cwd=L.ROOT, stdout=log, stderr=subprocess.STDOUT, check=True,
-            env={**os.environ, "VMSTUB_PURE": "1"})
+            check=False, cwd=L.ROOT, stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "VMSTUB_PURE": "1"}).returncode
+    if status != 0:
+        shutil.rmtree(out, ignore_errors=True)
+        raise RuntimeError(f"mypyc or the C compiler exited with status {status}")
     missing = [f for f in L.CompiledFinder(out, list(L.MODULES), L.GROUP).files.values()
                if not f.is_file()]
     if missing:
@@ -120,7 +123,7 @@ def main(argv: list[str]) -> int:
     try:
         out = build(mypy)
     except Exception as err:  # noqa: BLE001 - any failure: one line, then pure Python
-        print(f"setup: the mypyc build failed ({err}; see {LOG.relative_to(L.ROOT)}); "
+        print(f"setup: the mypyc build failed ({err}; see {os.path.relpath(LOG, L.ROOT)}); "
               "the stub runs as pure Python", file=sys.stderr)
         try:
             L.MANIFEST.unlink()  # a stale build would only be refused, with a warning
