@@ -157,8 +157,9 @@ def install() -> bool:
 def pth_line() -> str:
     """The ``.pth`` line that runs ``install()`` from this file at interpreter start."""
     here = str(Path(__file__).resolve())
-    return ("import sys, importlib.util as u; "
-            "sys.modules.get('vmstub_compiled') or ("
+    # Nothing at all if this file is gone (an older checkout): site would print an error.
+    return ("import os, sys, importlib.util as u; "
+            f"sys.modules.get('vmstub_compiled') or not os.path.exists({here!r}) or ("
             f"s := u.spec_from_file_location('vmstub_compiled', {here!r}), "
             "m := u.module_from_spec(s), sys.modules.__setitem__(s.name, m), "
             "s.loader.exec_module(m), m.install())\n")
