@@ -62,8 +62,9 @@ setup(name="vmstub_compiled", script_args=["build_ext", "--build-lib", out,
 """
 
 
-def build(mypy: str) -> Path:
-    """Compile into a new stamped directory; returns it. Raises on failure."""
+def build(mypy: str) -> tuple[Path, dict[str, str]]:
+    """Compile into a new stamped directory; returns it and the hashes of the sources
+    it was built from. Raises on failure."""
     hashes = L.source_hashes()
     # A new directory each time: a live one (same sources, forced rebuild) is never
     # touched while processes may still import from it.
@@ -88,14 +89,14 @@ def build(mypy: str) -> Path:
     if L.source_hashes() != hashes:
         raise RuntimeError("a source changed during the build")
     shutil.rmtree(work, ignore_errors=True)
-    return out
+    return out, hashes
 
 
-def publish(out: Path, mypy: str) -> None:
+def publish(out: Path, hashes: dict[str, str], mypy: str) -> None:
     """Point the manifest at ``out`` (atomically); drop all but it and the last one."""
     previous = (L.read_manifest() or {}).get("dir")
     manifest = {"dir": out.name, "group": L.GROUP, "mypy": mypy, "suffix": L.ext_suffix(),
-                "modules": L.source_hashes()}
+                "modules": hashes}
     tmp = L.MANIFEST.with_suffix(".tmp")
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, L.MANIFEST)
@@ -121,7 +122,7 @@ def main(argv: list[str]) -> int:
           "(about a minute)", file=sys.stderr)
     started = time.monotonic()
     try:
-        out = build(mypy)
+        out, hashes = build(mypy)
     except Exception as err:  # noqa: BLE001 - any failure: one line, then pure Python
         print(f"setup: the mypyc build failed ({err}; see {os.path.relpath(LOG, L.ROOT)}); "
               "the stub runs as pure Python", file=sys.stderr)
@@ -130,7 +131,7 @@ def main(argv: list[str]) -> int:
         except FileNotFoundError:
             pass
         return 1
-    publish(out, mypy)
+    publish(out, hashes, mypy)
     print(f"setup: compiled in {time.monotonic() - started:.0f} s", file=sys.stderr)
     return 0
 
