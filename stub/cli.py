@@ -232,8 +232,12 @@ def _stop_on_sigint(runtime) -> None:
         return
 
     def handler(signum, frame):
+        # Not here: the handler runs on the main thread between two bytecodes, maybe
+        # while that thread holds the runtime's lock (the server's work takes it), and
+        # shutdown() takes it too: the stub would deadlock and ignore the signal.
+        threading.Thread(target=runtime.shutdown, args=("interrupted",),
+                         name="shutdown", daemon=True).start()
         log.info("interrupted: shutting down")
-        runtime.shutdown("interrupted")
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
