@@ -482,7 +482,7 @@ class Runtime:
         vCPUs this thread holds (``_peers_to_hold``)."""
         vcpu = self.vm.vcpus[i]
         try:
-            exit_ = vcpu.run_lent() if limit is None else vcpu.run_lent(limit)
+            exit_ = vcpu.run_lent(limit)
             if exit_ is not None:  # None: halted or out of time, its own thread goes on
                 self.vcpu_exited(vcpu, exit_)
             self._park_held(peers)

@@ -53,8 +53,9 @@ class Mailbox:
         # ticker kicks it every REKICK until it leaves (see ``rekick``). 0: not waiting.
         self.irq_waiting = 0
         self.loan_over = False  # a lent run's time is up (Vcpu.run_lent with a limit)
-        self._lent = False  # a lent run is under way
-        self._loans = 0  # lent runs so far (a late end_loan finds its loan finished)
+        # The current loan's number; each start and finish moves it on, so an end_loan
+        # that comes late, for a loan already finished, finds another number.
+        self._loan = 0
         self.bpt_exit_asked = False  # the setting last asked for
         self.bpt_exit = False  # the setting in effect: taken from the asked one at each entry
         self.points_stale = False  # the VM's armed points changed since this vCPU applied them
@@ -99,21 +100,21 @@ class Mailbox:
         """A run lent to another thread for a while begins (the owner thread): the
         loan's number, for ``end_loan``."""
         with self.cond:
-            self._loans += 1
-            self._lent = True
-            return self._loans
+            self._loan += 1
+            return self._loan
 
     def end_loan(self, loan: int) -> None:
         """Loan ``loan``'s time is up (any thread): leave the slice and enter no other
         until it is finished. A late call, for a loan already finished, does nothing."""
         with self.cond:
-            if self._lent and loan == self._loans:
+            if loan == self._loan:
                 self.loan_over = True
                 self._kick_locked()
 
     def finish_loan(self) -> None:
         with self.cond:
-            self._lent = self.loan_over = False
+            self._loan += 1
+            self.loan_over = False
 
     def mark_dirty(self, start: int, end: int) -> bool:
         """Guest code in [start, end) was written (kicking a running slice). True when

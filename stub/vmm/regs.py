@@ -99,16 +99,25 @@ class _Plan:
                     other.append((name, _wide_decoder(2 * s)))
                 else:
                     plain.append((name, 2 * s, (1 << width) - 1))
-        n = len(ids)
-        self.words = (ctypes.c_uint64 * (2 * n))()
-        base = ctypes.addressof(self.words)
-        self.ids = (ctypes.c_int * n)(*ids)
-        self.ptrs = (ctypes.c_void_p * n)(*(base + _SLOT * i for i in range(n)))
-        self.count = n
-        for s, index in msrs:  # uc_x86_msr.rid: Unicorn reads it, writes only .value
-            self.words[2 * s] = index
+        self.words, self.ids, self.ptrs = _batch_buffers(ids, msrs)
+        self.count = len(ids)
         self.plain = tuple(plain)
         self.other = tuple(other)
+
+
+def _batch_buffers(ids: list[int], msrs: list[tuple[int, int]]):
+    """The arguments of one ``uc_reg_read_batch`` of ``ids``: the value words (slot i
+    is words 2i, 2i + 1), the id array and the slot pointers; ``msrs``: (slot, MSR
+    index) pairs, whose index goes in first (uc_x86_msr.rid: Unicorn reads it and
+    writes only .value, the slot's second word)."""
+    n = len(ids)
+    words = (ctypes.c_uint64 * (2 * n))()
+    base = ctypes.addressof(words)
+    ids_array = (ctypes.c_int * n)(*ids)
+    ptrs = (ctypes.c_void_p * n)(*(base + _SLOT * i for i in range(n)))
+    for slot, index in msrs:
+        words[2 * slot] = index
+    return words, ids_array, ptrs
 
 
 def _wide_decoder(word: int) -> Callable[[list[int]], int]:
@@ -131,18 +140,11 @@ def batch_reader(uc: Uc, regs: tuple[int | tuple[int, int], ...]
     slot always holds the same register, so a narrower write could not leave another
     register's bytes behind either."""
     n = len(regs)
-    words = (ctypes.c_uint64 * (2 * n))()
-    base = ctypes.addressof(words)
-    ids = (ctypes.c_int * n)(*(r[0] if isinstance(r, tuple) else r for r in regs))
-    ptrs = (ctypes.c_void_p * n)(*(base + _SLOT * i for i in range(n)))
-    picks = []
-    for i, reg in enumerate(regs):
-        if isinstance(reg, tuple):  # uc_x86_msr: the index in, the value after it
-            words[2 * i] = reg[1]
-            picks.append(2 * i + 1)
-        else:
-            picks.append(2 * i)
-    pick = operator.itemgetter(*picks)
+    msrs = [(i, reg[1]) for i, reg in enumerate(regs) if isinstance(reg, tuple)]
+    words, ids, ptrs = _batch_buffers(
+        [reg[0] if isinstance(reg, tuple) else reg for reg in regs], msrs)
+    # An MSR's value is its slot's second word (the first holds its index).
+    pick = operator.itemgetter(*(2 * i + isinstance(reg, tuple) for i, reg in enumerate(regs)))
     getter = pick if n > 1 else lambda w: (pick(w),)  # a tuple for one register too
     handle = uc._uch
 
