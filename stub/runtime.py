@@ -482,7 +482,8 @@ class Runtime:
         vCPUs this thread holds (``_peers_to_hold``)."""
         vcpu = self.vm.vcpus[i]
         try:
-            exit_ = vcpu.run_lent(limit)
+            # A backend with LEND and no LEND_RUN need not take a limit at all.
+            exit_ = vcpu.run_lent() if limit is None else vcpu.run_lent(limit)
             if exit_ is not None:  # None: halted or out of time, its own thread goes on
                 self.vcpu_exited(vcpu, exit_)
             self._park_held(peers)
