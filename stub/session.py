@@ -268,7 +268,7 @@ class Session:
                   and self.rt.supports(Feature.RANGE_STEP))
         items: list[tuple] = []  # from_vcont's items: (letter, vcpu[, range])
         for a in cmd.actions:
-            vcpu = None if a.thread is None or a.thread.is_all else self._vcpu_of(a.thread)
+            vcpu = None if a.thread is None else self._vcpu_or_all(a.thread)
             if a.range is None or not ranges:
                 items.append(("s" if a.kind == "r" else a.kind, vcpu))
             else:

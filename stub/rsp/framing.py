@@ -197,10 +197,15 @@ class Framer:
 
     def _plain(self, body: bytes, chars: bytes) -> Event:
         """``_finish`` for a plain body read whole (the state stays idle and reset)."""
-        ok = _HEX.issuperset(chars) and int(chars, 16) == checksum(body)
-        if not ok and self.check_checksums:
+        if self._refused(chars, checksum(body)):
             return BadPacket(BAD_CHECKSUM)
         return Packet(body)
+
+    def _refused(self, chars: bytes, total: int) -> bool:
+        """The checksum digits ``chars`` do not match the body's byte sum ``total``
+        (its low byte counts), and checksums are checked."""
+        ok = _HEX.issuperset(chars) and int(chars, 16) == total & 0xFF
+        return not ok and self.check_checksums
 
     def _absorb(self, seg: memoryview) -> None:
         """Add raw body bytes: update the checksum, decode escapes and RLE, bound size."""
@@ -251,9 +256,7 @@ class Framer:
             self._error = BAD_ESCAPE if self._pending == _ESC else BAD_RUN_LENGTH
         if self._error == OVERSIZE:
             return BadPacket(OVERSIZE)
-        chars = bytes(self._csum_chars)
-        ok = _HEX.issuperset(chars) and int(chars, 16) == self._sum & 0xFF
-        if not ok and self.check_checksums:
+        if self._refused(bytes(self._csum_chars), self._sum):
             return BadPacket(BAD_CHECKSUM)
         if self._error is not None:
             return BadPacket(self._error)
