@@ -607,17 +607,34 @@ class Runtime:
             for gpa, chunk in self._pages(i, gva, size):
                 if gpa is None:
                     break
-                try:
-                    data = bytearray(self.vm.read_phys(gpa, chunk))
-                except MemoryFault:
-                    break
+                data = bytearray(self._read_phys_upto(gpa, chunk))
                 for bp, orig in self.originals.items():
-                    if gpa <= bp < gpa + chunk:
+                    if gpa <= bp < gpa + len(data):
                         data[bp - gpa] = orig[0]
                 out += data
+                if len(data) < chunk:
+                    break
             if size and not out:
                 raise MemoryAccessError(f"cannot read memory at {gva:#x}")
             return bytes(out)
+
+    def _read_phys_upto(self, gpa: int, size: int) -> bytes:
+        """``size`` bytes of guest RAM at ``gpa``, or the pages of them before the
+        first that is not RAM (a large page may reach past RAM's end)."""
+        try:
+            return self.vm.read_phys(gpa, size)
+        except MemoryFault:
+            pass
+        out = bytearray()
+        end = gpa + size
+        while gpa < end:
+            chunk = min(end, (gpa & ~(PAGE - 1)) + PAGE) - gpa
+            try:
+                out += self.vm.read_phys(gpa, chunk)
+            except MemoryFault:
+                break
+            gpa += chunk
+        return bytes(out)
 
     def write_memory(self, i: int, gva: int, data: bytes) -> None:
         """Write through vCPU i's page tables; a byte under a breakpoint updates the
@@ -641,16 +658,18 @@ class Runtime:
                 offset += chunk
 
     def _pages(self, i: int, gva: int, size: int):
-        """(gpa, length) per page of [gva, gva+size); gpa None where translation fails."""
+        """(gpa, length) per page of [gva, gva+size), a large page in one piece; gpa
+        None where translation fails."""
         vcpu = self.vm.vcpus[i]
         end = gva + size
         while gva < end:
-            chunk = min(end, (gva & ~(PAGE - 1)) + PAGE) - gva
             try:
-                yield vcpu.translate(gva), chunk
+                gpa, run = vcpu.translate_run(gva)
             except TranslationFault:
-                yield None, chunk
+                yield None, min(end - gva, PAGE - (gva & (PAGE - 1)))
                 return
+            chunk = min(end - gva, run)
+            yield gpa, chunk
             gva += chunk
 
     # ---- queries for the monitor (stub/monitor)

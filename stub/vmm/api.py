@@ -198,6 +198,12 @@ class Vcpu:
         TranslationFault; never guesses."""
         raise NotImplementedError
 
+    def translate_run(self, gva: int) -> tuple[int, int]:
+        """``translate(gva)`` and how many bytes from ``gva`` on the same page maps,
+        whatever the page's size, so that a large read walks once per page. This
+        default knows only 4 KiB pages; a backend that sees the page size says more."""
+        return self.translate(gva), 0x1000 - (gva & 0xFFF)
+
     def request_suspend(self) -> None:
         """Thread-safe. Ask the vCPU to leave the guest and exit DEBUG."""
         raise NotImplementedError

@@ -372,6 +372,9 @@ class Cpu:
     def translate(self, gva: int) -> int:
         return paging.translate(self.ram, *(self._paging or self._load_paging()), gva)
 
+    def translate_run(self, gva: int) -> tuple[int, int]:
+        return paging.translate_run(self.ram, *(self._paging or self._load_paging()), gva)
+
     def _load_paging(self) -> tuple[int, int, int, int]:
         """CR0, CR4, EFER, CR3, read once per stop (a step translates a few times) and
         kept until the next slice or register write (``invalidate``); read

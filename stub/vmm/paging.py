@@ -28,6 +28,9 @@ _U64 = struct.Struct("<Q")
 _P = 1
 _PS = 1 << 7
 _ADDR = 0x000F_FFFF_FFFF_F000
+_PAGE = 0x1000
+# With paging off GVA == GPA everywhere; runs are cut at this granularity all the same.
+_UNPAGED_RUN = 1 << 21
 _LEVELS = ((39, "PML4E", False), (30, "PDPTE", True), (21, "PDE", True), (12, "PTE", False))
 
 
@@ -37,9 +40,23 @@ def is_canonical(gva: int) -> bool:
 
 
 def translate(ram: GuestRam, cr0: int, cr4: int, efer: int, cr3: int, gva: int) -> int:
+    return _walk(ram, cr0, cr4, efer, cr3, gva)[0]
+
+
+def translate_run(ram: GuestRam, cr0: int, cr4: int, efer: int, cr3: int,
+                  gva: int) -> tuple[int, int]:
+    """``translate`` and how many bytes from ``gva`` on lie in the same page, whatever
+    its size: a debugger's 64 KiB read of a 2 MiB mapping is one walk, not 16."""
+    gpa, size = _walk(ram, cr0, cr4, efer, cr3, gva)
+    return gpa, size - (gpa & (size - 1))
+
+
+def _walk(ram: GuestRam, cr0: int, cr4: int, efer: int, cr3: int,
+          gva: int) -> tuple[int, int]:
+    """(GPA, the size of the page that maps it)."""
     gva &= (1 << 64) - 1
     if not cr0 & CR0_PG:
-        return gva
+        return gva, _UNPAGED_RUN
     if not efer & EFER_LMA:
         if gva >> 32:
             raise TranslationFault(gva, "beyond 4 GiB outside long mode")
@@ -51,21 +68,21 @@ def translate(ram: GuestRam, cr0: int, cr4: int, efer: int, cr3: int, gva: int) 
     return walk4(ram, cr3, gva)
 
 
-def walk2(ram: GuestRam, cr3: int, cr4: int, gva: int) -> int:
+def walk2(ram: GuestRam, cr3: int, cr4: int, gva: int) -> tuple[int, int]:
     """32-bit paging: a page directory of 4-byte entries, then 4 KiB pages, or 4 MiB
     pages where the PDE has PS and CR4.PSE is on (bits 13-20 give PA bits 32-39)."""
     pde = _read_entry32(ram, (cr3 & 0xFFFF_F000) + (gva >> 22) * 4, gva, "PDE")
     if not pde & _P:
         raise TranslationFault(gva, "PDE not present")
     if pde & _PS and cr4 & CR4_PSE:
-        return (pde & 0xFFC0_0000) | ((pde & 0x001F_E000) << 19) | (gva & 0x3F_FFFF)
+        return (pde & 0xFFC0_0000) | ((pde & 0x001F_E000) << 19) | (gva & 0x3F_FFFF), 1 << 22
     pte = _read_entry32(ram, (pde & 0xFFFF_F000) + ((gva >> 12) & 0x3FF) * 4, gva, "PTE")
     if not pte & _P:
         raise TranslationFault(gva, "PTE not present")
-    return (pte & 0xFFFF_F000) | (gva & 0xFFF)
+    return (pte & 0xFFFF_F000) | (gva & 0xFFF), _PAGE
 
 
-def walk_pae(ram: GuestRam, cr3: int, gva: int) -> int:
+def walk_pae(ram: GuestRam, cr3: int, gva: int) -> tuple[int, int]:
     """PAE paging outside long mode: CR3 points at four 8-byte PDPTEs (32-byte aligned),
     then a page directory and page table like long mode's last two levels."""
     pdpte = _read_entry(ram, (cr3 & 0xFFFF_FFE0) + (gva >> 30) * 8, gva, "PDPTE")
@@ -77,12 +94,12 @@ def walk_pae(ram: GuestRam, cr3: int, gva: int) -> int:
         if not entry & _P:
             raise TranslationFault(gva, f"{name} not present")
         if shift == 21 and entry & _PS:
-            return (entry & _ADDR & ~0x1F_FFFF) | (gva & 0x1F_FFFF)
+            return (entry & _ADDR & ~0x1F_FFFF) | (gva & 0x1F_FFFF), 1 << 21
         table = entry & _ADDR
-    return table | (gva & 0xFFF)
+    return table | (gva & 0xFFF), _PAGE
 
 
-def walk4(ram: GuestRam, cr3: int, gva: int) -> int:
+def walk4(ram: GuestRam, cr3: int, gva: int) -> tuple[int, int]:
     # The hot path (every step's fetch): the entries are read straight from the RAM's
     # view, with _read_entry's bounds check and error inlined.
     view, size, unpack = ram.view, ram.size, _U64.unpack_from
@@ -98,9 +115,9 @@ def walk4(ram: GuestRam, cr3: int, gva: int) -> int:
             if not may_be_large:
                 raise TranslationFault(gva, f"{name} has the reserved PS bit set")
             mask = (1 << shift) - 1
-            return (entry & _ADDR & ~mask) | (gva & mask)
+            return (entry & _ADDR & ~mask) | (gva & mask), mask + 1
         table = entry & _ADDR
-    return table | (gva & 0xFFF)
+    return table | (gva & 0xFFF), _PAGE
 
 
 def _read_entry32(ram: GuestRam, gpa: int, gva: int, name: str) -> int:

@@ -294,6 +294,9 @@ class EmulatedVcpu(Vcpu):
     def translate(self, gva: int) -> int:
         return self.cpu.translate(gva)
 
+    def translate_run(self, gva: int) -> tuple[int, int]:
+        return self.cpu.translate_run(gva)
+
     def complete_access(self) -> None:
         mail = self._mail
         if mail.in_run:

@@ -6,7 +6,7 @@ import pytest
 
 from stub.vmm import loader
 from stub.vmm.api import TranslationFault
-from stub.vmm.paging import CR0_PG, CR4_PAE, EFER_LMA, translate, walk4
+from stub.vmm.paging import CR0_PG, CR4_PAE, EFER_LMA, translate, translate_run, walk4
 from stub.vmm.ram import GuestRam
 
 P, RW, PS = 1, 2, 0x80
@@ -30,19 +30,26 @@ def ram():
 
 
 def walk(ram, gva):
-    return walk4(ram, CR3, gva)
+    return walk4(ram, CR3, gva)[0]
+
+
+def run(ram, gva):
+    return translate_run(ram, CR0_PG, CR4_PAE, EFER_LMA, CR3, gva)
 
 
 def test_four_kib_page(ram):
     assert walk(ram, 0x5123) == 0x7123
+    assert run(ram, 0x5123) == (0x7123, 0x1000 - 0x123)
 
 
 def test_two_mib_page(ram):
     assert walk(ram, 0x20_0000 + 0x1_2345) == 0x40_0000 + 0x1_2345
+    assert run(ram, 0x20_0000 + 0x1_2345) == (0x40_0000 + 0x1_2345, (2 << 20) - 0x1_2345)
 
 
 def test_one_gib_page(ram):
     assert walk(ram, (1 << 30) + 0x123_4567) == (1 << 30) + 0x123_4567
+    assert run(ram, (1 << 30) + 0x123_4567) == ((1 << 30) + 0x123_4567, (1 << 30) - 0x123_4567)
 
 
 def test_higher_half(ram):
@@ -77,12 +84,14 @@ def test_table_outside_ram(ram):
 
 def test_paging_off_is_identity(ram):
     assert translate(ram, 0, 0, 0, CR3, 0x1234_5678) == 0x1234_5678
+    gpa, n = translate_run(ram, 0, 0, 0, CR3, 0x1234_5678)
+    assert gpa == 0x1234_5678 and 0 < n and (gpa + n) % 0x1000 == 0
 
 
 def test_boot_tables_identity_map_4_gib():
     ram = GuestRam(4 << 20)
     loader.build_boot_tables(ram)
     for gva in (0, 0x10_0000, 0x3FF_FFFF, 0xFFFF_FFFF):
-        assert walk4(ram, loader.PML4, gva) == gva
+        assert walk4(ram, loader.PML4, gva)[0] == gva
     with pytest.raises(TranslationFault):
         walk4(ram, loader.PML4, 1 << 32)
