@@ -18,6 +18,7 @@ ignores an event silently.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,15 +108,30 @@ def compile_table(spec: MachineSpec) -> dict[tuple[str, str], tuple[Branch, ...]
         for source, txs in event.transitions.items():
             branches = []
             for t in txs:
-                conds = tuple(c.func for c in t.conditions if c.target)
-                unless = tuple(c.func for c in t.conditions if not c.target)
-                branches.append(Branch(conds, unless, t.dest, tuple(t.after)))
+                conds = _names(c.func for c in t.conditions if c.target)
+                unless = _names(c.func for c in t.conditions if not c.target)
+                if t.dest is None:
+                    raise ValueError(f"{spec.name}: {trigger} from {source} has no dest")
+                branches.append(Branch(conds, unless, t.dest, _names(t.after)))
             table[(source, trigger)] = tuple(branches)
     return table
 
 
-class _Inert:
-    """A model with no behaviour, used only to read the machine's structure."""
+def _names(items: Iterable[object]) -> tuple[str, ...]:
+    """Conditions and effects are method names here (``transitions`` also allows
+    callables, which a table of names could not hold)."""
+    names: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"a machine's conditions and effects are names, not {item!r}")
+        names.append(item)
+    return tuple(names)
+
+
+# A model with no behaviour, used only to read the machine's structure. Made at run
+# time, not with a class statement: ``transitions`` adds its trigger methods to the
+# model, which an instance of a class compiled by mypyc (docs/compiled.md) cannot take.
+_Inert = type("_Inert", (), {})
 
 
 def select(spec: MachineSpec, state: str, trigger: str, ctx: Any, *args: Any) -> Branch:

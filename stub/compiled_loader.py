@@ -41,6 +41,7 @@ MODULES = (
     "model.errors",
     "model.invariants",
     "model.lifecycle",
+    "model.machine",
     "model.points",
     "model.resume",
     "model.step_mode",
