@@ -158,12 +158,28 @@ def steps_in_time(vm, v, handler: int, expected: set[int], deadline: int | None)
         assert rip in expected
 
 
+def stopped_right_after_the_first_tick(make_vm, program: str, counter: str, **kw):
+    """A VM stopped at the guest's ``int3`` right after its first timer interrupt, with
+    no second one counted or pending yet. The guest's clock runs with the host's while
+    it runs: on a loaded host one slice may outlast a timer period, and the VM then
+    stops with the next tick already due, which is not the scenario under test. Such a
+    run is made again on a fresh VM (a few times at most), never waited out."""
+    for _ in range(5):
+        vm, sym = make_vm(program, **kw)
+        v = vm.vcpus[0]
+        run_to_stop(v)
+        state = v.inspect()
+        if u64(vm, sym[counter]) == 1 and not (state.tick_pending or state.interrupt_pending):
+            return vm, sym, v
+        vm.shutdown()
+    pytest.fail("in 5 runs the host never let the guest reach its int3 within one timer "
+                "period of its first interrupt")
+
+
 @pytest.mark.parametrize("personality", ["amd-nomask", "intel", "amd"])
 def test_steps_after_a_long_pause_do_not_land_in_the_pit_handler(make_vm, personality):
-    vm, sym = make_vm(pc_guest(FIRST_IRQ_THEN_STOP), personality=personality)
-    v = vm.vcpus[0]
-    run_to_stop(v)
-    assert u64(vm, sym["irq0s"]) == 1
+    vm, sym, v = stopped_right_after_the_first_tick(
+        make_vm, pc_guest(FIRST_IRQ_THEN_STOP), "irq0s", personality=personality)
     before, edge = vm.clock.now(), vm.platform.pit.next_irq0
     time.sleep(PAUSE)  # held stopped for 30 periods of host time
     assert vm.clock.now() == before and not v.inspect().interrupt_pending
@@ -171,7 +187,7 @@ def test_steps_after_a_long_pause_do_not_land_in_the_pit_handler(make_vm, person
 
 
 def test_steps_after_a_long_pause_do_not_land_in_the_paravirtual_tick(make_vm):
-    vm, sym = make_vm("""
+    vm, sym, v = stopped_right_after_the_first_tick(make_vm, """
 main:
     sti
 1:  cmp qword ptr [rip + ticks], 0
@@ -179,10 +195,7 @@ main:
     int3
 s:  nop
     jmp s
-""", personality="amd-nomask", timer_hz=100)
-    v = vm.vcpus[0]
-    run_to_stop(v)
-    assert u64(vm, sym["ticks"]) == 1
+""", "ticks", personality="amd-nomask", timer_hz=100)
     tick = vm.pv_timer.next_tick
     time.sleep(PAUSE)
     assert not v.inspect().tick_pending
