@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import random
 import subprocess
 import sys
@@ -697,10 +698,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with baseline.checkout(a.baseline) if a.baseline else contextlib.nullcontext() as base:
         if base:
-            log(f"baseline: {base.label}, checked out in {base.path}")
-        live, sessions = phase_raw(plan, rows, peers, base)
-        phase_gdb(plan, rows, live, sessions)
-        phase_four(plan, rows, peers, base)
+            log(f"baseline: {base.label}, checked out in {base.path}; ours and the "
+                "baseline both run as pure Python in these rows")
+        with pure_python(base is not None):
+            live, sessions = phase_raw(plan, rows, peers, base)
+            phase_gdb(plan, rows, live, sessions)
+            phase_four(plan, rows, peers, base)
     qemu = pc.qemu_binary() if not a.no_qemu else None
     phase_pc(plan, rows, qemu, "skipped (--no-qemu)" if a.no_qemu else "no qemu-system-i386")
     phase_smp(plan, rows, peers["tcg"])
@@ -795,12 +798,32 @@ Targets met: {sum(r.met() is True for r in rows)} of {sum(bool(r.target) and r.c
 {report.samples_markdown(rows)}"""
 
 
+@contextlib.contextmanager
+def pure_python(on: bool):
+    """With ``--baseline``, our stubs start with ``VMSTUB_PURE=1`` as the baseline's do
+    (targets.start_base): the compiled build belongs to this tree, so REV cannot have
+    one, and compiled against pure would not be a before/after of REV's change."""
+    saved = os.environ.get("VMSTUB_PURE")
+    if on:
+        os.environ["VMSTUB_PURE"] = "1"
+    try:
+        yield
+    finally:
+        if on:
+            if saved is None:
+                os.environ.pop("VMSTUB_PURE", None)
+            else:
+                os.environ["VMSTUB_PURE"] = saved
+
+
 def base_note(base) -> str:
     if base is None:
         return ""
     return (f"\nColumn `{base.label}`: our stub at git revision {base.rev} (`--baseline`),"
             f" measured in turn with ours (the working tree, {base.current}) trial by"
-            f" trial; its ratio is ×ours/{base.label}.\n")
+            f" trial; its ratio is ×ours/{base.label}. In the rows with that column both"
+            f" ran as pure Python (`VMSTUB_PURE=1`): the compiled build belongs to the"
+            f" working tree.\n")
 
 
 if __name__ == "__main__":

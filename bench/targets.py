@@ -179,7 +179,10 @@ def start_base(base, cpu: str = "amd", vcpus: int = 1, key: str = "base") -> Tar
     """Like start_ours, for our stub at the baseline (a ``baseline.Base``)."""
     cmd = [PYTHON, "-c", BASE_LAUNCHER, "--listen", "127.0.0.1:0", "--vm", "demo",
            "--cpu", cpu, "--vcpus", str(vcpus)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(base.path)}
+    # VMSTUB_PURE: the venv's .pth would load this tree's compiled build (when it
+    # matches this tree's sources) into REV's stub, a mix of the two revisions.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(base.path),
+           "VMSTUB_PURE": "1"}
     proc = subprocess.Popen(cmd, cwd=base.path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     _drain(proc.stdout)
