@@ -145,7 +145,8 @@ class GdbConnection:
                 if outcome.console:
                     self._send(P.console_output(outcome.console))
                 if outcome.reply is not None:
-                    self._send(outcome.reply, no_ack=outcome.no_ack)
+                    self._send(outcome.reply, no_ack=outcome.no_ack,
+                               hex_digits=outcome.hex_digits)
                 self._act(outcome)
 
     def _handle(self, payload: bytes) -> Outcome:
@@ -165,13 +166,13 @@ class GdbConnection:
             self.target.detach()
             self.target.shutdown("killed by the debugger")
 
-    def _send(self, payload: bytes, no_ack: bool = False) -> None:
-        self._out.append(self._frame(payload, no_ack))
+    def _send(self, payload: bytes, no_ack: bool = False, hex_digits: bool = False) -> None:
+        self._out.append(self._frame(payload, no_ack, hex_digits))
 
-    def _frame(self, payload: bytes, no_ack: bool = False) -> bytes:
+    def _frame(self, payload: bytes, no_ack: bool = False, hex_digits: bool = False) -> bytes:
         if self._log_packets:
             packet_log.debug("<- %r", payload[:200])
-        return self.rsp.send(payload, then_no_ack=no_ack)
+        return self.rsp.send(payload, then_no_ack=no_ack, hex_digits=hex_digits)
 
     def _flush(self) -> bytes:
         out, self._out = b"".join(self._out), []

@@ -57,6 +57,9 @@ class Outcome:
     detach: bool = False  # resume the guest and wait for the next client
     kill: bool = False  # end the VM and the stub
     console: bytes = b""  # text for gdb to print (an O packet) before the reply
+    # The reply is hex_encode's output alone (lowercase hex digits): framing takes the
+    # checksum's fast path (stub.rsp.hexutil.checksum). Never set on any other reply.
+    hex_digits: bool = False
 
 
 _NO_REPLY = Outcome(None)
@@ -349,8 +352,9 @@ class Session:
         self.rt.write_registers(self.g_vcpu, values)
 
     # ------------------------------------------------------------------- memory
-    def _ReadMemory(self, cmd: P.ReadMemory) -> bytes:
-        return P.memory_reply(self._read(cmd.addr, min(cmd.length, MAX_MEMORY_REPLY)))
+    def _ReadMemory(self, cmd: P.ReadMemory) -> Outcome:
+        data = self._read(cmd.addr, min(cmd.length, MAX_MEMORY_REPLY))
+        return Outcome(P.memory_reply(data), hex_digits=True)
 
     def _ReadMemoryBinary(self, cmd: P.ReadMemoryBinary) -> bytes:
         return P.binary_memory_reply(self._read(cmd.addr, min(cmd.length, MAX_BINARY_REPLY)))

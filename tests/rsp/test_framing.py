@@ -390,6 +390,22 @@ def test_checksum_is_the_byte_sum(data, ascii_only):
     assert checksum(data) == sum(data) & 0xFF
 
 
+@pytest.mark.parametrize("digit", [b"0", b"9", b"a", b"f"])
+@pytest.mark.parametrize("size", [257, 1212, 1213, 1214, 2426, 2427, 65521, 131056, 131072 + 7])
+def test_hex_digit_checksum_at_every_span_edge(size, digit):
+    # The hex spans are exact only inside the window that '0'..'f' allow: the lowest
+    # and highest digits at the span boundaries are where it would go wrong.
+    data = digit * size
+    assert checksum(data, hex_digits=True) == sum(data) & 0xFF
+
+
+@given(st.binary(min_size=0, max_size=5000))
+def test_hex_digit_checksum_is_the_byte_sum(raw):
+    text = raw.hex().encode()
+    assert checksum(text, hex_digits=True) == sum(text) & 0xFF
+    assert encode_packet(text, hex_digits=True) == encode_packet(text)
+
+
 # Whole one-packet reads take Framer.feed's fast path; byte by byte never does.
 @settings(max_examples=300, deadline=None)
 @given(
