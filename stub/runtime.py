@@ -607,11 +607,8 @@ class Runtime:
             for gpa, chunk in self._pages(i, gva, size):
                 if gpa is None:
                     break
-                data = bytearray(self._read_phys_upto(gpa, chunk))
-                for bp, orig in self.originals.items():
-                    if gpa <= bp < gpa + len(data):
-                        data[bp - gpa] = orig[0]
-                out += data
+                data = self._read_phys_upto(gpa, chunk)
+                out += self._unpatched(gpa, data)
                 if len(data) < chunk:
                     break
             if size and not out:
@@ -626,15 +623,20 @@ class Runtime:
         except MemoryFault:
             pass
         out = bytearray()
-        end = gpa + size
-        while gpa < end:
-            chunk = min(end, (gpa & ~(PAGE - 1)) + PAGE) - gpa
+        for addr, chunk in self._physical_pages(gpa, size):
             try:
-                out += self.vm.read_phys(gpa, chunk)
+                out += self.vm.read_phys(addr, chunk)
             except MemoryFault:
                 break
-            gpa += chunk
         return bytes(out)
+
+    def _unpatched(self, gpa: int, data: bytes) -> bytearray:
+        """``data`` read at ``gpa``, with each breakpoint's int3 shown as the original."""
+        out = bytearray(data)
+        for bp, orig in self.originals.items():
+            if gpa <= bp < gpa + len(out):
+                out[bp - gpa] = orig[0]
+        return out
 
     def write_memory(self, i: int, gva: int, data: bytes) -> None:
         """Write through vCPU i's page tables; a byte under a breakpoint updates the
@@ -744,18 +746,10 @@ class Runtime:
         MemoryAccessError; breakpoint bytes read as the original."""
         with self.lock:
             self.coord.require_stopped()
-            out = bytearray()
-            for addr, chunk in self._physical_pages(gpa, size):
-                try:
-                    out += self.vm.read_phys(addr, chunk)
-                except MemoryFault:
-                    break
-            if size and not out:
+            data = self._read_phys_upto(gpa, size)
+            if size and not data:
                 raise MemoryAccessError(f"no guest RAM at physical {gpa:#x}")
-            for bp, orig in self.originals.items():
-                if gpa <= bp < gpa + len(out):
-                    out[bp - gpa] = orig[0]
-            return bytes(out)
+            return bytes(self._unpatched(gpa, data))
 
     def write_physical(self, gpa: int, data: bytes) -> None:
         """Write guest-physical memory of the stopped guest; a byte under a breakpoint
