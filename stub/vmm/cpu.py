@@ -431,7 +431,7 @@ class Cpu:
         addr = self.code_address(rip)
         if addr & (PAGE - 1) <= PAGE - insn.MAX_INSN:  # within one page: one translation
             try:
-                gpa = paging.translate(self.ram, *regs, addr)
+                gpa = paging.translate_page(self.ram, *regs, addr)[0]
             except VmmError:
                 return b"", long_mode
             if gpa + insn.MAX_INSN <= self.ram.size:

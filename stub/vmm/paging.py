@@ -40,20 +40,21 @@ def is_canonical(gva: int) -> bool:
 
 
 def translate(ram: GuestRam, cr0: int, cr4: int, efer: int, cr3: int, gva: int) -> int:
-    return _walk(ram, cr0, cr4, efer, cr3, gva)[0]
+    return translate_page(ram, cr0, cr4, efer, cr3, gva)[0]
 
 
 def translate_run(ram: GuestRam, cr0: int, cr4: int, efer: int, cr3: int,
                   gva: int) -> tuple[int, int]:
     """``translate`` and how many bytes from ``gva`` on lie in the same page, whatever
     its size: a debugger's 64 KiB read of a 2 MiB mapping is one walk, not 16."""
-    gpa, size = _walk(ram, cr0, cr4, efer, cr3, gva)
+    gpa, size = translate_page(ram, cr0, cr4, efer, cr3, gva)
     return gpa, size - (gpa & (size - 1))
 
 
-def _walk(ram: GuestRam, cr0: int, cr4: int, efer: int, cr3: int,
-          gva: int) -> tuple[int, int]:
-    """(GPA, the size of the page that maps it)."""
+def translate_page(ram: GuestRam, cr0: int, cr4: int, efer: int, cr3: int,
+                   gva: int) -> tuple[int, int]:
+    """(GPA, the size of the page that maps it). The step's instruction fetch calls
+    this directly: ``translate`` would add a call to every step."""
     gva &= (1 << 64) - 1
     if not cr0 & CR0_PG:
         return gva, _UNPAGED_RUN
